@@ -1,0 +1,30 @@
+# Causal mediation of harmful generation (replication of arXiv:2604.11663).
+# Stages live in workflow/rules/, one file each; all logic lives in the `harmmed` package.
+
+from harmmed.config import validate_config
+
+configfile: "config/config.yaml"
+
+config.update(validate_config(config))
+
+MODELS = [m["name"] for m in config["models"]]
+
+
+def results(path):
+    return expand(f"results/{{model}}/{path}", model=MODELS)
+
+
+include: "workflow/rules/download_model.smk"
+include: "workflow/rules/prepare_prompts.smk"
+include: "workflow/rules/mediate_layer.smk"
+include: "workflow/rules/mediate_module.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/claims.smk"
+
+
+rule all:
+    input:
+        results("claims.csv"),
+        expand("figures/{model}/claims.md", model=MODELS),
+        expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES),
+        ["figures/cross_model.png"] if len(MODELS) > 1 else [],

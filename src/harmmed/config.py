@@ -1,0 +1,249 @@
+"""Load and validate the replication config.
+
+The contract is the JSON schema ``workflow/schemas/config.schema.yaml``. It is
+looked up, in order, at
+
+1. the ``schema_path`` argument, when given;
+2. ``<repo root>/workflow/schemas/config.schema.yaml``, where the repo root is
+   ``Path(__file__).resolve().parents[2]``. This holds for the editable install
+   (``pip install -e .``) and for running from a checkout with ``src/`` on
+   ``sys.path``; a non-editable install has no schema next to it and must pass
+   ``schema_path`` explicitly.
+
+Validation fills in the schema's defaults for optional keys, so downstream
+code can index ``cfg["effects"]["ci"]`` without ``.get``. Errors are raised as
+:class:`ConfigError` with one line per problem, each naming the key path
+(``models[0].revision: ...``) and the file the config came from.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from jsonschema import validators
+
+__all__ = [
+    "ConfigError",
+    "DEFAULT_SCHEMA_PATH",
+    "default_schema_path",
+    "load_config",
+    "load_schema",
+    "validate_config",
+]
+
+#: Where the schema lives in a checkout (see module docstring).
+DEFAULT_SCHEMA_PATH = (
+    Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+)
+
+
+class ConfigError(ValueError):
+    """The config file is missing, unreadable or does not satisfy the schema."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def default_schema_path() -> Path:
+    """Return the schema path of the checkout, or raise ConfigError if absent."""
+    if not DEFAULT_SCHEMA_PATH.is_file():
+        raise ConfigError(
+            f"config schema not found at {DEFAULT_SCHEMA_PATH} (harmmed is not installed "
+            "from a checkout); pass schema_path= explicitly"
+        )
+    return DEFAULT_SCHEMA_PATH
+
+
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# (resolved schema path, mtime_ns) -> (schema, validator class); checking the
+# schema against its metaschema is the slow part, so it is done once per file.
+_SCHEMA_CACHE: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}
+
+
+def _read_yaml(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=_SafeLoader)  # noqa: S506 (safe loader)
+
+
+def load_schema(schema_path: str | Path | None = None) -> dict[str, Any]:
+    """Read the YAML schema (``schema_path`` or the checkout's default)."""
+    return copy.deepcopy(_compiled_schema(schema_path)[0])
+
+
+def _compiled_schema(schema_path: str | Path | None) -> tuple[dict[str, Any], Any]:
+    path = Path(schema_path) if schema_path is not None else default_schema_path()
+    try:
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config schema {path}: {exc}") from exc
+    if key in _SCHEMA_CACHE:
+        return _SCHEMA_CACHE[key]
+    try:
+        schema = _read_yaml(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config schema {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config schema {path} is not valid YAML: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise ConfigError(f"config schema {path} must be a mapping")
+    base = validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        base.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ConfigError(f"invalid config schema {path}: {exc.message}") from exc
+    _SCHEMA_CACHE[key] = (schema, _extend_with_defaults(base))
+    return _SCHEMA_CACHE[key]
+
+
+def _extend_with_defaults(validator_class):
+    """A validator class that fills ``default`` values of ``properties``.
+
+    Defaults are deep-copied (the schema's lists and dicts are never shared
+    with the config) and only set on objects, so a wrongly typed section is
+    reported as a type error rather than crashing.
+    """
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if isinstance(subschema, dict) and "default" in subschema:
+                    if key not in instance:
+                        instance[key] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _format_path(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def _join(path: str, key: Any) -> str:
+    return _format_path([key]) if path == "<root>" else _format_path([path, key])
+
+
+def _error_lines(error: jsonschema.ValidationError, root: Any) -> list[str]:
+    """One or more ``path: message`` lines for a schema error."""
+    path = _format_path(error.absolute_path)
+    kind = error.validator
+    instance = error.instance
+
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(k for k in instance if k not in error.schema.get("properties", {}))
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return [f"{_join(path, key)}: unknown key{hint}" for key in extra]
+
+    if kind == "required" and isinstance(instance, dict):
+        missing = [k for k in error.validator_value if k not in instance]
+        return [f"{_join(path, key)}: required key is missing" for key in missing]
+
+    if kind == "not" and error.validator_value == {}:
+        # '#/$defs/forbidden': a key that belongs to another model source.
+        parent: Any = root
+        for part in list(error.absolute_path)[:-1]:
+            parent = parent[part]
+        src = parent.get("source") if isinstance(parent, dict) else None
+        return [f"{path}: not allowed when source is {src!r}"]
+
+    if kind == "not" and error.validator_value == {"multipleOf": 2}:
+        return [f"{path}: {instance!r} must be odd"]
+
+    return [f"{path}: {error.message}"]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
+    """Checks that JSON Schema cannot express."""
+    problems = []
+    seen: dict[str, int] = {}
+    for i, model in enumerate(cfg.get("models") or []):
+        name = model.get("name") if isinstance(model, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(
+                f"models[{i}].name: duplicate model name {name!r} (also models[{seen[name]}].name)"
+            )
+        else:
+            seen[name] = i
+    return problems
+
+
+# --------------------------------------------------------------------------- API
+
+
+def validate_config(
+    cfg: dict[str, Any],
+    schema_path: str | Path | None = None,
+    *,
+    source: str | Path | None = None,
+) -> dict[str, Any]:
+    """Validate ``cfg`` against the schema and fill in defaults.
+
+    ``source`` names the file in error messages (``load_config`` passes it).
+    Validation runs on a deep copy; only when it succeeds is ``cfg`` updated in
+    place with the filled-in defaults (so that, e.g., Snakemake's global
+    ``config`` seen by rule scripts carries them too) and returned. On failure
+    ``cfg`` is left untouched and :class:`ConfigError` lists every problem.
+    """
+    where = str(source) if source is not None else "<config>"
+    if not isinstance(cfg, dict):
+        raise ConfigError(
+            f"{where}: the config must be a mapping at the top level, got {type(cfg).__name__}"
+        )
+
+    schema, validator_class = _compiled_schema(schema_path)
+    validator = validator_class(schema)
+
+    filled = copy.deepcopy(cfg)
+    errors = sorted(
+        validator.iter_errors(filled),
+        key=lambda e: (_format_path(e.absolute_path), str(e.message)),
+    )
+    lines: list[str] = []
+    for err in errors:
+        for line in _error_lines(err, filled):
+            if line not in lines:
+                lines.append(line)
+    if not lines:
+        lines = _code_checks(filled)
+    if lines:
+        header = f"invalid config {where}:" if len(lines) > 1 else f"invalid config {where}: "
+        sep = "\n  " if len(lines) > 1 else ""
+        raise ConfigError(header + sep + sep.join(lines))
+
+    cfg.update(filled)
+    return cfg
+
+
+def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict[str, Any]:
+    """Read a YAML config file, validate it and return it with defaults filled in."""
+    path = Path(path)
+    try:
+        cfg = _read_yaml(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    if cfg is None:
+        raise ConfigError(f"config {path} is empty")
+    return validate_config(cfg, schema_path, source=path)

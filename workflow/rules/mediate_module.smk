@@ -1,0 +1,20 @@
+rule mediate_module:
+    """NIE of attention and MLP outputs at every layer, single and windowed, plus severed paths:
+    the residual NIE with every later MLP (or attention) output frozen at its benign value."""
+    input:
+        manifest="results/{model}/manifest.json",
+        inputs="results/{model}/inputs.jsonl",
+    output:
+        module="results/{model}/module.csv",
+        severed="results/{model}/severed.csv",
+    log:
+        "logs/mediate_module/{model}.log",
+    benchmark:
+        "benchmarks/mediate_module/{model}.tsv"
+    conda:
+        "../../envs/mediate.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=6000,
+    script:
+        "../scripts/mediate_module.py"

@@ -1,0 +1,41 @@
+PUBLIC = config["prompts"]["public"]
+
+
+def pairs_source(wildcards):
+    return "data/raw/unpaired_pairs.csv" if PUBLIC["enabled"] else config["prompts"]["pairs_file"]
+
+
+rule fetch_public_datasets:
+    """Download the opted-in public prompt sets at pinned URLs, verify them against the lock file
+    and sample unpaired harmful/benign pairs from them."""
+    output:
+        pairs="data/raw/unpaired_pairs.csv",
+    params:
+        raw_dir="data/raw",
+    log:
+        "logs/fetch_public_datasets/all.log",
+    benchmark:
+        "benchmarks/fetch_public_datasets/all.tsv"
+    conda:
+        "../../envs/prepare.yaml"
+    script:
+        "../scripts/fetch_public_datasets.py"
+
+
+rule prepare_prompts:
+    """Apply the model's chat template, drop pairs that are not token-aligned (counted in the
+    log and listed in dropped_pairs.csv) and make the seeded discovery/held-out split."""
+    input:
+        manifest="results/{model}/manifest.json",
+        pairs=pairs_source,
+    output:
+        inputs="results/{model}/inputs.jsonl",
+        dropped="results/{model}/dropped_pairs.csv",
+    log:
+        "logs/prepare_prompts/{model}.log",
+    benchmark:
+        "benchmarks/prepare_prompts/{model}.tsv"
+    conda:
+        "../../envs/prepare.yaml"
+    script:
+        "../scripts/prepare_prompts.py"
