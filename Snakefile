@@ -1,7 +1,14 @@
 # Causal mediation of harmful generation (replication of arXiv:2604.11663).
 # Stages live in workflow/rules/, one file each; all logic lives in the `harmmed` package.
 
+import os
+
 from harmmed.config import validate_config
+
+# Jobs (including those in per-stage conda envs) import the package from this checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])
+)
 
 configfile: "config/config.yaml"
 

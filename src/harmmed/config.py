@@ -185,6 +185,16 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
             )
         else:
             seen[name] = i
+    prompts = cfg.get("prompts") or {}
+    mediation = cfg.get("mediation") or {}
+    if (prompts.get("public") or {}).get("enabled") and prompts.get("mode") != "unpaired":
+        problems.append("prompts.mode: public benchmark prompts are not minimal pairs; set mode: unpaired")
+    if prompts.get("mode") == "unpaired":
+        for key in ("layer_positions", "module_positions"):
+            if "all" in (mediation.get(key) or []):
+                problems.append(f"mediation.{key}: 'all' needs token-aligned minimal pairs (mode unpaired)")
+        if mediation.get("severed_positions") == "all":
+            problems.append("mediation.severed_positions: 'all' needs token-aligned minimal pairs (mode unpaired)")
     return problems
 
 

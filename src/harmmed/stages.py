@@ -22,7 +22,7 @@ from .arch import resolve_sites
 from .engine import MediationEngine
 from .metrics import refusal_token_ids
 from .models import fetch_model, load_model
-from .prompts import EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
+from .prompts import PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
 
 log = logging.getLogger("harmmed")
 
@@ -123,12 +123,6 @@ def _pairs(cfg: dict, inputs_path: str | Path) -> list[EncodedPair]:
     return select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"])
 
 
-def _check_positions(cfg: dict, names: list[str]) -> None:
-    if cfg["prompts"]["mode"] == "unpaired" and "all" in names:
-        raise ValueError("mediation: positions 'all' needs token-aligned minimal pairs; "
-                         "in prompts.mode 'unpaired' use only 'post' and 'last'")
-
-
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
     """Run ``cells_of(index, pair)`` for every pair with one progress bar over interventions."""
     planned = [(pair, cells_of(i, pair)) for i, pair in enumerate(pairs)]
@@ -144,7 +138,6 @@ def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: st
 def mediate_layer(cfg: dict, manifest: dict, inputs_path: str | Path, out_csv: str | Path,
                   tokens_json: str | Path, threads: int = 1) -> None:
     med = cfg["mediation"]
-    _check_positions(cfg, med["layer_positions"])
     engine, tokenizer = _engine(cfg, manifest, threads)
     pairs = _pairs(cfg, inputs_path)
     n_heat = _heatmap_pairs(cfg)
@@ -165,7 +158,6 @@ def _heatmap_pairs(cfg: dict) -> int:
 def mediate_module(cfg: dict, manifest: dict, inputs_path: str | Path, module_csv: str | Path,
                    severed_csv: str | Path, threads: int = 1) -> None:
     med = cfg["mediation"]
-    _check_positions(cfg, med["module_positions"] + [med["severed_positions"]])
     engine, _ = _engine(cfg, manifest, threads)
     pairs = _pairs(cfg, inputs_path)
     n_heat = _heatmap_pairs(cfg)
@@ -199,3 +191,67 @@ def run_stage(smk, stage) -> None:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+# ---------------------------------------------------------------- fetch_public_datasets
+def fetch_public_datasets(cfg: dict, raw_dir: str | Path, pairs_csv: str | Path) -> int:
+    """Download the opted-in public sets (sha256-locked) and sample unpaired pairs from them."""
+    from .public_datasets import build_unpaired_pairs, fetch_sources, load_prompts
+
+    public = cfg["prompts"]["public"]
+    names = public["harmful"] + public["benign"]
+    paths = fetch_sources(names, Path(raw_dir), Path(public["lock_file"]), public["url_overrides"])
+    harmful = [p for name in public["harmful"] for p in load_prompts(name, paths[name])]
+    benign = [p for name in public["benign"] for p in load_prompts(name, paths[name])]
+    pairs = build_unpaired_pairs(harmful, benign, public["n_pairs"], public["seed"])
+    with atomic_path(pairs_csv) as tmp:
+        pd.DataFrame(pairs, columns=list(PAIR_COLUMNS)).to_csv(tmp, index=False, lineterminator="\n")
+    log.info("unpaired pairs: %d sampled from %s", len(pairs), ", ".join(names))
+    return len(pairs)
+
+
+# ---------------------------------------------------------------- figures and claims
+def _read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _read_rows(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"positions": str}, keep_default_na=False)
+
+
+def figures(cfg: dict, manifest_path: str, layer_csv: str, module_csv: str, severed_csv: str,
+            inputs_path: str, tokens_json: str, out_dir: str | Path) -> None:
+    from . import plotting
+
+    manifest = _read_json(manifest_path)
+    layer, module, severed = _read_rows(layer_csv), _read_rows(module_csv), _read_rows(severed_csv)
+    boot = dict(n_boot=cfg["effects"]["bootstrap_samples"], ci=cfg["effects"]["ci"], seed=cfg["effects"]["seed"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plotting.plot_layer_curves(layer, manifest, out_dir / "layer_curves", **boot)
+    plotting.plot_module_curves(module, manifest, out_dir / "module_curves", **boot)
+    plotting.plot_severed(severed, manifest, out_dir / "severed_paths", **boot)
+    inputs = [json.loads(line) for line in Path(inputs_path).read_text(encoding="utf-8").splitlines() if line]
+    plotting.plot_heatmaps(layer, module, inputs, _read_json(tokens_json), manifest, out_dir / "heatmap")
+
+
+def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], out: str | Path) -> None:
+    from . import plotting
+
+    named = {_read_json(m)["name"]: (m, csv) for m, csv in zip(manifests, layer_csvs)}
+    boot = dict(n_boot=cfg["effects"]["bootstrap_samples"], ci=cfg["effects"]["ci"], seed=cfg["effects"]["seed"])
+    plotting.plot_cross_model({n: _read_rows(c) for n, (_, c) in named.items()},
+                              {n: _read_json(m) for n, (m, _) in named.items()},
+                              Path(out).with_suffix(""), **boot)
+
+
+def claims(cfg: dict, manifest_path: str, layer_csv: str, module_csv: str, severed_csv: str,
+           claims_csv: str, claims_md: str) -> None:
+    from .claims import compute_claims, write_claims
+
+    manifest = _read_json(manifest_path)
+    table = compute_claims(_read_rows(layer_csv), _read_rows(module_csv), _read_rows(severed_csv), manifest,
+                           cfg["claims"]["thresholds"], cfg["effects"]["bootstrap_samples"], cfg["effects"]["ci"],
+                           cfg["effects"]["seed"])
+    with atomic_path(claims_csv) as tmp_csv, atomic_path(claims_md) as tmp_md:
+        write_claims(table, tmp_csv, tmp_md, title=f"Claims: {manifest['name']}")

@@ -1,0 +1,301 @@
+"""Effects, claims and figures on synthetic effect tables with a planted structure."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harmmed import claims, effects, plotting
+
+N_LAYERS = 12
+N_PAIRS = 24
+METRICS = ("harm", "refusal")
+THRESHOLDS = {"C1_late_share": 0.5, "C2_mlp_attn_ratio": 1.0, "C2_severed_drop": 0.0}
+MANIFEST = {"name": "synthetic", "n_layers": N_LAYERS, "d_model": 16, "d_mlp": 64,
+            "architecture": "LlamaForCausalLM"}
+PROMPT_LEN = {f"p{i:02d}": 10 + i % 3 for i in range(N_PAIRS)}
+
+
+def profile(kind: str) -> np.ndarray:
+    """Per-layer shape of a planted effect (fractions of TE)."""
+    layers = np.arange(N_LAYERS)
+    if kind == "late":
+        return np.where(layers >= claims.late_third_start(N_LAYERS), 1.0, 0.05)
+    if kind == "early":
+        return np.where(layers < N_LAYERS // 3, 1.0, 0.05)
+    # "flat": equal mass in the middle and last thirds, so the late share is exactly 0.5.
+    return np.where(layers >= N_LAYERS // 3, 0.5, 0.0)
+
+
+def rows(metric: str, kind: str, site: str, effects_by_layer: np.ndarray, te: np.ndarray,
+         positions: str = "all", window: int = 1, layers: np.ndarray | None = None,
+         pair_ids: list[str] | None = None, **extra: str) -> list[dict]:
+    """Tidy rows for pairs x layers of planted effects (y_benign 0, y_harmful = TE)."""
+    layers = np.arange(N_LAYERS) if layers is None else layers
+    pair_ids = sorted(PROMPT_LEN) if pair_ids is None else pair_ids
+    out = []
+    for i, pid in enumerate(pair_ids):
+        for j, layer in enumerate(layers):
+            e = float(effects_by_layer[i, j])
+            out.append(dict(pair_id=pid, metric=metric, kind=kind, site=site, layer=int(layer),
+                            window=window, positions=positions, y_benign=0.0,
+                            y_harmful=float(te[i]), y_patched=e, effect=e, **extra))
+    return out
+
+
+def synthetic(structure: str, noise: float = 0.05, seed: int = 0
+              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """layer, module and severed tables; `structure` is planted, opposite or null."""
+    rng = np.random.default_rng(seed)
+    layer_rows, module_rows, severed_rows = [], [], []
+    shape = {"planted": "late", "opposite": "early", "null": "flat"}[structure]
+    mlp_gain, attn_gain = {"planted": (1.0, 0.1), "opposite": (0.1, 1.0),
+                           "null": (0.5, 0.5)}[structure]
+    keep_mlp, keep_attn = {"planted": (0.2, 0.9), "opposite": (0.9, 0.2),
+                           "null": (0.6, 0.6)}[structure]
+    for metric in METRICS:
+        sign = -1.0 if metric == "harm" else 1.0  # harm moves down: tests the orientation
+        te = sign * rng.normal(2.0, 0.2, N_PAIRS)
+
+        def eff(shape_vec: np.ndarray) -> np.ndarray:
+            # Antithetic noise (pairs 2k and 2k+1 get +z and -z): the full-sample mean carries
+            # no noise, so a null statistic sits exactly on its threshold.
+            z = rng.normal(0.0, noise * 2.0, (N_PAIRS // 2, N_LAYERS))
+            return te[:, None] * shape_vec[None, :] + np.stack([z, -z], axis=1).reshape(
+                N_PAIRS, N_LAYERS)
+
+        ones = np.ones(N_LAYERS)
+        for pos in ("all", "post", "last"):
+            nie = eff(profile(shape) if pos != "all" else ones)
+            layer_rows += rows(metric, "NIE", "residual", nie, te, pos)
+            layer_rows += rows(metric, "NDE", "residual", eff(1.0 - profile(shape)), te, pos)
+        late = np.arange(N_LAYERS) >= claims.late_half_start(N_LAYERS)
+        early = ~late
+        for site, gain in (("mlp", mlp_gain), ("attn", attn_gain)):
+            site_shape = gain * late / 4
+            for pos in ("all", "post"):
+                module_rows += rows(metric, "NIE", site, eff(site_shape), te, pos)
+                module_rows += rows(metric, "NIE", site, eff(site_shape), te, pos, window=3)
+        for cut, keep in (("none", 1.0), ("mlp", keep_mlp), ("attn", keep_attn)):
+            shape_vec = np.where(early, keep, 1.0)
+            severed_rows += rows(metric, "NIE", "residual", eff(shape_vec), te, severed=cut)
+        # Heatmap rows: two pairs, every absolute position, residual (with embeddings) and modules.
+        for pid in ("p00", "p01"):
+            i = sorted(PROMPT_LEN).index(pid)
+            length = PROMPT_LEN[pid]
+            for p in range(length):
+                local = np.where(p == length - 1, te[i], 0.0)
+                for site, layers, target in (("residual", np.arange(-1, N_LAYERS), layer_rows),
+                                             ("mlp", np.arange(N_LAYERS), module_rows),
+                                             ("attn", np.arange(N_LAYERS), module_rows)):
+                    vals = local * profile(shape)[np.clip(layers, 0, None)][None, :]
+                    target += rows(metric, "NIE", site, vals + rng.normal(0, 0.01, vals.shape),
+                                   te[[i]], str(p), layers=layers, pair_ids=[pid])
+    return pd.DataFrame(layer_rows), pd.DataFrame(module_rows), pd.DataFrame(severed_rows)
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    return synthetic("planted")
+
+
+def run_claims(tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
+    return claims.compute_claims(*tables, MANIFEST, THRESHOLDS, n_boot=500, ci=0.95, seed=0)
+
+
+def verdicts(table: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(table["statistic"], table["verdict"]))
+
+
+def test_bootstrap_ci_covers_true_mean_and_is_seeded() -> None:
+    values = np.random.default_rng(1).normal(3.0, 1.0, 4000)
+    low, high = effects.bootstrap_ci(values, n_boot=1000, ci=0.95, seed=7)
+    assert low < 3.0 < high
+    assert high - low < 0.1
+    assert effects.bootstrap_ci(values, n_boot=1000, ci=0.95, seed=7) == (low, high)
+    assert effects.bootstrap_ci(values, n_boot=1000, ci=0.95, seed=8) != (low, high)
+    med_low, med_high = effects.bootstrap_ci(values, stat=np.median, n_boot=500, seed=0)
+    assert med_low < 3.0 < med_high
+
+
+def test_paired_bootstrap_shares_one_resample_across_columns() -> None:
+    x = np.random.default_rng(2).normal(size=(30, 1))
+    matrix = np.hstack([x, 2 * x, x + 1])
+    means, boot = effects.paired_bootstrap_means(matrix, n_boot=200, seed=3)
+    np.testing.assert_allclose(boot[:, 1], 2 * boot[:, 0])
+    np.testing.assert_allclose(boot[:, 2], boot[:, 0] + 1)
+    np.testing.assert_allclose(means, matrix.mean(axis=0))
+    low, high = effects.bootstrap_ci(x[:, 0], n_boot=200, seed=3)
+    np.testing.assert_allclose(np.quantile(boot[:, 0], [0.025, 0.975]), [low, high])
+
+
+def test_summarize_counts_ci_and_proportions() -> None:
+    te = np.array([2.0, 2.0, 2.0, 0.05, -0.01])
+    effect = np.array([[1.0, 2.0], [1.2, 1.8], [0.8, 2.2], [5.0, 0.0], [5.0, 0.0]])
+    ids = [f"q{i}" for i in range(5)]
+    df = pd.DataFrame(rows("refusal", "NIE", "residual", effect, te, "post",
+                           layers=np.array([3, 1]), pair_ids=ids))
+    df = df.iloc[::-1]  # input order must not matter
+    out = effects.summarize(df, n_boot=300, ci=0.9, seed=4, min_abs_te=0.1)
+    assert list(out.columns) == [*effects.GROUP_KEYS, *effects.SUMMARY_COLUMNS]
+    assert out["layer"].tolist() == [1, 3]
+    assert out["n_pairs"].tolist() == [5, 5]
+    assert out["n_excluded"].tolist() == [2, 2]
+    np.testing.assert_allclose(out["mean_effect"], effect[:, ::-1].mean(axis=0))
+    np.testing.assert_allclose(out["mean_te"], te.mean())
+    np.testing.assert_allclose(out["proportion_mediated"], [1.0, 0.5])
+    low, high = effects.bootstrap_ci(effect[:, 1], n_boot=300, ci=0.9, seed=4)
+    np.testing.assert_allclose(out.loc[0, ["ci_low", "ci_high"]].astype(float), [low, high])
+    pd.testing.assert_frame_equal(out, effects.summarize(df.iloc[::-1], n_boot=300, ci=0.9,
+                                                         seed=4, min_abs_te=0.1))
+
+
+def test_summarize_orders_positions_and_keeps_severed(planted) -> None:
+    layer_df, _, severed_df = planted
+    out = effects.summarize(layer_df[layer_df["metric"] == "refusal"], n_boot=100)
+    named = out[out["positions"].isin(["all", "post", "last"])]
+    assert named["positions"].drop_duplicates().tolist() == ["all", "post", "last"]
+    heat = out[~out["positions"].isin(["all", "post", "last"])]
+    assert heat["n_pairs"].max() <= 2
+    first_layer = heat[heat["layer"] == -1]["positions"].astype(int).tolist()
+    assert first_layer == sorted(first_layer)
+    sev = effects.summarize(severed_df, n_boot=100)
+    assert "severed" in sev.columns
+    assert sev["severed"].drop_duplicates().tolist() == ["none", "mlp", "attn"]
+    assert (sev["n_pairs"] == N_PAIRS).all()
+
+
+def test_verdict_rule_and_ties() -> None:
+    assert claims.verdict(0.6, 0.9, 0.5) == "supported"
+    assert claims.verdict(0.1, 0.4, 0.5) == "not supported"
+    assert claims.verdict(0.4, 0.6, 0.5) == "inconclusive"
+    assert claims.verdict(0.5, 0.6, 0.5) == "inconclusive"
+    assert claims.verdict(0.4, 0.5, 0.5) == "inconclusive"
+    assert claims.verdict(float("nan"), 0.6, 0.5) == "inconclusive"
+    assert claims.verdict(0.1, 0.4, 0.5, above=False) == "supported"
+    assert claims.verdict(0.6, 0.9, 0.5, above=False) == "not supported"
+    assert claims.late_third_start(12) == 8 and claims.late_third_start(32) == 22
+    assert claims.late_half_start(12) == 6 and claims.late_half_start(31) == 16
+
+
+def test_planted_structure_is_supported(planted) -> None:
+    table = run_claims(planted)
+    assert list(table.columns) == list(claims.CLAIM_COLUMNS)
+    got = verdicts(table)
+    for metric in METRICS:
+        assert got[f"late_third_share_pos_NIE[{metric}]"] == "supported"
+        assert got[f"argmax_rel_depth_NIE[{metric}]"] == "supported"
+        assert got[f"late_half_mlp_attn_NIE_ratio[{metric}]"] == "supported"
+        assert got[f"severed_drop_mlp_minus_attn[{metric}]"] == "supported"
+        assert got[f"final_layer_neuron_gate[{metric}]"] == "not run"
+    assert got["probe_rel_depth_acc_ge_0.9"] == "not run"
+    row = table.set_index("statistic").loc["severed_drop_mlp_minus_attn[refusal]"]
+    assert math.isclose(row["value"], 0.7, abs_tol=0.05)
+    share = table.set_index("statistic").loc["late_third_share_pos_NIE[harm]", "value"]
+    assert share > 0.8
+    assert table["claim"].tolist() == sorted(table["claim"])
+
+
+def test_opposite_structure_is_not_supported() -> None:
+    got = verdicts(run_claims(synthetic("opposite", seed=1)))
+    for metric in METRICS:
+        for stat in ("late_third_share_pos_NIE", "argmax_rel_depth_NIE",
+                     "late_half_mlp_attn_NIE_ratio", "severed_drop_mlp_minus_attn"):
+            assert got[f"{stat}[{metric}]"] == "not supported", (stat, metric)
+
+
+def test_null_structure_is_inconclusive() -> None:
+    got = verdicts(run_claims(synthetic("null", noise=0.5, seed=2)))
+    for metric in METRICS:
+        for stat in ("late_third_share_pos_NIE", "late_half_mlp_attn_NIE_ratio",
+                     "severed_drop_mlp_minus_attn"):
+            assert got[f"{stat}[{metric}]"] == "inconclusive", (stat, metric)
+
+
+def test_claims_are_deterministic_and_accept_later_rows(planted, tmp_path: Path) -> None:
+    extra = pd.DataFrame([
+        dict(claim="C3", statistic="top_frac_50pct[refusal]", value=0.02, ci_low=0.01,
+             ci_high=0.03, threshold=0.05, verdict=claims.verdict(0.01, 0.03, 0.05, above=False)),
+        dict(claim="C3", statistic="gating_effect[refusal]", value=0.4, ci_low=0.2,
+             ci_high=0.6, threshold=0.0),
+    ])
+    table = claims.compute_claims(*planted, MANIFEST, THRESHOLDS, n_boot=300, seed=0,
+                                  extra_rows=extra)
+    got = verdicts(table)
+    assert got["top_frac_50pct[refusal]"] == "supported"
+    assert got["gating_effect[refusal]"] == "supported"
+    assert not any(s.startswith("final_layer_neuron_gate") for s in got)
+    assert got["probe_rel_depth_acc_ge_0.9"] == "not run"
+    paths = []
+    for run in ("a", "b"):
+        again = claims.compute_claims(*planted, MANIFEST, THRESHOLDS, n_boot=300, seed=0,
+                                      extra_rows=extra)
+        csv, md = tmp_path / run / "claims.csv", tmp_path / run / "claims.md"
+        claims.write_claims(again, csv, md)
+        paths.append((csv.read_bytes(), md.read_bytes()))
+    assert paths[0] == paths[1]
+    header = paths[0][0].decode().splitlines()[0]
+    assert header == "claim,statistic,value,ci_low,ci_high,threshold,verdict"
+    assert "ci_low > threshold" in paths[0][1].decode()
+    reread = pd.read_csv(tmp_path / "a" / "claims.csv")
+    assert reread["verdict"].tolist() == table["verdict"].tolist()
+
+
+def test_claims_without_severed_data_mark_not_run(planted) -> None:
+    layer_df, module_df, _ = planted
+    table = claims.compute_claims(layer_df, module_df, None, MANIFEST, THRESHOLDS, n_boot=100)
+    assert verdicts(table)["severed_drop_mlp_minus_attn[harm]"] == "not run"
+
+
+def inputs_for_heatmap() -> list[dict]:
+    return [dict(pair_id=pid, split="discovery", category="c", harmful_ids=list(range(n)),
+                 benign_ids=list(range(n)), target_ids=[1, 2], post_positions=[n - 2, n - 1])
+            for pid, n in PROMPT_LEN.items()]
+
+
+def all_figures(planted, out: Path) -> list[Path]:
+    layer_df, module_df, severed_df = planted
+    tokens = {"p00": [f"t{i}" for i in range(PROMPT_LEN["p00"] - 1)] + ["$\n"]}
+    other = layer_df.assign(effect=layer_df["effect"] * 0.5)
+    # Heatmap rows of one metric only (keeps the test fast): a figure per metric that has them.
+    heat_layer = layer_df[(layer_df["metric"] == "refusal") | (layer_df["positions"] == "post")]
+    return [
+        *plotting.plot_layer_curves(layer_df, MANIFEST, out / "layer", n_boot=200),
+        *plotting.plot_heatmaps(heat_layer, module_df[module_df["metric"] == "refusal"],
+                                inputs_for_heatmap(), tokens, MANIFEST, out / "heatmap"),
+        *plotting.plot_module_curves(module_df, MANIFEST, out / "module", n_boot=200),
+        *plotting.plot_severed(severed_df, MANIFEST, out / "severed", n_boot=200),
+        *plotting.plot_cross_model({"b": other, "a": layer_df},
+                                   {"a": MANIFEST, "b": {**MANIFEST, "n_layers": N_LAYERS}},
+                                   out / "cross_model", n_boot=200),
+    ]
+
+
+def render_in_subprocess(out: Path) -> subprocess.Popen:
+    """Render every figure in a fresh interpreter (other hash seed), in parallel with the test."""
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "import test_effects_claims_plots as t; "
+            "t.all_figures(t.synthetic('planted'), Path(sys.argv[2]))")
+    return subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), str(out)],
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_figures_are_written_and_byte_identical_across_processes(planted, tmp_path: Path
+                                                                  ) -> None:
+    child = render_in_subprocess(tmp_path / "b")
+    first = all_figures(planted, tmp_path / "a")
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    names = sorted(p.name for p in first)
+    assert names == sorted([f"{stem}.{ext}" for ext in ("png", "pdf") for stem in (
+        "layer", "heatmap_refusal", "module", "severed", "cross_model")])
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == names
+    for a in first:
+        assert a.stat().st_size > 1000
+        assert a.read_bytes() == (tmp_path / "b" / a.name).read_bytes(), a.name

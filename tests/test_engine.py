@@ -1,0 +1,158 @@
+"""Exact invariants of the intervention engine on tiny random models of every supported family."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from harmmed.arch import UnsupportedArchitectureError, spec_for
+from harmmed.engine import MediationEngine, Patch
+from harmmed.hooks import HookSet
+from harmmed.metrics import METRICS
+
+from tiny import FAMILIES, tiny_model
+
+PROMPT_LEN = 14
+SPAN = slice(6, 8)
+TARGET = [20, 21, 22]
+REFUSAL = METRICS.index("refusal")
+
+
+def make_pair(seed: int = 1) -> tuple[list[int], list[int]]:
+    rng = random.Random(seed)
+    harmful = [rng.randrange(10, 90) for _ in range(PROMPT_LEN)]
+    benign = list(harmful)
+    benign[SPAN] = [11, 12]
+    return harmful, benign
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def setup(request):
+    engine = MediationEngine(tiny_model(request.param), refusal_ids=[3, 5, 7])
+    harmful_ids, benign_ids = make_pair()
+    return engine, engine.run(harmful_ids, TARGET), engine.run(benign_ids, TARGET)
+
+
+def random_interventions(engine: MediationEngine, n: int, seed: int) -> list[tuple[Patch, ...]]:
+    rng = random.Random(seed)
+    n_layers, d_mlp = engine.sites.n_layers, engine.sites.d_mlp
+    out = []
+    for _ in range(n):
+        site = rng.choice(["residual", "attn", "mlp", "neuron"])
+        layer = rng.randrange(-1 if site == "residual" else 0, n_layers)
+        positions = tuple(sorted(rng.sample(range(PROMPT_LEN), rng.randint(1, 5))))
+        neurons = tuple(sorted(rng.sample(range(d_mlp), 3))) if site == "neuron" and rng.random() < 0.7 else None
+        patches = [Patch(site, layer, positions, neurons)]
+        if rng.random() < 0.3:  # a second mediator, and sometimes a frozen one
+            patches.append(Patch("mlp", rng.randrange(n_layers), (PROMPT_LEN - 1,), from_base=rng.random() < 0.5))
+        out.append(tuple(patches))
+    return out
+
+
+def test_identity_patch_has_zero_effect(setup):
+    engine, harmful, benign = setup
+    interventions = random_interventions(engine, 12, seed=2)
+    for fast in (True, False):
+        y = engine.patch(benign, benign, interventions, fast=fast)
+        expected = np.array([benign.y[m] for m in METRICS])
+        np.testing.assert_allclose(y, np.broadcast_to(expected, y.shape), atol=1e-5, rtol=0)
+
+
+def test_patching_every_prompt_position_of_the_residual_gives_the_treated_refusal(setup):
+    engine, harmful, benign = setup
+    everywhere = tuple(range(PROMPT_LEN))
+    interventions = [(Patch("residual", layer, everywhere),) for layer in range(-1, engine.sites.n_layers)]
+    for fast in (True, False):
+        y = engine.patch(benign, harmful, interventions, fast=fast)
+        np.testing.assert_allclose(y[:, REFUSAL], harmful.y["refusal"], atol=1e-5, rtol=0)
+        assert not np.allclose(benign.y["refusal"], harmful.y["refusal"], atol=1e-4)  # the test can fail
+
+
+@pytest.mark.parametrize("direction", ["NIE", "NDE"])
+def test_fast_path_equals_plain_path(setup, direction):
+    engine, harmful, benign = setup
+    base, source = (benign, harmful) if direction == "NIE" else (harmful, benign)
+    interventions = random_interventions(engine, 40, seed=3)
+    fast = engine.patch(base, source, interventions, fast=True)
+    plain = engine.patch(base, source, interventions, fast=False)
+    np.testing.assert_allclose(fast, plain, atol=1e-5, rtol=0)
+    assert np.abs(plain - [base.y[m] for m in METRICS]).max() > 1e-4  # interventions do something
+
+
+def test_batched_equals_one_at_a_time(setup):
+    engine, harmful, benign = setup
+    interventions = random_interventions(engine, 30, seed=4)
+    batched = engine.patch(benign, harmful, interventions)
+    one_by_one = np.concatenate([engine.patch(benign, harmful, [iv]) for iv in interventions])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
+
+
+def test_all_neurons_equal_the_mlp_output(setup):
+    engine, harmful, benign = setup
+    positions = (5, 7, PROMPT_LEN - 1)
+    for layer in range(engine.sites.n_layers):
+        neurons = engine.patch(benign, harmful, [(Patch("neuron", layer, positions),)], fast=False)
+        every_unit = tuple(range(engine.sites.d_mlp))
+        listed = engine.patch(benign, harmful, [(Patch("neuron", layer, positions, every_unit),)])
+        mlp = engine.patch(benign, harmful, [(Patch("mlp", layer, positions),)], fast=False)
+        np.testing.assert_allclose(neurons, mlp, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(listed, mlp, atol=1e-5, rtol=0)
+
+
+def test_memory_backoff_gives_the_same_results(setup, monkeypatch):
+    engine, harmful, benign = setup
+    interventions = random_interventions(engine, 24, seed=5)
+    expected = engine.patch(benign, harmful, interventions)
+    real_forward = engine._forward
+
+    def forward_that_runs_out_of_memory(base, source, batch, reuse):
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real_forward(base, source, batch, reuse)
+
+    monkeypatch.setattr(engine, "_forward", forward_that_runs_out_of_memory)
+    before = engine.stats["oom_backoffs"]
+    got = engine.patch(benign, harmful, interventions)
+    assert engine.stats["oom_backoffs"] > before
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_small_memory_budget_changes_batching_not_results(setup):
+    engine, harmful, benign = setup
+    interventions = random_interventions(engine, 16, seed=6)
+    expected = engine.patch(benign, harmful, interventions)
+    small = MediationEngine(engine.model, engine.refusal_ids.tolist(), memory_budget_mb=0.01)
+    passes = small.stats["forward_passes"]
+    got = small.patch(benign, harmful, interventions)
+    assert small.stats["forward_passes"] - passes >= 10  # one row per pass
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_shared_prefix_is_not_recomputed(setup):
+    """Patches before the differing span are identities: skipped without a forward pass."""
+    engine, harmful, benign = setup
+    before_span = tuple(range(SPAN.start))
+    passes = engine.stats["forward_passes"]
+    y = engine.patch(benign, harmful, [(Patch("residual", layer, before_span),) for layer in range(3)])
+    assert engine.stats["forward_passes"] == passes
+    np.testing.assert_array_equal(y, np.array([[benign.y[m] for m in METRICS]] * 3))
+
+
+def test_unknown_architecture_lists_supported():
+    with pytest.raises(UnsupportedArchitectureError, match="llama.*") as info:
+        spec_for("mamba")
+    assert "gpt_neox" in str(info.value) and "gemma2" in str(info.value)
+
+
+def test_hooks_are_removed_even_on_error():
+    model = tiny_model("llama")
+    block = model.model.layers[0]
+    with pytest.raises(RuntimeError):
+        with HookSet() as hooks:
+            hooks.on_output(block, lambda x: x * 0)
+            hooks.replace_forward(model.model.layers[1], lambda *a, **k: None)
+            raise RuntimeError("boom")
+    assert not block._forward_hooks and "forward" not in vars(model.model.layers[1])

@@ -1,0 +1,119 @@
+"""The Snakemake workflow end to end on a tiny local model, and a dry run of the default config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tiny import save_tiny_model, write_tiny_pairs
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+ROW_COLUMNS = ["pair_id", "metric", "kind", "site", "layer", "window", "positions",
+               "y_benign", "y_harmful", "y_patched", "effect"]
+
+
+def tiny_config(workdir: Path) -> Path:
+    save_tiny_model(workdir / "tiny-model")
+    write_tiny_pairs(workdir / "pairs.csv")
+    config = {
+        "models": [{"name": "tiny", "source": "local", "path": str(workdir / "tiny-model")}],
+        "prompts": {"pairs_file": str(workdir / "pairs.csv")},
+        "metrics": {"refusal_phrases": ["Sorry", "I cannot"]},
+        "mediation": {"max_pairs": 4, "windows": [1, 3], "heatmap": {"n_pairs": 1}},
+        "effects": {"bootstrap_samples": 200},
+    }
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config),
+                           "--cores", "1", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = tiny_config(workdir)
+    done = snakemake(workdir, config)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return workdir, config
+
+
+def test_results_have_the_stated_schemas(tiny_run):
+    workdir, _ = tiny_run
+    results = workdir / "results" / "tiny"
+    manifest = json.loads((results / "manifest.json").read_text())
+    assert manifest["architecture"] == "llama" and manifest["n_layers"] == 4 and manifest["refusal_token_ids"]
+    inputs = [json.loads(line) for line in (results / "inputs.jsonl").read_text().splitlines()]
+    assert set(inputs[0]) == {"pair_id", "split", "category", "harmful_ids", "benign_ids", "target_ids",
+                              "post_positions"}
+    for name in ("layer.csv", "module.csv"):
+        frame = pd.read_csv(results / name, dtype={"positions": str})
+        assert list(frame.columns) == ROW_COLUMNS
+        assert (frame["effect"] - (frame["y_patched"] - frame["y_benign"])).abs().max() < 1e-6
+    layer = pd.read_csv(results / "layer.csv", dtype={"positions": str})
+    curves = layer[layer["positions"].isin(["all", "post", "last"])]
+    assert curves["pair_id"].nunique() == 4
+    assert len(curves) == 4 * 2 * 2 * 5 * 3  # pairs x metrics x kinds x layers(-1..3) x position sets
+    module = pd.read_csv(results / "module.csv", dtype={"positions": str})
+    assert set(module["site"]) == {"attn", "mlp"} and set(module["window"]) == {1, 3}
+    claims = pd.read_csv(results / "claims.csv")
+    assert list(claims.columns) == ["claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict"]
+    assert {"C1", "C2", "C3", "C4"} <= set(claims["claim"].str[:2])
+    for figure in ("layer_curves", "module_curves", "severed_paths", "heatmap_refusal"):
+        assert (workdir / "figures" / "tiny" / f"{figure}.png").stat().st_size > 1000
+
+
+def test_second_run_has_nothing_to_do(tiny_run):
+    workdir, config = tiny_run
+    again = snakemake(workdir, config, "--dry-run")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_rerun_is_byte_identical(tiny_run):
+    workdir, config = tiny_run
+    results = workdir / "results" / "tiny"
+    names = ["inputs.jsonl", "layer.csv", "module.csv", "severed.csv", "claims.csv"]
+    before = {n: (results / n).read_bytes() for n in names}
+    figure = (workdir / "figures" / "tiny" / "layer_curves.png").read_bytes()
+    done = snakemake(workdir, config, "--forcerun", "prepare_prompts")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert {n: (results / n).read_bytes() for n in names} == before
+    assert (workdir / "figures" / "tiny" / "layer_curves.png").read_bytes() == figure
+
+
+def test_report_has_captions(tiny_run):
+    workdir, config = tiny_run
+    done = snakemake(workdir, config, "--report", str(workdir / "report.html"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (workdir / "report.html").stat().st_size > 10_000
+
+
+def test_default_config_dry_run():
+    done = subprocess.run([*SNAKEMAKE, "--directory", str(REPO), "--cores", "2", "--dry-run"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "figures", "claims"):
+        assert rule in done.stdout
+
+
+def test_bad_config_is_refused_before_any_job(tmp_path):
+    config = tiny_config(tmp_path)
+    bad = yaml.safe_load(config.read_text())
+    bad["mediation"]["windows"] = [2]
+    config.write_text(yaml.safe_dump(bad))
+    done = snakemake(tmp_path, config, "--dry-run")
+    assert done.returncode != 0 and "mediation.windows" in done.stdout + done.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,5 @@
+from harmmed.stages import claims, run_stage
+
+run_stage(snakemake, lambda smk: claims(
+    smk.config, smk.input.manifest, smk.input.layer, smk.input.module, smk.input.severed,
+    smk.output.csv, smk.output.md))
