@@ -33,6 +33,7 @@ STYLE: dict[str, Any] = {
     "savefig.dpi": 150,
     "axes.grid": True,
     "grid.alpha": 0.3,
+    "axes.formatter.limits": (-2, 4),  # short tick labels: small effects get a x1e-3 offset
 }
 PNG_METADATA = {"Software": None}
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
@@ -76,7 +77,7 @@ def new_figure(n_panels: int, width: float = 4.6, height: float = 3.4, n_rows: i
     n_cols = max(1, int(np.ceil(n_panels / n_rows)))
     fig_w, fig_h = width * n_cols, height * n_rows
     fig = Figure(figsize=(fig_w, fig_h))
-    fig.subplots_adjust(left=0.75 / fig_w, right=1 - 0.2 / fig_w,
+    fig.subplots_adjust(left=0.85 / fig_w, right=1 - 0.2 / fig_w,
                         bottom=bottom / fig_h, top=1 - 0.4 / fig_h,
                         wspace=gap / (width - gap), hspace=(bottom + 0.45) / (height - 1.0))
     return fig, fig.subplots(n_rows, n_cols, squeeze=False).ravel()
