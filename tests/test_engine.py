@@ -37,17 +37,22 @@ def setup(request):
 
 
 def random_interventions(engine: MediationEngine, n: int, seed: int) -> list[tuple[Patch, ...]]:
+    """Random (site, layer, positions, units) sets; a third confined to the final block, which
+    the engine recomputes for the patched positions only."""
     rng = random.Random(seed)
-    n_layers, d_mlp = engine.sites.n_layers, engine.sites.d_mlp
+    n_layers = engine.sites.n_layers
+    width = {"neuron": engine.sites.d_mlp, "heads": engine.sites.d_model}
     out = []
     for _ in range(n):
-        site = rng.choice(["residual", "attn", "mlp", "neuron"])
-        layer = rng.randrange(-1 if site == "residual" else 0, n_layers)
+        final_only = rng.random() < 0.33
+        site = rng.choice(["residual", "attn", "mlp", "neuron", "heads"])
+        layer = n_layers - 1 if final_only else rng.randrange(-1 if site == "residual" else 0, n_layers)
         positions = tuple(sorted(rng.sample(range(PROMPT_LEN), rng.randint(1, 5))))
-        neurons = tuple(sorted(rng.sample(range(d_mlp), 3))) if site == "neuron" and rng.random() < 0.7 else None
-        patches = [Patch(site, layer, positions, neurons)]
+        units = tuple(sorted(rng.sample(range(width[site]), 3))) if site in width and rng.random() < 0.7 else None
+        patches = [Patch(site, layer, positions, units)]
         if rng.random() < 0.3:  # a second mediator, and sometimes a frozen one
-            patches.append(Patch("mlp", rng.randrange(n_layers), (PROMPT_LEN - 1,), from_base=rng.random() < 0.5))
+            second = n_layers - 1 if final_only else rng.randrange(n_layers)
+            patches.append(Patch("mlp", second, (PROMPT_LEN - 1,), from_base=rng.random() < 0.5))
         out.append(tuple(patches))
     return out
 
@@ -96,7 +101,7 @@ def test_all_neurons_equal_the_mlp_output(setup):
     for layer in range(engine.sites.n_layers):
         neurons = engine.patch(benign, harmful, [(Patch("neuron", layer, positions),)], fast=False)
         every_unit = tuple(range(engine.sites.d_mlp))
-        listed = engine.patch(benign, harmful, [(Patch("neuron", layer, positions, every_unit),)])
+        listed = engine.patch(benign, harmful, [(Patch("neuron", layer, positions, units=every_unit),)])
         mlp = engine.patch(benign, harmful, [(Patch("mlp", layer, positions),)], fast=False)
         np.testing.assert_allclose(neurons, mlp, atol=1e-5, rtol=0)
         np.testing.assert_allclose(listed, mlp, atol=1e-5, rtol=0)
@@ -104,7 +109,9 @@ def test_all_neurons_equal_the_mlp_output(setup):
 
 def test_memory_backoff_gives_the_same_results(setup, monkeypatch):
     engine, harmful, benign = setup
-    interventions = random_interventions(engine, 24, seed=5)
+    rng = random.Random(5)  # one start position and layer, so the budget would allow one batch
+    interventions = [(Patch(rng.choice(["attn", "mlp", "neuron"]), 0, (6, *sorted(rng.sample(range(7, 14), 3)))),)
+                     for _ in range(24)]
     expected = engine.patch(benign, harmful, interventions)
     real_forward = engine._forward
 
@@ -145,6 +152,43 @@ def test_unknown_architecture_lists_supported():
     with pytest.raises(UnsupportedArchitectureError, match="llama.*") as info:
         spec_for("mamba")
     assert "gpt_neox" in str(info.value) and "gemma2" in str(info.value)
+
+
+def test_final_block_patches_recompute_one_token(setup):
+    engine, harmful, benign = setup
+    final = engine.sites.n_layers - 1
+    interventions = [(Patch("neuron", final, (PROMPT_LEN - 1,), units=(j,)),) for j in range(engine.sites.d_mlp)]
+    before = engine.stats["token_layers"]
+    fast = engine.patch(benign, harmful, interventions)
+    assert engine.stats["token_layers"] - before == engine.sites.d_mlp  # one token, one layer each
+    np.testing.assert_allclose(fast, engine.patch(benign, harmful, interventions[:8], fast=False).tolist()
+                               + fast[8:].tolist(), atol=1e-5, rtol=0)
+
+
+def test_fixed_units_hold_exactly_the_chosen_units_during_generation(setup):
+    engine, harmful, _ = setup
+    final = engine.sites.n_layers - 1
+    units = [1, 4, 9]
+    values = torch.tensor([0.5, -2.0, 3.0])
+
+    def read_back() -> list[torch.Tensor]:
+        """Generate while a hook registered last reads the units the MLP actually receives."""
+        seen: list[torch.Tensor] = []
+        with HookSet() as spy:
+            spy.on_input(engine.sites.down_proj(final), lambda x: seen.append(x.detach().clone()))
+            engine.model.generate(harmful.ids[:, : harmful.prompt_len], max_new_tokens=3, do_sample=False,
+                                  pad_token_id=0)
+        return seen
+
+    with engine.fixed_units("neuron", final, units, values):
+        held = read_back()
+    free = read_back()
+    assert len(held) == 3  # the prompt pass and two single-token steps
+    others = [j for j in range(engine.sites.d_mlp) if j not in units]
+    for step in held:
+        assert torch.equal(step[..., units], values.expand(*step.shape[:-1], 3))
+    assert torch.equal(held[0][..., others], free[0][..., others])  # nothing else moved
+    assert not torch.equal(free[0][..., units], held[0][..., units])
 
 
 def test_hooks_are_removed_even_on_error():

@@ -20,13 +20,16 @@ class ArchSpec:
     attn: str  # attention sub-block, relative to a block; output taken after o_proj
     mlp: str  # MLP sub-block, relative to a block
     down_proj: str  # MLP output projection, relative to a block; its input is the neuron site
+    o_proj: str  # attention output projection, relative to a block; its input is the heads site
     n_layers: str = "num_hidden_layers"
     d_model: str = "hidden_size"
     d_mlp: str = "intermediate_size"
     text_config: bool = False  # sizes live in config.text_config (multimodal wrappers)
 
 
-_LLAMA_LIKE = ArchSpec(layers="model.layers", attn="self_attn", mlp="mlp", down_proj="mlp.down_proj")
+_LLAMA_LIKE = ArchSpec(
+    layers="model.layers", attn="self_attn", mlp="mlp", down_proj="mlp.down_proj", o_proj="self_attn.o_proj"
+)
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
@@ -40,6 +43,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         attn="self_attn",
         mlp="mlp",
         down_proj="mlp.down_proj",
+        o_proj="self_attn.o_proj",
         text_config=True,
     ),
     "gpt2": ArchSpec(
@@ -47,6 +51,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         attn="attn",
         mlp="mlp",
         down_proj="mlp.c_proj",
+        o_proj="attn.c_proj",
         n_layers="n_layer",
         d_model="n_embd",
         d_mlp="n_inner",
@@ -56,6 +61,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         attn="attention",
         mlp="mlp",
         down_proj="mlp.dense_4h_to_h",
+        o_proj="attention.dense",
     ),
 }
 
@@ -103,6 +109,9 @@ class Sites:
 
     def down_proj(self, layer: int) -> torch.nn.Module:
         return get_module(self.blocks[layer], self.spec.down_proj)
+
+    def o_proj(self, layer: int) -> torch.nn.Module:
+        return get_module(self.blocks[layer], self.spec.o_proj)
 
 
 def resolve_sites(model: torch.nn.Module) -> Sites:

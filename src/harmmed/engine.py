@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +34,11 @@ from transformers import DynamicCache
 
 from .arch import Sites, resolve_sites
 from .hooks import HookSet
-from .metrics import METRICS, outcome_metrics
+from .metrics import METRICS, outcome_metrics, target_logprobs
 
-Site = Literal["residual", "attn", "mlp", "neuron"]
-SITES: tuple[str, ...] = ("residual", "attn", "mlp", "neuron")
+Site = Literal["residual", "attn", "mlp", "neuron", "heads"]
+SITES: tuple[str, ...] = ("residual", "attn", "mlp", "neuron", "heads")
+UNIT_SITES = ("neuron", "heads")  # sites read at a projection's input: MLP units, attention head dims
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,15 @@ class Patch:
     """Set one mediator, at some positions of the base run, to its value in another run.
 
     ``layer == -1`` with ``site == "residual"`` is the embedding output (the input of block 0).
-    ``neurons`` restricts a ``neuron`` patch to some MLP units; ``None`` means all of them.
+    ``neuron`` is the MLP down-projection input and ``heads`` the attention output-projection
+    input; ``units`` restricts a patch to some of their dimensions (``None``: every one).
     ``from_base`` freezes the mediator at the base run's own clean value (severed paths).
     """
 
     site: Site
     layer: int
     positions: tuple[int, ...]
-    neurons: tuple[int, ...] | None = None
+    units: tuple[int, ...] | None = None
     from_base: bool = False
 
 
@@ -66,6 +69,7 @@ class Run:
     prompt_len: int
     acts: dict[tuple[str, int], torch.Tensor]  # (site, layer) -> (seq_len, width)
     y: dict[str, float]
+    target_logprobs: torch.Tensor  # (n_target,) log-probability of each target token
     _prefix_caches: dict[int, DynamicCache] = field(default_factory=dict, repr=False)
 
     @property
@@ -107,12 +111,14 @@ class MediationEngine:
             return self.sites.attn(layer)
         if site == "mlp":
             return self.sites.mlp(layer)
+        if site == "heads":
+            return self.sites.o_proj(layer)
         return self.sites.down_proj(layer)
 
     def _attach(self, hooks: HookSet, site: str, layer: int, fn) -> None:
         """Route ``fn`` to the tensor that *is* the mediator (output or input, per site)."""
         module = self._site_modules(site, layer)
-        if site == "neuron" or (site == "residual" and layer == -1):
+        if site in UNIT_SITES or (site == "residual" and layer == -1):
             hooks.on_input(module, fn)
         else:
             hooks.on_output(module, fn)
@@ -135,17 +141,20 @@ class MediationEngine:
             logits = self.model(input_ids=ids, logits_to_keep=len(target_ids) + 1).logits
         self.stats["forward_passes"] += 1
         self.stats["token_layers"] += ids.shape[1] * self.sites.n_layers
-        y = self._score(logits, ids[0, len(prompt_ids) :])
-        return Run(ids=ids, prompt_len=len(prompt_ids), acts=acts, y={m: float(y[m][0]) for m in METRICS})
+        target = ids[0, len(prompt_ids) :]
+        per_token = target_logprobs(logits, target)[0]
+        y = self._score(logits, per_token.unsqueeze(0))
+        return Run(ids=ids, prompt_len=len(prompt_ids), acts=acts, y={m: float(y[m][0]) for m in METRICS},
+                   target_logprobs=per_token)
 
     def mediator_keys(self) -> list[tuple[str, int]]:
         keys = [("residual", -1)]
         for layer in range(self.sites.n_layers):
-            keys += [("residual", layer), ("attn", layer), ("mlp", layer), ("neuron", layer)]
+            keys += [(site, layer) for site in ("residual", "attn", "mlp", "neuron", "heads")]
         return keys
 
-    def _score(self, logits: torch.Tensor, target_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return outcome_metrics(logits, target_ids, self.refusal_ids)
+    def _score(self, logits: torch.Tensor, per_token: torch.Tensor) -> dict[str, torch.Tensor]:
+        return outcome_metrics(logits[:, 0], per_token, self.refusal_ids)
 
     # ------------------------------------------------------------------ patched runs
     def patch(
@@ -192,8 +201,8 @@ class MediationEngine:
 
     def _values(self, run: Run, patch: Patch, positions: Sequence[int]) -> torch.Tensor:
         values = run.acts[(patch.site, patch.layer)][list(positions)]
-        if patch.neurons is not None:
-            values = values[:, list(patch.neurons)]
+        if patch.units is not None:
+            values = values[:, list(patch.units)]
         return values
 
     def _plan(self, index: int, intervention: Intervention, base: Run, source: Run) -> _Planned | None:
@@ -211,7 +220,7 @@ class MediationEngine:
             return None
         start_pos = int(start_pos)
         trimmed = tuple(
-            Patch(p.site, p.layer, tuple(q for q in p.positions if q >= start_pos), p.neurons, p.from_base)
+            Patch(p.site, p.layer, tuple(q for q in p.positions if q >= start_pos), p.units, p.from_base)
             for p in intervention
         )
         trimmed = tuple(p for p in trimmed if p.positions)
@@ -276,12 +285,24 @@ class MediationEngine:
             base._prefix_caches[start_pos] = cache
         return base._prefix_caches[start_pos]
 
+    def _stop(self, base: Run, batch: list[_Planned], reuse: bool) -> int:
+        """End of the recomputed span. A patch confined to the final block changes only the
+        positions it patches (no later block can carry it sideways), so later positions keep
+        their clean outputs: final-layer sweeps need one token, not the whole target."""
+        length = base.ids.shape[1]
+        final = self.sites.n_layers - 1
+        if not reuse or any(p.layer != final for plan in batch for p in plan.patches):
+            return length
+        last_patched = max(q for plan in batch for p in plan.patches for q in p.positions)
+        return min(length, max(last_patched + 1, base.prompt_len))
+
     @torch.inference_mode()
     def _forward(self, base: Run, source: Run, batch: list[_Planned], reuse: bool) -> np.ndarray:
         start_pos = min(p.start_pos for p in batch) if reuse else 0
         start_layer = min(p.start_layer for p in batch) if reuse else 0
+        stop = self._stop(base, batch, reuse)
         rows = len(batch)
-        ids = base.ids[:, start_pos:].expand(rows, -1)
+        ids = base.ids[:, start_pos:stop].expand(rows, -1)
         offset = self._offset(base, source)
 
         # Gather every patch into per-site index lists so one hook serves the whole batch.
@@ -289,41 +310,24 @@ class MediationEngine:
         sparse: dict[tuple[str, int], list] = defaultdict(lambda: [[], [], [], []])
         for row, plan in enumerate(batch):
             for p in plan.patches:
-                positions = [q for q in p.positions if q >= start_pos]
+                positions = [q for q in p.positions if start_pos <= q < stop]
                 if not positions:
                     continue
                 run = base if p.from_base else source
                 values = self._values(run, p, [q + (0 if p.from_base else offset) for q in positions])
                 local = [q - start_pos for q in positions]
-                if p.neurons is None:
+                if p.units is None:
                     slot = dense[(p.site, p.layer)]
                     slot[0] += [row] * len(local)
                     slot[1] += local
                     slot[2].append(values)
                 else:
-                    n = len(p.neurons)
+                    n = len(p.units)
                     slot = sparse[(p.site, p.layer)]
                     slot[0] += [row] * (len(local) * n)
                     slot[1] += [q for q in local for _ in range(n)]
-                    slot[2] += list(p.neurons) * len(local)
+                    slot[2] += list(p.units) * len(local)
                     slot[3].append(values.reshape(-1))
-
-        def setter(key: tuple[str, int]):
-            as_index = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
-            d = dense.get(key)
-            s = sparse.get(key)
-            d_args = (as_index(d[0]), as_index(d[1]), torch.cat(d[2])) if d else None
-            s_args = (as_index(s[0]), as_index(s[1]), as_index(s[2]), torch.cat(s[3])) if s else None
-
-            def fn(x: torch.Tensor) -> torch.Tensor:
-                x = x.clone()
-                if d_args is not None:
-                    x[d_args[0], d_args[1]] = d_args[2].to(x.dtype)
-                if s_args is not None:
-                    x[s_args[0], s_args[1], s_args[2]] = s_args[3].to(x.dtype)
-                return x
-
-            return fn
 
         cache = None
         if reuse and start_pos > 0:
@@ -332,17 +336,58 @@ class MediationEngine:
 
         with HookSet() as hooks:
             for layer in range(start_layer):
-                cached = base.acts[("residual", layer)][start_pos:].unsqueeze(0).expand(rows, -1, -1)
+                cached = base.acts[("residual", layer)][start_pos:stop].unsqueeze(0).expand(rows, -1, -1)
                 hooks.replace_forward(self.sites.block(layer), lambda *a, _h=cached, **k: _h)
             for key in sorted(set(dense) | set(sparse)):
-                self._attach(hooks, *key, setter(key))
+                self._attach(hooks, *key, _setter(dense.get(key), sparse.get(key), self.device))
             logits = self.model(
                 input_ids=ids,
                 past_key_values=cache,
                 use_cache=cache is not None,
-                logits_to_keep=base.n_target + 1,
+                logits_to_keep=stop - base.prompt_len + 1,
             ).logits
         self.stats["forward_passes"] += 1
         self.stats["token_layers"] += rows * ids.shape[1] * (self.sites.n_layers - start_layer)
-        y = self._score(logits, base.ids[0, base.prompt_len :])
+        fresh = target_logprobs(logits, base.ids[0, base.prompt_len : stop + 1])
+        kept = base.target_logprobs[fresh.shape[1] :].unsqueeze(0).expand(rows, -1)
+        y = self._score(logits, torch.cat([fresh, kept], dim=1))
         return torch.stack([y[m] for m in METRICS], dim=1).cpu().numpy()
+
+    @contextmanager
+    def fixed_units(self, site: str, layer: int, units: Sequence[int], values: torch.Tensor):
+        """Hold some units of a ``neuron``/``heads`` site at fixed values at every position of
+        every forward pass inside the block, prompt and generated tokens alike (generation-time
+        gating, where there is no paired run to patch from)."""
+        if site not in UNIT_SITES:
+            raise ValueError(f"fixed_units: site must be one of {UNIT_SITES}, not {site!r}")
+        index = torch.tensor(list(units), dtype=torch.long, device=self.device)
+        values = values.to(self.device)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            x = x.clone()
+            x[..., index] = values.to(x.dtype)
+            return x
+
+        with HookSet() as hooks:
+            self._attach(hooks, site, layer, fn)
+            yield
+
+
+def _setter(dense: list | None, sparse: list | None, device: torch.device):
+    """Hook body writing one batch's patched values into a site's activation."""
+
+    def as_index(xs: list[int]) -> torch.Tensor:
+        return torch.tensor(xs, dtype=torch.long, device=device)
+
+    d_args = (as_index(dense[0]), as_index(dense[1]), torch.cat(dense[2])) if dense else None
+    s_args = (as_index(sparse[0]), as_index(sparse[1]), as_index(sparse[2]), torch.cat(sparse[3])) if sparse else None
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        if d_args is not None:
+            x[d_args[0], d_args[1]] = d_args[2].to(x.dtype)
+        if s_args is not None:
+            x[s_args[0], s_args[1], s_args[2]] = s_args[3].to(x.dtype)
+        return x
+
+    return fn

@@ -13,7 +13,7 @@ rule mediate_layer:
         "benchmarks/mediate_layer/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: workflow.cores
+    threads: 1
     resources:
         mem_mb=6000,
     script:

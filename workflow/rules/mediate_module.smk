@@ -13,7 +13,7 @@ rule mediate_module:
         "benchmarks/mediate_module/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: workflow.cores
+    threads: 1
     resources:
         mem_mb=6000,
     script:
