@@ -158,6 +158,7 @@ def test_final_block_patches_recompute_one_token(setup):
     engine, harmful, benign = setup
     final = engine.sites.n_layers - 1
     interventions = [(Patch("neuron", final, (PROMPT_LEN - 1,), units=(j,)),) for j in range(engine.sites.d_mlp)]
+    engine.patch(benign, harmful, interventions[:1])  # builds the shared prefix cache once
     before = engine.stats["token_layers"]
     fast = engine.patch(benign, harmful, interventions)
     assert engine.stats["token_layers"] - before == engine.sites.d_mlp  # one token, one layer each

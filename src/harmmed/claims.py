@@ -310,3 +310,90 @@ def write_claims(df: pd.DataFrame, csv_path: str | Path, md_path: str | Path,
     df[list(CLAIM_COLUMNS)].to_csv(csv_path, index=False, float_format="%.6g",
                                    lineterminator="\n")
     Path(md_path).write_text(claims_markdown(df, title), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- C3: the final-layer gate
+def _pair_bootstrap(values_by_pair: np.ndarray, statistic: Callable[[np.ndarray], float], n_boot: int,
+                    ci: float, seed: int) -> tuple[float, float, float]:
+    """Statistic of a (pairs x ...) array and its percentile CI over resampled pairs."""
+    rng = np.random.default_rng(seed)
+    n = values_by_pair.shape[0]
+    boot = np.array([statistic(values_by_pair[rng.integers(0, n, n)]) for _ in range(n_boot)])
+    alpha = (1 - ci) / 2
+    finite = boot[np.isfinite(boot)]
+    if not len(finite):
+        return statistic(values_by_pair), math.nan, math.nan
+    return (statistic(values_by_pair), float(np.quantile(finite, alpha)), float(np.quantile(finite, 1 - alpha)))
+
+
+def sparsity_fraction(sparsity_df: pd.DataFrame, metric: str, width: int, level: float, n_boot: int, ci: float,
+                      seed: int) -> tuple[float, float, float]:
+    """Smallest fraction of final-layer neurons (top-k by the discovery ranking, patched
+    jointly) whose mean NIE reaches ``level`` of the whole layer's mean NIE."""
+    top = sparsity_df[(sparsity_df["metric"] == metric) & (sparsity_df["selection"] == "top")]
+    if top.empty:
+        return math.nan, math.nan, math.nan
+    effects = top.pivot(index="pair_id", columns="k", values="effect").sort_index()
+    layer = top.groupby("pair_id")["layer_effect"].first().sort_index().to_numpy()
+    ks = effects.columns.to_numpy()
+    stacked = np.column_stack([effects.to_numpy(), layer])
+
+    def fraction(sample: np.ndarray) -> float:
+        means = sample.mean(axis=0)
+        total = means[-1]
+        if total == 0:
+            return math.nan
+        reached = np.nonzero(means[:-1] / total >= level)[0]
+        return float(ks[reached[0]] / width) if len(reached) else 1.0
+
+    return _pair_bootstrap(stacked, fraction, n_boot, ci, seed)
+
+
+def gating_statistics(gating_df: pd.DataFrame, metric: str, n_boot: int, ci: float, seed: int
+                      ) -> tuple[tuple[float, float, float], float]:
+    """(top-k minus mean random-k gating effect, CI) and the permutation p-value.
+
+    The gating effect is oriented so that positive means "moved the harmful run towards the
+    benign one": -(y_patched - y_harmful) * sign(mean TE).
+    """
+    rows = gating_df[(gating_df["metric"] == metric) & (gating_df["intervention"] == "patch_benign")]
+    if rows.empty:
+        return (math.nan, math.nan, math.nan), math.nan
+    te = (rows.groupby("pair_id")["y_harmful"].first() - rows.groupby("pair_id")["y_benign"].first())
+    sign = np.sign(te.mean()) or 1.0
+    oriented = rows.assign(g=-sign * rows["effect"])
+    top = oriented[oriented["units"] == "topk_neuron"].set_index("pair_id")["g"].sort_index()
+    random = oriented[oriented["units"] == "random_neuron"].pivot(index="pair_id", columns="draw", values="g")
+    random = random.loc[top.index]
+    difference = (top - random.mean(axis=1)).to_numpy()[:, None]
+    estimate = _pair_bootstrap(difference, lambda a: float(a.mean()), n_boot, ci, seed)
+    observed = top.mean()
+    null = random.mean(axis=0).to_numpy()
+    p_value = float((1 + np.sum(null >= observed)) / (1 + len(null)))
+    return estimate, p_value
+
+
+def c3_rows(sparsity_df: pd.DataFrame | None, gating_df: pd.DataFrame | None, width: int,
+            thresholds: Mapping[str, float], n_boot: int, ci: float, seed: int) -> pd.DataFrame:
+    rows = []
+    for metric in METRICS:
+        for level, key in ((0.5, "C3_neuron_fraction"), (0.8, "C3_neuron_fraction_80")):
+            threshold = float(thresholds.get(key, thresholds["C3_neuron_fraction"]))
+            name = f"final_layer_fraction_for_{int(level * 100)}pct_mlp_NIE[{metric}]"
+            if sparsity_df is None or sparsity_df.empty:
+                rows.append(claim_row("C3", name, threshold, None))
+                continue
+            value, low, high = sparsity_fraction(sparsity_df, metric, width, level, n_boot, ci, seed)
+            rows.append({"claim": "C3", "statistic": name, "value": value, "ci_low": low, "ci_high": high,
+                         "threshold": threshold, "verdict": verdict(low, high, threshold, above=False)})
+        threshold = float(thresholds["C3_gating_effect"])
+        if gating_df is None or gating_df.empty:
+            rows.append(claim_row("C3", f"gating_topk_minus_random[{metric}]", threshold, None))
+            continue
+        (value, low, high), p_value = gating_statistics(gating_df, metric, n_boot, ci, seed)
+        rows.append({"claim": "C3", "statistic": f"gating_topk_minus_random[{metric}]", "value": value,
+                     "ci_low": low, "ci_high": high, "threshold": threshold, "verdict": verdict(low, high, threshold)})
+        rows.append({"claim": "C3", "statistic": f"gating_permutation_p[{metric}]", "value": p_value,
+                     "ci_low": math.nan, "ci_high": math.nan, "threshold": 0.05,
+                     "verdict": "supported" if p_value < 0.05 else "not supported"})
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))

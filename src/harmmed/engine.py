@@ -207,9 +207,17 @@ class MediationEngine:
 
     def _plan(self, index: int, intervention: Intervention, base: Run, source: Run) -> _Planned | None:
         offset = self._offset(base, source)
+        # In the final block a patched position changes only its own output, and only the last
+        # prompt position's output reaches the metrics, so earlier positions there are inert.
+        final_only = all(p.layer == self.sites.n_layers - 1 for p in intervention)
+        floor = base.prompt_len - 1 if final_only else 0
+        intervention = tuple(
+            Patch(p.site, p.layer, tuple(q for q in p.positions if q >= floor), p.units, p.from_base)
+            for p in intervention
+        )
         start_pos = math.inf
         for p in intervention:
-            if p.from_base:
+            if p.from_base or not p.positions:
                 continue
             src = self._values(source, p, [q + offset for q in p.positions])
             same = (src == self._values(base, p, p.positions)).flatten(1).all(dim=1)

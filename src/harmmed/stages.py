@@ -13,16 +13,16 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
-from . import mediation
-from .arch import resolve_sites
-from .engine import MediationEngine
-from .metrics import refusal_token_ids
-from .models import fetch_model, load_model
 from .prompts import PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
+
+if TYPE_CHECKING:  # model stages import torch lazily, so figure/claims jobs run without it
+    from .engine import MediationEngine
 
 log = logging.getLogger("harmmed")
 
@@ -57,6 +57,10 @@ def model_spec(cfg: dict, name: str) -> dict:
 
 # ---------------------------------------------------------------- download_model
 def download_model(cfg: dict, name: str, models_dir: str | Path, manifest_path: str | Path) -> dict:
+    from .arch import resolve_sites
+    from .metrics import refusal_token_ids
+    from .models import fetch_model, load_model
+
     spec = model_spec(cfg, name)
     record = fetch_model(spec, Path(models_dir))
     model, tokenizer = load_model(record["path"], spec["dtype"], "cpu", spec.get("trust_remote_code", False))
@@ -82,6 +86,10 @@ def download_model(cfg: dict, name: str, models_dir: str | Path, manifest_path: 
 
 
 def load_for_stage(cfg: dict, manifest: dict, threads: int):
+    import torch
+
+    from .models import load_model
+
     torch.set_num_threads(max(1, threads))
     spec = model_spec(cfg, manifest["name"])
     return load_model(manifest["path"], spec["dtype"], spec["device"], spec.get("trust_remote_code", False))
@@ -112,6 +120,8 @@ def prepare_prompts(cfg: dict, manifest: dict, pairs_file: str | Path, inputs_pa
 
 # ---------------------------------------------------------------- mediation stages
 def _engine(cfg: dict, manifest: dict, threads: int) -> tuple[MediationEngine, object]:
+    from .engine import MediationEngine
+
     model, tokenizer = load_for_stage(cfg, manifest, threads)
     engine = MediationEngine(model, manifest["refusal_token_ids"], cfg["engine"]["memory_budget_mb"],
                              cfg["engine"]["max_batch_size"])
@@ -125,10 +135,12 @@ def _pairs(cfg: dict, inputs_path: str | Path) -> list[EncodedPair]:
 
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
     """Run ``cells_of(index, pair)`` for every pair with one progress bar over interventions."""
+    from . import mediation
+
     planned = [(pair, cells_of(i, pair)) for i, pair in enumerate(pairs)]
     total = sum(len(cells) for _, cells in planned)
     rows: list[dict] = []
-    with tqdm(total=total, desc=desc, unit="patch", mininterval=5, disable=None) as bar:
+    with tqdm(total=total, desc=desc, unit="patch", mininterval=10, disable=False) as bar:
         for pair, cells in planned:
             runs = mediation.clean_runs(engine, pair)
             rows.extend(mediation.run_cells(engine, pair, cells, runs, progress=bar))
@@ -137,6 +149,8 @@ def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: st
 
 def mediate_layer(cfg: dict, manifest: dict, inputs_path: str | Path, out_csv: str | Path,
                   tokens_json: str | Path, threads: int = 1) -> None:
+    from . import mediation
+
     med = cfg["mediation"]
     engine, tokenizer = _engine(cfg, manifest, threads)
     pairs = _pairs(cfg, inputs_path)
@@ -157,6 +171,8 @@ def _heatmap_pairs(cfg: dict) -> int:
 
 def mediate_module(cfg: dict, manifest: dict, inputs_path: str | Path, module_csv: str | Path,
                    severed_csv: str | Path, threads: int = 1) -> None:
+    from . import mediation
+
     med = cfg["mediation"]
     engine, _ = _engine(cfg, manifest, threads)
     pairs = _pairs(cfg, inputs_path)
@@ -245,13 +261,104 @@ def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], o
                               Path(out).with_suffix(""), **boot)
 
 
-def claims(cfg: dict, manifest_path: str, layer_csv: str, module_csv: str, severed_csv: str,
-           claims_csv: str, claims_md: str) -> None:
-    from .claims import compute_claims, write_claims
+def claims(cfg: dict, manifest_path: str, layer_csv: str, module_csv: str, severed_csv: str, sparsity_csv: str,
+           gating_csv: str, probe_csv: str, claims_csv: str, claims_md: str) -> None:
+    from .claims import c3_rows, compute_claims, write_claims
+    from .probe import c4_row
 
     manifest = _read_json(manifest_path)
+    effects, thresholds = cfg["effects"], cfg["claims"]["thresholds"]
+    boot = (effects["bootstrap_samples"], effects["ci"], effects["seed"])
+    c3 = c3_rows(pd.read_csv(sparsity_csv, keep_default_na=False), pd.read_csv(gating_csv, keep_default_na=False),
+                 int(manifest["d_mlp"]), thresholds, *boot)
+    c4 = pd.DataFrame([c4_row(pd.read_csv(probe_csv), int(manifest["n_layers"]), cfg["probe"]["accuracy_level"],
+                              thresholds["C4_probe_depth"], *boot)])
     table = compute_claims(_read_rows(layer_csv), _read_rows(module_csv), _read_rows(severed_csv), manifest,
-                           cfg["claims"]["thresholds"], cfg["effects"]["bootstrap_samples"], cfg["effects"]["ci"],
-                           cfg["effects"]["seed"])
+                           thresholds, *boot, extra_rows=pd.concat([c3, c4], ignore_index=True))
     with atomic_path(claims_csv) as tmp_csv, atomic_path(claims_md) as tmp_md:
         write_claims(table, tmp_csv, tmp_md, title=f"Claims: {manifest['name']}")
+
+
+# ---------------------------------------------------------------- neuron and gating stages
+def _final_and_extra_layers(n_layers: int, extra: list[int]) -> list[int]:
+    layers = [n_layers - 1]
+    for layer in extra:
+        resolved = layer % n_layers if -n_layers <= layer < n_layers else None
+        if resolved is None:
+            raise ValueError(f"neuron.extra_layers: layer {layer} outside a {n_layers}-layer model")
+        if resolved not in layers:
+            layers.append(resolved)
+    return layers
+
+
+def mediate_neuron(cfg: dict, manifest: dict, inputs_path: str | Path, neuron_csv: str | Path,
+                   ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
+    """Exact per-neuron NIE (final and extra layers), blocks, the discovery ranking and the
+    sparsity curve (joint top-k vs random-k at the final layer)."""
+    from . import neuron
+
+    settings = cfg["neuron"]
+    engine, _ = _engine(cfg, manifest, threads)
+    n_layers = engine.sites.n_layers
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    plan = neuron.NeuronPlan(_final_and_extra_layers(n_layers, settings["extra_layers"]),
+                             settings["block_size"], settings["block_max_pairs"] or len(pairs))
+    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
+        engine, pair, runs, plan, every_layer_blocks=i < plan.block_pairs), "neuron")
+    frame = pd.DataFrame(rows, columns=neuron.NEURON_COLUMNS)
+    ranking = pd.concat([neuron.rank_units(frame, site, n_layers - 1) for site in ("neuron", "heads")],
+                        ignore_index=True)
+    grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
+    sparsity = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
+        engine, pair, runs, ranking, grid, settings["random_draws"], settings["seed"] + i), "sparsity")
+    with atomic_path(neuron_csv) as tmp:
+        neuron.write_table(rows, neuron.NEURON_COLUMNS, tmp)
+    with atomic_path(ranking_csv) as tmp:
+        ranking.to_csv(tmp, index=False, float_format="%.9g", lineterminator="\n")
+    with atomic_path(sparsity_csv) as tmp:
+        neuron.write_table(sparsity, neuron.SPARSITY_COLUMNS, tmp)
+    log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
+def gating(cfg: dict, manifest: dict, inputs_path: str | Path, ranking_csv: str | Path, gating_csv: str | Path,
+           units_json: str | Path, threads: int = 1) -> None:
+    """Held-out test of the top-k final-layer neurons chosen on the discovery split."""
+    from . import neuron
+
+    settings = cfg["gating"]
+    engine, _ = _engine(cfg, manifest, threads)
+    final = engine.sites.n_layers - 1
+    all_pairs = read_inputs(inputs_path)
+    pairs = select_pairs(all_pairs, settings["split"], settings["max_pairs"])
+    discovery = select_pairs(all_pairs, cfg["neuron"]["split"], cfg["neuron"]["max_pairs"])
+    ranking = pd.read_csv(ranking_csv)
+    k = settings["top_k"]
+    rng = np.random.default_rng(settings["seed"])
+    unit_sets = {
+        "topk_neuron": [neuron.top_units(ranking, settings["metric"], "neuron", k)],
+        "topk_heads": [neuron.top_units(ranking, settings["metric"], "heads", k)],
+        "random_neuron": [sorted(rng.choice(engine.sites.d_mlp, k, replace=False).tolist())
+                          for _ in range(settings["random_draws"])],
+    }
+    means = {site: neuron.benign_means(engine, discovery, site, final) for site in ("neuron", "heads")}
+    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.gating_rows(
+        engine, pair, runs, unit_sets, means), "gating")
+    with atomic_path(gating_csv) as tmp:
+        neuron.write_table(rows, neuron.GATING_COLUMNS, tmp)
+    with atomic_path(units_json) as tmp:
+        neuron.gating_units_json(tmp, final, unit_sets["topk_neuron"][0], means["neuron"], unit_sets["random_neuron"][0])
+    log.info("gating stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
+def neuron_figures(cfg: dict, manifest_path: str, neuron_csv: str, ranking_csv: str, sparsity_csv: str,
+                   gating_csv: str, out_dir: str | Path) -> None:
+    from . import plotting
+
+    manifest = _read_json(manifest_path)
+    boot = dict(n_boot=cfg["effects"]["bootstrap_samples"], ci=cfg["effects"]["ci"], seed=cfg["effects"]["seed"])
+    out_dir = Path(out_dir)
+    neuron_df = pd.read_csv(neuron_csv, dtype={"positions": str, "block": str, "neuron": str}, keep_default_na=False)
+    plotting.plot_neuron_distribution(pd.read_csv(ranking_csv), manifest, out_dir / "neuron_distribution")
+    plotting.plot_sparsity(pd.read_csv(sparsity_csv, keep_default_na=False), manifest, out_dir / "sparsity", **boot)
+    plotting.plot_block_vs_sum(neuron_df, manifest, out_dir / "block_vs_sum")
+    plotting.plot_gating(pd.read_csv(gating_csv, keep_default_na=False), manifest, out_dir / "gating", **boot)

@@ -1,0 +1,217 @@
+"""Neuron-level mediation and the gating test (claim C3).
+
+A neuron is one unit of the MLP down-projection input (SwiGLU: act(gate) * up). Single-neuron
+sweeps are exact and stay affordable because a patch confined to the final block only changes
+the last prompt position's logits: the engine recomputes one token through one block per neuron.
+Other layers are covered by contiguous blocks of B neurons, the grouping the paper assumes; the
+adjacency assumption is then tested at the final layer, where both are measured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .engine import MediationEngine, Patch, Run
+from .mediation import ROW_COLUMNS, clean_runs, position_sets
+from .metrics import METRICS
+from .prompts import EncodedPair
+
+NEURON_COLUMNS = ROW_COLUMNS + ["neuron", "block"]
+SPARSITY_COLUMNS = ["pair_id", "metric", "selection", "draw", "k", "y_benign", "y_harmful", "y_patched",
+                    "effect", "layer_effect"]
+GATING_COLUMNS = ["pair_id", "metric", "intervention", "units", "draw", "k", "y_benign", "y_harmful",
+                  "y_patched", "effect"]
+
+
+def blocks(width: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, width)) for start in range(0, width, size)]
+
+
+def k_grid(width: int, extra: list[int]) -> list[int]:
+    """Powers of two up to the layer width, plus the sizes other analyses compare against."""
+    grid = {1 << i for i in range(width.bit_length()) if (1 << i) <= width} | {width} | set(extra)
+    return sorted(k for k in grid if 1 <= k <= width)
+
+
+def _rows(pair: EncodedPair, runs: tuple[Run, Run], labels: list[dict], ys: np.ndarray, kind: str = "NIE") -> list[dict]:
+    harmful, benign = runs
+    rows = []
+    for label, y in zip(labels, ys):
+        for m_index, metric in enumerate(METRICS):
+            rows.append({
+                "pair_id": pair.pair_id, "metric": metric, "kind": kind, "window": 1, "positions": "all",
+                "y_benign": benign.y[metric], "y_harmful": harmful.y[metric], "y_patched": float(y[m_index]),
+                "effect": float(y[m_index]) - benign.y[metric], **label,
+            })
+    return rows
+
+
+@dataclass
+class NeuronPlan:
+    layers: list[int]  # exact per-neuron layers (final first)
+    block_size: int
+    block_pairs: int  # pairs that get blocks in every layer (all pairs get final-layer blocks)
+    heads: bool = True  # per-dimension sweep of the final attention output-projection input
+
+
+def pair_neuron_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run], plan: NeuronPlan,
+                     every_layer_blocks: bool, progress=None) -> list[dict]:
+    """All single-neuron, block and whole-layer NIE rows of one pair."""
+    harmful, benign = runs
+    sites = engine.sites
+    everywhere = position_sets(pair)["all"]
+    final = sites.n_layers - 1
+    labels: list[dict] = []
+    interventions: list[tuple[Patch, ...]] = []
+
+    def add(site: str, layer: int, units: tuple[int, ...] | None, neuron: int | str, block: str) -> None:
+        labels.append({"site": site, "layer": layer, "neuron": neuron, "block": block})
+        interventions.append((Patch(site, layer, everywhere, units),))
+
+    for layer in plan.layers:
+        for j in range(sites.d_mlp):
+            add("neuron", layer, (j,), j, "")
+    block_layers = range(sites.n_layers) if every_layer_blocks else [final]
+    for layer in block_layers:
+        for start, stop in blocks(sites.d_mlp, plan.block_size):
+            add("neuron", layer, tuple(range(start, stop)), "", f"{start}:{stop}")
+        add("neuron", layer, None, "", f"0:{sites.d_mlp}")  # the whole MLP layer
+    if plan.heads:
+        for j in range(sites.d_model):
+            add("heads", final, (j,), j, "")
+        add("heads", final, None, "", f"0:{sites.d_model}")
+    ys = engine.patch(benign, harmful, interventions, progress=progress)
+    return _rows(pair, runs, labels, ys)
+
+
+def rank_units(neuron_df: pd.DataFrame, site: str, layer: int) -> pd.DataFrame:
+    """Mean single-unit NIE per metric, oriented so that positive is the direction of the
+    whole layer's effect, ranked descending (ties by unit index, so rankings are stable)."""
+    singles = neuron_df[(neuron_df["site"] == site) & (neuron_df["layer"] == layer) & (neuron_df["block"] == "")]
+    whole = neuron_df[(neuron_df["site"] == site) & (neuron_df["layer"] == layer) & (neuron_df["neuron"] == "")
+                      & neuron_df["block"].str.startswith("0:")]
+    whole = whole[whole["block"].str.split(":").str[1].astype(int) == singles["neuron"].astype(int).max() + 1]
+    out = []
+    for metric in METRICS:
+        sign = np.sign(whole[whole["metric"] == metric]["effect"].mean()) or 1.0
+        mean = (singles[singles["metric"] == metric].assign(unit=lambda d: d["neuron"].astype(int))
+                .groupby("unit")["effect"].mean())
+        frame = pd.DataFrame({"metric": metric, "site": site, "layer": layer, "unit": mean.index,
+                              "mean_nie": mean.values, "oriented_nie": sign * mean.values})
+        frame = frame.sort_values(["oriented_nie", "unit"], ascending=[False, True], kind="mergesort")
+        frame["rank"] = np.arange(1, len(frame) + 1)
+        out.append(frame)
+    return pd.concat(out, ignore_index=True)
+
+
+def top_units(ranking: pd.DataFrame, metric: str, site: str, k: int) -> list[int]:
+    chosen = ranking[(ranking["metric"] == metric) & (ranking["site"] == site)]
+    return sorted(chosen.nsmallest(k, "rank")["unit"].astype(int).tolist())
+
+
+def sparsity_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run], ranking: pd.DataFrame,
+                  grid: list[int], draws: int, seed: int) -> list[dict]:
+    """Joint NIE of the top-k final-layer neurons (per metric's ranking) and of random k."""
+    harmful, benign = runs
+    final = engine.sites.n_layers - 1
+    everywhere = position_sets(pair)["all"]
+    rng = np.random.default_rng(seed)
+    width = engine.sites.d_mlp
+    random_sets = {k: [tuple(sorted(rng.choice(width, k, replace=False).tolist())) for _ in range(draws)] for k in grid}
+    labels, interventions = [], []
+    for metric in METRICS:
+        order = ranking[(ranking["metric"] == metric) & (ranking["site"] == "neuron")].sort_values("rank")["unit"]
+        order = order.astype(int).tolist()
+        for k in grid:
+            labels.append((metric, "top", "", k))
+            interventions.append((Patch("neuron", final, everywhere, tuple(sorted(order[:k]))),))
+    for k in grid:
+        for draw, units in enumerate(random_sets[k]):
+            labels.append(("*", "random", draw, k))
+            interventions.append((Patch("neuron", final, everywhere, units),))
+    labels.append(("*", "layer", "", width))
+    interventions.append((Patch("neuron", final, everywhere, None),))
+    ys = engine.patch(benign, harmful, interventions)
+    layer_y = ys[-1]
+    rows = []
+    for (metric, selection, draw, k), y in zip(labels[:-1], ys[:-1]):
+        for m_index, name in enumerate(METRICS):
+            if metric not in ("*", name):
+                continue
+            rows.append({"pair_id": pair.pair_id, "metric": name, "selection": selection, "draw": draw, "k": k,
+                         "y_benign": benign.y[name], "y_harmful": harmful.y[name], "y_patched": float(y[m_index]),
+                         "effect": float(y[m_index]) - benign.y[name],
+                         "layer_effect": float(layer_y[m_index]) - benign.y[name]})
+    return rows
+
+
+def with_values(run: Run, site: str, layer: int, position: int, units: list[int], values: np.ndarray) -> Run:
+    """A copy of ``run`` whose units at one position read ``values``: a source to patch from
+    when the replacement is not another prompt's activation (mean ablation)."""
+    acts = dict(run.acts)
+    tensor = acts[(site, layer)].clone()
+    tensor[position, units] = tensor.new_tensor(values)
+    acts[(site, layer)] = tensor
+    return Run(ids=run.ids, prompt_len=run.prompt_len, acts=acts, y=run.y, target_logprobs=run.target_logprobs)
+
+
+def benign_means(engine: MediationEngine, pairs: list[EncodedPair], site: str, layer: int) -> np.ndarray:
+    """Mean of a site's units over benign prompts at their last prompt position."""
+    values = [engine.run(p.benign_ids, p.target_ids).acts[(site, layer)][len(p.benign_ids) - 1] for p in pairs]
+    return np.mean([v.float().cpu().numpy() for v in values], axis=0)
+
+
+def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run], unit_sets: dict[str, list[list[int]]],
+                means: dict[str, np.ndarray]) -> list[dict]:
+    """Held-out gating: on the harmful run, set each unit set of the final block to the pair's
+    benign values, or to the benign mean (mean ablation); effect = y_patched - y_harmful."""
+    harmful, benign = runs
+    final = engine.sites.n_layers - 1
+    last = harmful.prompt_len - 1
+    labels, interventions = [], []
+    ablated_sources: list[Run] = []
+    for name, sets in unit_sets.items():
+        site = "heads" if name.endswith("heads") else "neuron"
+        for draw, units in enumerate(sets):
+            draw_label = draw if name.startswith("random") else ""
+            labels.append(("patch_benign", name, draw_label, len(units)))
+            interventions.append((Patch(site, final, (last,), tuple(units)),))
+    patched = engine.patch(harmful, benign, interventions)
+    ablation_labels, ablation_ys = [], []
+    for name, sets in unit_sets.items():
+        site = "heads" if name.endswith("heads") else "neuron"
+        for draw, units in enumerate(sets):
+            source = with_values(harmful, site, final, last, units, means[site][units])
+            ablation_ys.append(engine.patch(harmful, source, [(Patch(site, final, (last,), tuple(units)),)])[0])
+            ablation_labels.append(("mean_ablate", name, draw if name.startswith("random") else "", len(units)))
+    rows = []
+    for (intervention, units, draw, k), y in zip(labels + ablation_labels, list(patched) + ablation_ys):
+        for m_index, metric in enumerate(METRICS):
+            rows.append({"pair_id": pair.pair_id, "metric": metric, "intervention": intervention, "units": units,
+                         "draw": draw, "k": k, "y_benign": benign.y[metric], "y_harmful": harmful.y[metric],
+                         "y_patched": float(y[m_index]), "effect": float(y[m_index]) - harmful.y[metric]})
+    return rows
+
+
+def write_table(rows: list[dict], columns: list[str], path: str | Path) -> None:
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False, float_format="%.9g", lineterminator="\n")
+
+
+def sweep_pairs(engine: MediationEngine, pairs: list[EncodedPair], per_pair, desc: str) -> list[dict]:
+    rows: list[dict] = []
+    for i, pair in enumerate(tqdm(pairs, desc=desc, unit="pair", mininterval=10, disable=False)):
+        rows.extend(per_pair(i, pair, clean_runs(engine, pair)))
+    return rows
+
+
+def gating_units_json(path: str | Path, layer: int, top: list[int], means: np.ndarray, random_units: list[int]) -> None:
+    Path(path).write_text(json.dumps({
+        "layer": layer, "units": top, "benign_mean": [float(means[j]) for j in top],
+        "random_units": random_units, "random_mean": [float(means[j]) for j in random_units],
+    }, indent=2) + "\n", encoding="utf-8")
