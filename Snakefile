@@ -25,6 +25,9 @@ include: "workflow/rules/download_model.smk"
 include: "workflow/rules/prepare_prompts.smk"
 include: "workflow/rules/mediate_layer.smk"
 include: "workflow/rules/mediate_module.smk"
+include: "workflow/rules/mediate_neuron.smk"
+include: "workflow/rules/mediate_token.smk"
+include: "workflow/rules/probe.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/claims.smk"
 
@@ -33,5 +36,6 @@ rule all:
     input:
         results("claims.csv"),
         expand("figures/{model}/claims.md", model=MODELS),
-        expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES),
+        expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES + NEURON_FIGURES + [
+            "token_heatmap_harm", "token_heatmap_refusal", "probe_accuracy"]),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],

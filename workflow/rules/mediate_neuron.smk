@@ -1,3 +1,6 @@
+NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
+
+
 rule mediate_neuron:
     """Exact per-neuron NIE at the final layer (and neuron.extra_layers), blocks of B adjacent
     neurons in every layer, the discovery ranking and the top-k vs random-k sparsity curve."""
@@ -58,7 +61,7 @@ rule neuron_figures:
         sparsity=report("figures/{model}/sparsity.png", caption="../report/sparsity.rst", category="{model}"),
         block=report("figures/{model}/block_vs_sum.png", caption="../report/block_vs_sum.rst", category="{model}"),
         gating=report("figures/{model}/gating.png", caption="../report/gating.rst", category="{model}"),
-        pdfs=expand("figures/{{model}}/{name}.pdf", name=["neuron_distribution", "sparsity", "block_vs_sum", "gating"]),
+        pdfs=expand("figures/{{model}}/{name}.pdf", name=NEURON_FIGURES),
     log:
         "logs/neuron_figures/{model}.log",
     benchmark:

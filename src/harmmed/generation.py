@@ -1,0 +1,375 @@
+"""Analysis 6: greedy generation with and without the gating intervention, judged.
+
+Each held-out pair contributes its harmful and its benign prompt; each prompt is generated under
+every condition:
+
+* ``none``: no intervention;
+* ``gate_mean``: the gating units (top-k final-layer neurons from the gating stage) held at their
+  mean over benign prompts, at every position of every forward pass (prompt and generated
+  tokens), i.e. the harmful signal they carry is removed;
+* ``gate_zero``: the same units held at 0 (ablation);
+* ``random_mean``: k random units of the same layer held at their own benign means (a control
+  for "any k units held fixed").
+
+Benign prompts go through every condition too: a gate that only breaks the model would also
+lower the benign compliance rate. Generation is greedy and token by token with a key/value
+cache, one prompt at a time (no padding, so no padding-side effects), stopping at the model's
+end-of-turn tokens. Torch is imported lazily so that the figure rule runs in the torch-free
+analysis environment.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .judge import COMPLIANCE, Judge, judge_name
+
+if TYPE_CHECKING:
+    from .engine import MediationEngine
+    from .prompts import EncodedPair
+
+log = logging.getLogger("harmmed")
+
+CONDITIONS = ("none", "gate_mean", "gate_zero", "random_mean")
+PROMPT_KINDS = ("harmful", "benign")
+RECORD_FIELDS = ("prompt_id", "prompt_kind", "category", "condition", "prompt_ids", "output_ids", "text",
+                 "judge", "verdict")
+RATE_COLUMNS = ("condition", "prompt_kind", "judge", "n", "n_compliance", "rate", "ci_low", "ci_high")
+GATING_KEYS = ("layer", "units", "benign_mean", "random_units", "random_mean")
+JUDGE_CHUNK = 8  # prompts per judge call, so the progress bar moves during a model judge
+_SENTINEL = "HARMMED_REQUEST_SENTINEL_5c1e"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Units of the ``neuron`` site of one layer held at fixed values (none for ``none``)."""
+
+    name: str
+    layer: int | None = None
+    units: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+
+
+NO_INTERVENTION = Condition("none")
+
+
+# ---------------------------------------------------------------- conditions
+def read_gating(path: str | Path) -> dict[str, Any]:
+    """Read ``gating_units.json`` and check its shape, naming the file and key on a defect."""
+    gating = json.loads(Path(path).read_text(encoding="utf-8"))
+    missing = [k for k in GATING_KEYS if k not in gating]
+    if missing:
+        raise ValueError(f"{path}: gating units lack key(s) {', '.join(missing)}")
+    for units, values in (("units", "benign_mean"), ("random_units", "random_mean")):
+        if len(gating[units]) != len(gating[values]):
+            raise ValueError(f"{path}: {units} has {len(gating[units])} entries, {values} {len(gating[values])}")
+    return gating
+
+
+def conditions_from_gating(gating: Mapping[str, Any]) -> list[Condition]:
+    """The four conditions, in :data:`CONDITIONS` order."""
+    layer = int(gating["layer"])
+    units = tuple(int(u) for u in gating["units"])
+    random_units = tuple(int(u) for u in gating["random_units"])
+    return [
+        NO_INTERVENTION,
+        Condition("gate_mean", layer, units, tuple(float(v) for v in gating["benign_mean"])),
+        Condition("gate_zero", layer, units, (0.0,) * len(units)),
+        Condition("random_mean", layer, random_units, tuple(float(v) for v in gating["random_mean"])),
+    ]
+
+
+def check_conditions(conditions: Sequence[Condition], n_layers: int, d_mlp: int) -> None:
+    """Fail before generating if a layer or unit does not exist in this model."""
+    for c in conditions:
+        if not c.units:
+            continue
+        if not 0 <= int(c.layer) < n_layers:
+            raise ValueError(f"condition {c.name}: layer {c.layer} outside 0..{n_layers - 1}")
+        bad = [u for u in c.units if not 0 <= u < d_mlp]
+        if bad:
+            raise ValueError(f"condition {c.name}: units {bad} outside 0..{d_mlp - 1}")
+
+
+@contextmanager
+def intervention(engine: MediationEngine, condition: Condition) -> Iterator[None]:
+    """Hold the condition's units fixed for every forward pass inside the block."""
+    if not condition.units:
+        yield
+        return
+    import torch
+
+    values = torch.tensor(condition.values, dtype=torch.float32)
+    with engine.fixed_units("neuron", int(condition.layer), condition.units, values):
+        yield
+
+
+# ---------------------------------------------------------------- generation
+def stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """End-of-turn ids: the tokenizer's eos plus the model's generation-config eos (chat models
+    often end turns with a token other than the tokenizer's eos)."""
+    ids: set[int] = set()
+    for value in (getattr(tokenizer, "eos_token_id", None),
+                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def greedy_decode(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, stop: frozenset[int]) -> list[int]:
+    """Argmax decoding with a key/value cache; the stop token, if reached, is kept.
+
+    Written out rather than ``model.generate`` so no generation-config default (repetition
+    penalty, sampling flags) can slip in, and so every forward pass visibly goes through the
+    hooks of the surrounding intervention.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    step_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    out: list[int] = []
+    with torch.inference_mode():
+        while len(out) < max_new_tokens:
+            logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            token = int(logits[0, -1].argmax())
+            out.append(token)
+            if token in stop:
+                break
+            step_ids = torch.tensor([[token]], dtype=torch.long, device=device)
+    return out
+
+
+def generate(engine: MediationEngine, tokenizer: Any, prompt_ids: Sequence[int], max_new_tokens: int,
+             condition: Condition = NO_INTERVENTION) -> tuple[list[int], str]:
+    """Greedy continuation of one prompt under one condition: (new token ids, decoded text)."""
+    with intervention(engine, condition):
+        ids = greedy_decode(engine.model, prompt_ids, max_new_tokens, stop_ids(engine.model, tokenizer))
+    return ids, tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def request_text(tokenizer: Any, prompt_ids: Sequence[int], post_positions: Sequence[int]) -> str:
+    """The user's request recovered from templated ids (a model judge needs the bare request).
+
+    The ids before the first post-instruction token are the template prefix plus the request;
+    the prefix is found by rendering the template around a sentinel. If decoding does not
+    reproduce the prefix, the special-token-free decode is the fallback.
+    """
+    from .prompts import chat_text
+
+    head = list(prompt_ids)[: post_positions[0]] if post_positions else list(prompt_ids)
+    text = tokenizer.decode(head, skip_special_tokens=False).strip()
+    prefix = chat_text(tokenizer, _SENTINEL).split(_SENTINEL)[0].strip()
+    if text.startswith(prefix):
+        return text[len(prefix):].strip()
+    return tokenizer.decode(head, skip_special_tokens=True).strip()
+
+
+def generate_records(engine: MediationEngine, tokenizer: Any, pairs: Sequence[EncodedPair],
+                     conditions: Sequence[Condition], max_new_tokens: int) -> list[dict[str, Any]]:
+    """One unjudged record per (pair, prompt kind, condition), in the stable output order."""
+    from tqdm import tqdm
+
+    records: list[dict[str, Any]] = []
+    total = len(pairs) * len(PROMPT_KINDS) * len(conditions)
+    with tqdm(total=total, desc="generate", unit="gen", disable=False, mininterval=10) as bar:
+        for pair in sorted(pairs, key=lambda p: p.pair_id):
+            for kind in PROMPT_KINDS:
+                prompt_ids = pair.harmful_ids if kind == "harmful" else pair.benign_ids
+                for condition in conditions:
+                    output_ids, text = generate(engine, tokenizer, prompt_ids, max_new_tokens, condition)
+                    records.append({"prompt_id": pair.pair_id, "prompt_kind": kind, "category": pair.category,
+                                    "condition": condition.name, "prompt_ids": list(prompt_ids),
+                                    "output_ids": output_ids, "text": text})
+                    bar.update(1)
+    return records
+
+
+def judge_records(judge: Judge, records: list[dict[str, Any]], prompts: Sequence[str]) -> list[dict[str, Any]]:
+    """Records with ``judge`` and ``verdict`` filled in (``prompts[i]`` is record i's request)."""
+    from tqdm import tqdm
+
+    verdicts: list[str] = []
+    with tqdm(total=len(records), desc=f"judge ({judge.name})", unit="response", disable=False,
+              mininterval=10) as bar:
+        for start in range(0, len(records), JUDGE_CHUNK):
+            chunk = records[start : start + JUDGE_CHUNK]
+            verdicts += judge.judge(list(prompts[start : start + JUDGE_CHUNK]), [r["text"] for r in chunk])
+            bar.update(len(chunk))
+    return [{**r, "judge": judge.name, "verdict": v} for r, v in zip(records, verdicts)]
+
+
+# ---------------------------------------------------------------- rates
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials; exact 0 and 1 at the edges.
+
+    Wilson rather than the normal approximation because rates here are often 0 or 1 on a few
+    dozen prompts, where the normal interval collapses to a point.
+    """
+    if n == 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return float(low), float(high)
+
+
+def generation_rates(records: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.DataFrame:
+    """Compliance rate with a Wilson CI per (condition, prompt kind, judge), canonical order.
+
+    On harmful prompts this is the harmful-response rate; on benign prompts the compliance rate.
+    """
+    frame = pd.DataFrame(list(records), columns=list(RECORD_FIELDS))
+    rows = []
+    for (judge, condition, kind), group in frame.groupby(["judge", "condition", "prompt_kind"], sort=False):
+        n, k = len(group), int((group["verdict"] == COMPLIANCE).sum())
+        low, high = wilson_interval(k, n, level)
+        rows.append({"condition": condition, "prompt_kind": kind, "judge": judge, "n": n, "n_compliance": k,
+                     "rate": k / n, "ci_low": low, "ci_high": high})
+    rates = pd.DataFrame(rows, columns=list(RATE_COLUMNS))
+    return _canonical_order(rates)
+
+
+def _canonical_order(rates: pd.DataFrame) -> pd.DataFrame:
+    """Sort by judge, then condition and prompt kind in their listed orders (unknown ones last)."""
+    rank = {"condition": {c: i for i, c in enumerate(CONDITIONS)},
+            "prompt_kind": {k: i for i, k in enumerate(PROMPT_KINDS)}}
+    keys = rates.assign(_c=rates["condition"].map(rank["condition"]).fillna(len(CONDITIONS)),
+                        _k=rates["prompt_kind"].map(rank["prompt_kind"]).fillna(len(PROMPT_KINDS)))
+    keys = keys.sort_values(["judge", "_c", "condition", "_k", "prompt_kind"], kind="mergesort")
+    return keys.drop(columns=["_c", "_k"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- outputs
+def write_records(records: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """JSON lines with the fields in :data:`RECORD_FIELDS` order."""
+    lines = [json.dumps({f: r[f] for f in RECORD_FIELDS}, ensure_ascii=False) + "\n" for r in records]
+    Path(path).write_text("".join(lines), encoding="utf-8")
+
+
+def write_rates(rates: pd.DataFrame, path: str | Path) -> None:
+    rates.to_csv(path, index=False, lineterminator="\n")
+
+
+def read_rates(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, dtype={"condition": str, "prompt_kind": str, "judge": str})
+
+
+# ---------------------------------------------------------------- stage functions
+def generate_and_judge(cfg: dict, manifest: dict, inputs_path: str | Path, gating_json: str | Path,
+                       out_jsonl: str | Path, rates_csv: str | Path, threads: int = 1,
+                       judge_manifest: str | Path | None = None, models_dir: str | Path = "data/models") -> None:
+    """The generation stage: generate every (prompt, condition), free the model, then judge.
+
+    ``generation.max_prompts`` caps the number of *pairs* (each gives a harmful and a benign
+    prompt), taken with :func:`harmmed.prompts.select_pairs` so categories stay balanced.
+    ``judge_manifest`` (from the download_judge rule) pins the judge's fetched weights.
+    """
+    from .judge import make_judge
+    from .prompts import read_inputs, select_pairs
+    from .stages import _engine, atomic_path
+
+    gen = cfg["generation"]
+    pairs = select_pairs(read_inputs(inputs_path), gen["split"], gen["max_prompts"])
+    if not pairs:
+        raise ValueError(f"{inputs_path}: no pairs in split {gen['split']!r} to generate from")
+    conditions = conditions_from_gating(read_gating(gating_json))
+    engine, tokenizer = _engine(cfg, manifest, threads)
+    check_conditions(conditions, engine.sites.n_layers, engine.sites.d_mlp)
+    records = generate_records(engine, tokenizer, pairs, conditions, gen["max_new_tokens"])
+    by_id = {p.pair_id: p for p in pairs}
+    prompts = [request_text(tokenizer, r["prompt_ids"], by_id[r["prompt_id"]].post_positions) for r in records]
+    del engine
+    gc.collect()  # the chat model is no longer needed; a model judge may need the memory
+
+    record = json.loads(Path(judge_manifest).read_text(encoding="utf-8")) if judge_manifest else None
+    judged = judge_records(make_judge(gen["judge"], models_dir, record), records, prompts)
+    rates = generation_rates(judged, cfg["effects"]["ci"])
+    with atomic_path(out_jsonl) as tmp:
+        write_records(judged, tmp)
+    with atomic_path(rates_csv) as tmp:
+        write_rates(rates, tmp)
+    log.info("generation rates (%s):\n%s", judge_name(gen["judge"]), rates.to_string(index=False))
+
+
+def download_judge(cfg: dict, models_dir: str | Path, manifest_path: str | Path) -> dict:
+    """Fetch the model judge's weights once (verified, safetensors) and record which bytes."""
+    from .models import fetch_model
+    from .stages import write_json
+
+    judge = cfg["generation"]["judge"]
+    if judge["kind"] != "model" or not judge.get("model"):
+        raise ValueError("download_judge: generation.judge.kind must be 'model' with a model spec")
+    record = {**fetch_model(judge["model"], Path(models_dir)), "kind": "model"}
+    write_json(record, manifest_path)
+    return record
+
+
+def generation_figure(manifest_path: str | Path, rates_csv: str | Path, out: str | Path) -> list[Path]:
+    """The figure stage: ``out`` is the PNG path; the PDF is written beside it."""
+    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    return plot_generation_rates(read_rates(rates_csv), manifest, Path(out).with_suffix(""))
+
+
+# ---------------------------------------------------------------- figure
+KIND_STYLE = {"harmful": ("tab:red", "harmful prompts (harmful-response rate)"),
+              "benign": ("tab:blue", "benign prompts")}
+
+
+def plot_generation_rates(rates_df: pd.DataFrame, manifest: Mapping[str, Any], out: str | Path) -> list[Path]:
+    """Compliance rate by condition, harmful and benign prompts side by side, Wilson CI bars;
+    one panel per judge. Writes ``<out>.png`` and ``<out>.pdf``."""
+    from .plotting import styled
+
+    return styled(_plot_generation_rates)(rates_df, manifest, out)
+
+
+def _plot_generation_rates(rates_df: pd.DataFrame, manifest: Mapping[str, Any], out: str | Path) -> list[Path]:
+    from .plotting import finish_axes, model_name, new_figure, save_figure
+
+    rates = _canonical_order(rates_df)
+    judges = list(dict.fromkeys(rates["judge"].astype(str))) or ["none"]
+    fig, axes = new_figure(len(judges))
+    for ax, judge in zip(axes, judges):
+        part = rates[rates["judge"].astype(str) == judge]
+        _draw_rate_bars(ax, part)
+        n = sorted(set(int(v) for v in part["n"])) if len(part) else [0]
+        finish_axes(ax, f"{model_name(manifest)}: generation, judge {judge} (n={'/'.join(map(str, n))})",
+                    "share of responses judged compliance", xlabel="condition")
+        ax.set_ylim(0.0, 1.3)  # headroom above rate 1 for the legend, so no bar is hidden
+        ax.set_yticks(np.linspace(0.0, 1.0, 6))
+        ax.legend(loc="upper center", ncol=2, frameon=False, fontsize=6)
+    return save_figure(fig, out)
+
+
+def _draw_rate_bars(ax: Any, part: pd.DataFrame) -> None:
+    """Grouped bars: x = condition, one bar per prompt kind, asymmetric CI error bars."""
+    conditions = list(dict.fromkeys(part["condition"].astype(str)))
+    x = np.arange(len(conditions), dtype=float)
+    width = 0.38
+    for offset, kind in zip((-width / 2, width / 2), PROMPT_KINDS):
+        rows = part[part["prompt_kind"] == kind].set_index("condition").reindex(conditions)
+        rate = rows["rate"].to_numpy(dtype=float)
+        err = np.vstack([rate - rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float) - rate])
+        color, label = KIND_STYLE[kind]
+        ax.bar(x + offset, rate, width, color=color, alpha=0.8, label=label)
+        ax.errorbar(x + offset, rate, yerr=err, fmt="none", ecolor="black", elinewidth=0.8, capsize=3)
+    ax.set_xticks(x, conditions)
