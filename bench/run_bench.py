@@ -295,6 +295,7 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
     # Engine: every repeat starts from clean runs with no prefix caches, so it pays its own
     # prefix passes; the clean runs themselves (shared by both paths) are not timed.
     outputs = None
+    first_outputs = None
     with PeakRSS() as peak:
         for _ in range(repeats):
             for _, benign in runs:
@@ -308,7 +309,12 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
             result.engine_tl = engine.stats["token_layers"] - before["token_layers"]
             result.prefix_tl = sum(sum(benign._prefix_caches) for _, benign in runs) * n_layers
             result.engine_unembed = unembed.count
+            first_outputs = first_outputs or outputs
     result.engine_peak_mb = peak.delta_mb
+    for a, b in zip(first_outputs, outputs):  # repeats must give the same answers
+        if not np.array_equal(a, b):
+            print(f"  warning: [{model_label}] {row}: engine repeats differ by up to "
+                  f"{float(np.max(np.abs(a - b))):.2g}", file=sys.stderr)
     for _, benign in runs:
         benign._prefix_caches.clear()
 

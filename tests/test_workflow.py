@@ -29,6 +29,10 @@ def tiny_config(workdir: Path) -> Path:
         "prompts": {"pairs_file": str(workdir / "pairs.csv")},
         "metrics": {"refusal_phrases": ["Sorry", "I cannot"]},
         "mediation": {"max_pairs": 4, "windows": [1, 3], "heatmap": {"n_pairs": 1}},
+        "neuron": {"block_size": 16, "random_draws": 10},
+        "gating": {"top_k": 4, "random_draws": 20},
+        "generation": {"max_new_tokens": 4, "max_prompts": 2},
+        "probe": {"folds": 2},
         "effects": {"bootstrap_samples": 200},
     }
     path = workdir / "config.yaml"
@@ -72,7 +76,8 @@ def test_results_have_the_stated_schemas(tiny_run):
     claims = pd.read_csv(results / "claims.csv")
     assert list(claims.columns) == ["claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict"]
     assert {"C1", "C2", "C3", "C4"} <= set(claims["claim"].str[:2])
-    for figure in ("layer_curves", "module_curves", "severed_paths", "heatmap_refusal"):
+    for figure in ("layer_curves", "module_curves", "severed_paths", "heatmap_refusal", "sparsity", "gating",
+                   "block_vs_sum", "neuron_distribution", "probe_accuracy", "token_heatmap_refusal", "generation_rates"):
         assert (workdir / "figures" / "tiny" / f"{figure}.png").stat().st_size > 1000
 
 
@@ -85,7 +90,8 @@ def test_second_run_has_nothing_to_do(tiny_run):
 def test_rerun_is_byte_identical(tiny_run):
     workdir, config = tiny_run
     results = workdir / "results" / "tiny"
-    names = ["inputs.jsonl", "layer.csv", "module.csv", "severed.csv", "claims.csv"]
+    names = ["inputs.jsonl", "layer.csv", "module.csv", "severed.csv", "neuron.csv", "sparsity.csv", "gating.csv",
+             "token.csv", "probe.csv", "generations.jsonl", "generation_rates.csv", "claims.csv"]
     before = {n: (results / n).read_bytes() for n in names}
     figure = (workdir / "figures" / "tiny" / "layer_curves.png").read_bytes()
     done = snakemake(workdir, config, "--forcerun", "prepare_prompts")
@@ -102,10 +108,11 @@ def test_report_has_captions(tiny_run):
 
 
 def test_default_config_dry_run():
-    done = subprocess.run([*SNAKEMAKE, "--directory", str(REPO), "--cores", "2", "--dry-run"],
+    done = subprocess.run([*SNAKEMAKE, "--directory", str(REPO), "--cores", "2", "--dry-run", "--forceall"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
-    for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "figures", "claims"):
+    for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "mediate_neuron", "gating",
+                 "generate_and_judge", "mediate_token", "probe", "figures", "neuron_figures", "claims"):
         assert rule in done.stdout
 
 

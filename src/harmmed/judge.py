@@ -119,7 +119,8 @@ class ModelJudge:
         self.raw_outputs: list[str] = []  # the classifier's decoded outputs, for logs and debugging
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], models_dir: str | Path, record: dict[str, Any] | None = None) -> ModelJudge:
+    def from_spec(cls, spec: dict[str, Any], models_dir: str | Path,
+                  record: dict[str, Any] | None = None) -> ModelJudge:
         """Fetch (or reuse ``record``, a fetch_model result) and load the classifier."""
         from .models import fetch_model, load_model, validate_spec
 
