@@ -277,7 +277,7 @@ class UnembedCounter:
 
 
 def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, plain_sample: int,
-                row_index: int, unembed: UnembedCounter) -> RowResult:
+                row_index: int, unembed: UnembedCounter, max_row_seconds: float) -> RowResult:
     import numpy as np
 
     sites = engine.sites
@@ -310,6 +310,8 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
             result.prefix_tl = sum(sum(benign._prefix_caches) for _, benign in runs) * n_layers
             result.engine_unembed = unembed.count
             first_outputs = first_outputs or outputs
+            if sum(result.engine_times) >= max_row_seconds:
+                break  # long rows: fewer repeats (the table says how many ran)
     result.engine_peak_mb = peak.delta_mb
     for a, b in zip(first_outputs, outputs):  # repeats must give the same answers
         if not np.array_equal(a, b):
@@ -386,8 +388,10 @@ def bench_model(label: str, args) -> tuple[list[RowResult], dict]:
     unembed = UnembedCounter(model)
     results = []
     for row_index, row in enumerate(args.rows):
-        res = measure_row(engine, label, row, pairs, runs, args.repeats, args.plain_sample, row_index, unembed)
-        print(f"  [{label}] {row}: engine {res.engine_time:.2f} s, plain ~{res.plain_time_extrap:.1f} s "
+        res = measure_row(engine, label, row, pairs, runs, args.repeats, args.plain_sample, row_index, unembed,
+                          args.max_row_seconds)
+        print(f"  [{label}] {row}: engine {res.engine_time:.2f} s (runs: "
+              f"{', '.join(f'{t:.2f}' for t in res.engine_times)}), plain ~{res.plain_time_extrap:.1f} s "
               f"(timed {res.plain_time_sampled:.1f} s), max |diff| {res.max_abs_diff:.1e}",
               file=sys.stderr, flush=True)
         results.append(res)
@@ -466,8 +470,9 @@ def render(results: list[RowResult], infos: list[dict], args, machine: dict) -> 
         )
     lines.append("")
     lines.append(
-        f"Engine time: median of {args.repeats} repeat(s) over all pairs, each repeat starting with no "
-        f"prefix caches. **Plain time is extrapolated**: `fast=False` was timed on a seeded random sample "
+        f"Engine time: median of up to {args.repeats} repeat(s) over all pairs (the number run is in "
+        f"brackets: a row stops repeating once its repeats took {args.max_row_seconds:g} s in total), "
+        f"each repeat starting with no prefix caches. **Plain time is extrapolated**: `fast=False` was timed on a seeded random sample "
         f"of {args.plain_sample} interventions per pair (all of them where a pair has fewer) and scaled "
         f"linearly to the full count; the `plain timed` column gives what was actually measured. "
         f"Token-layers (TL) = tokens x decoder layers executed; engine TL include the prefix-cache "
@@ -478,7 +483,7 @@ def render(results: list[RowResult], infos: list[dict], args, machine: dict) -> 
         + "."
     )
     lines.append("")
-    header = ["model", "stage", "interventions (no-op)", "engine s", "plain s (extrap.)", "plain timed",
+    header = ["model", "stage", "interventions (no-op)", "engine s (runs)", "plain s (extrap.)", "plain timed",
               "speed-up", "bound TL", "engine TL (prefix)", "engine / bound", "plain TL", "plain / bound",
               "LM-head positions engine / plain", "engine passes", "max abs diff", "peak ΔRSS MB engine / plain"]
     lines.append("| " + " | ".join(header) + " |")
@@ -489,7 +494,7 @@ def render(results: list[RowResult], infos: list[dict], args, machine: dict) -> 
             r.model,
             ROW_LABELS[r.row],
             f"{fmt_int(r.n_interventions)} ({fmt_int(r.n_identity)})",
-            fmt_s(r.engine_time),
+            f"{fmt_s(r.engine_time)} ({len(r.engine_times)})",
             fmt_s(r.plain_time_extrap),
             f"{r.plain_sampled} in {fmt_s(r.plain_time_sampled)} s",
             f"{r.plain_time_extrap / r.engine_time:.1f}x",
@@ -506,7 +511,8 @@ def render(results: list[RowResult], infos: list[dict], args, machine: dict) -> 
     lines.append("")
     lines.append(
         f"Command: `.venv/bin/python bench/run_bench.py --model {args.model} --pairs {args.pairs} "
-        f"--repeats {args.repeats} --plain-sample {args.plain_sample} --threads {args.threads}"
+        f"--repeats {args.repeats} --max-row-seconds {args.max_row_seconds:g} "
+        f"--plain-sample {args.plain_sample} --threads {args.threads}"
         + ("" if tuple(args.rows) == ROWS else f" --rows {','.join(args.rows)}")
         + f"`; total wall time {machine['total_s']:.0f} s."
     )
@@ -519,6 +525,9 @@ def parse_args(argv=None):
     parser.add_argument("--model", choices=("default", "tiny", "both"), default="both")
     parser.add_argument("--pairs", type=int, default=2, help="minimal pairs per model (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="engine repeats; the median is reported")
+    parser.add_argument("--max-row-seconds", type=float, default=60.0,
+                        help="stop repeating a row once its engine repeats took this long in total "
+                             "(default 60; at least one repeat always runs; 'inf' for exactly R)")
     parser.add_argument("--plain-sample", type=int, default=24,
                         help="interventions per pair timed on the plain path (default 24)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")

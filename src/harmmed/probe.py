@@ -172,7 +172,7 @@ def run_probe(cfg: dict, manifest: dict, inputs_path: str | Path, out_csv: str |
 
     probe = cfg["probe"]
     engine, _ = _engine(cfg, manifest, threads)
-    pairs = select_pairs(read_inputs(inputs_path), probe["split"], None)
+    pairs = select_pairs(read_inputs(inputs_path), probe["split"], probe["max_pairs"])
     with tqdm(total=len(pairs), desc="probe", unit="pair", mininterval=10, disable=False) as bar:
         features, labels, groups = probe_features(engine, pairs, bar)
     df = probe_accuracy_by_layer(features, labels, groups, probe["folds"], probe["C"], probe["seed"],
