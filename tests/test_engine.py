@@ -130,11 +130,11 @@ def test_memory_backoff_gives_the_same_results(setup, monkeypatch):
 def test_small_memory_budget_changes_batching_not_results(setup):
     engine, harmful, benign = setup
     interventions = random_interventions(engine, 16, seed=6)
-    expected = engine.patch(benign, harmful, interventions)
+    roomy = MediationEngine(engine.model, engine.refusal_ids.tolist())
+    expected = roomy.patch(benign, harmful, interventions)
     small = MediationEngine(engine.model, engine.refusal_ids.tolist(), memory_budget_mb=0.01)
-    passes = small.stats["forward_passes"]
     got = small.patch(benign, harmful, interventions)
-    assert small.stats["forward_passes"] - passes >= 10  # one row per pass
+    assert small.stats["forward_passes"] > roomy.stats["forward_passes"]  # one row per pass
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 

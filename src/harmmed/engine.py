@@ -70,6 +70,7 @@ class Run:
     acts: dict[tuple[str, int], torch.Tensor]  # (site, layer) -> (seq_len, width)
     y: dict[str, float]
     target_logprobs: torch.Tensor  # (n_target,) log-probability of each target token
+    cache: DynamicCache | None = field(default=None, repr=False)  # the clean pass's keys/values
     _prefix_caches: dict[int, DynamicCache] = field(default_factory=dict, repr=False)
 
     @property
@@ -138,14 +139,18 @@ class MediationEngine:
         with HookSet() as hooks:
             for key in self.mediator_keys():
                 self._attach(hooks, *key, recorder(key))
-            logits = self.model(input_ids=ids, logits_to_keep=len(target_ids) + 1).logits
+            cache = DynamicCache(config=self.model.config)
+            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                                logits_to_keep=len(target_ids) + 1).logits
         self.stats["forward_passes"] += 1
         self.stats["token_layers"] += ids.shape[1] * self.sites.n_layers
         target = ids[0, len(prompt_ids) :]
         per_token = target_logprobs(logits, target)[0]
         y = self._score(logits, per_token.unsqueeze(0))
+        # Sliding-window layers keep only their window, so their prefix cannot be cut back out.
+        sliceable = not any(getattr(layer, "is_sliding", False) for layer in cache.layers)
         return Run(ids=ids, prompt_len=len(prompt_ids), acts=acts, y={m: float(y[m][0]) for m in METRICS},
-                   target_logprobs=per_token)
+                   target_logprobs=per_token, cache=cache if sliceable else None)
 
     def mediator_keys(self) -> list[tuple[str, int]]:
         keys = [("residual", -1)]
@@ -284,13 +289,18 @@ class MediationEngine:
                 progress.update(len(chunk))
 
     def _prefix_cache(self, base: Run, start_pos: int) -> DynamicCache:
-        """Key/value cache of the base run's first ``start_pos`` tokens (computed once)."""
+        """Key/value cache of the base run's first ``start_pos`` tokens: a view into the clean
+        pass's cache, or (sliding-window models) one prefix pass, computed once."""
         if start_pos not in base._prefix_caches:
-            cache = DynamicCache(config=self.model.config)
-            self.model(input_ids=base.ids[:, :start_pos], past_key_values=cache, use_cache=True, logits_to_keep=1)
-            self.stats["forward_passes"] += 1
-            self.stats["token_layers"] += start_pos * self.sites.n_layers
-            base._prefix_caches[start_pos] = cache
+            if base.cache is not None:
+                base._prefix_caches[start_pos] = _sliced_view(base.cache, start_pos)
+            else:
+                cache = DynamicCache(config=self.model.config)
+                self.model(input_ids=base.ids[:, :start_pos], past_key_values=cache, use_cache=True,
+                           logits_to_keep=1)
+                self.stats["forward_passes"] += 1
+                self.stats["token_layers"] += start_pos * self.sites.n_layers
+                base._prefix_caches[start_pos] = cache
         return base._prefix_caches[start_pos]
 
     def _stop(self, base: Run, batch: list[_Planned], reuse: bool) -> int:
@@ -339,8 +349,7 @@ class MediationEngine:
 
         cache = None
         if reuse and start_pos > 0:
-            cache = copy.deepcopy(self._prefix_cache(base, start_pos))
-            cache.batch_repeat_interleave(rows)
+            cache = _batch_view(self._prefix_cache(base, start_pos), rows)
 
         with HookSet() as hooks:
             for layer in range(start_layer):
@@ -379,6 +388,28 @@ class MediationEngine:
         with HookSet() as hooks:
             self._attach(hooks, site, layer, fn)
             yield
+
+
+def _view_cache(cache: DynamicCache, view) -> DynamicCache:
+    """A cache whose layers hold views of ``cache``'s tensors. Safe to extend: cache layers
+    rebind their tensors on update (concatenation) and never write into them."""
+    out = copy.copy(cache)
+    out.layers = []
+    for layer in cache.layers:
+        clone = copy.copy(layer)
+        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            clone.keys, clone.values = view(layer.keys), view(layer.values)
+        out.layers.append(clone)
+    return out
+
+
+def _sliced_view(cache: DynamicCache, length: int) -> DynamicCache:
+    return _view_cache(cache, lambda t: t[..., :length, :])
+
+
+def _batch_view(cache: DynamicCache, rows: int) -> DynamicCache:
+    """The same prefix for every row, without copying it ``rows`` times."""
+    return _view_cache(cache, lambda t: t.expand(rows, *t.shape[1:]))
 
 
 def _setter(dense: list | None, sparse: list | None, device: torch.device):

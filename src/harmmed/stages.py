@@ -178,11 +178,11 @@ def mediate_module(cfg: dict, manifest: dict, inputs_path: str | Path, module_cs
     pairs = _pairs(cfg, inputs_path)
     n_heat = _heatmap_pairs(cfg)
     n_layers = engine.sites.n_layers
-    module_rows = _sweep(engine, pairs, lambda i, pair: mediation.module_cells(
-        pair, n_layers, med["module_positions"], med["windows"],
-        med["heatmap"]["sites"] if i < n_heat else []), "module")
-    severed_rows = _sweep(engine, pairs, lambda i, pair: mediation.severed_cells(
-        pair, n_layers, med["severed_positions"]), "severed")
+    rows = _sweep(engine, pairs, lambda i, pair: mediation.module_cells(
+        pair, n_layers, med["module_positions"], med["windows"], med["heatmap"]["sites"] if i < n_heat else [])
+        + mediation.severed_cells(pair, n_layers, med["severed_positions"]), "module")
+    module_rows = [row for row in rows if "severed" not in row]
+    severed_rows = [row for row in rows if "severed" in row]
     with atomic_path(module_csv) as tmp:
         mediation.write_rows(module_rows, tmp)
     with atomic_path(severed_csv) as tmp:
