@@ -161,10 +161,12 @@ def with_values(run: Run, site: str, layer: int, position: int, units: list[int]
     return Run(ids=run.ids, prompt_len=run.prompt_len, acts=acts, y=run.y, target_logprobs=run.target_logprobs)
 
 
-def benign_means(engine: MediationEngine, pairs: list[EncodedPair], site: str, layer: int) -> np.ndarray:
-    """Mean of a site's units over benign prompts at their last prompt position."""
-    values = [engine.run(p.benign_ids, p.target_ids).acts[(site, layer)][len(p.benign_ids) - 1] for p in pairs]
-    return np.mean([v.float().cpu().numpy() for v in values], axis=0)
+def benign_means(engine: MediationEngine, pairs: list[EncodedPair], sites: tuple[str, ...], layer: int
+                 ) -> dict[str, np.ndarray]:
+    """Mean of each site's units over benign prompts at their last prompt position."""
+    runs = [engine.run(p.benign_ids, p.target_ids) for p in pairs]
+    return {site: np.mean([r.acts[(site, layer)][r.prompt_len - 1].float().cpu().numpy() for r in runs], axis=0)
+            for site in sites}
 
 
 def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run], unit_sets: dict[str, list[list[int]]],
@@ -175,21 +177,25 @@ def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run
     final = engine.sites.n_layers - 1
     last = harmful.prompt_len - 1
     labels, interventions = [], []
-    ablated_sources: list[Run] = []
     for name, sets in unit_sets.items():
         site = "heads" if name.endswith("heads") else "neuron"
         for draw, units in enumerate(sets):
-            draw_label = draw if name.startswith("random") else ""
-            labels.append(("patch_benign", name, draw_label, len(units)))
+            labels.append((name, draw if name.startswith("random") else "", len(units), site, tuple(units)))
             interventions.append((Patch(site, final, (last,), tuple(units)),))
     patched = engine.patch(harmful, benign, interventions)
-    ablation_labels, ablation_ys = [], []
-    for name, sets in unit_sets.items():
-        site = "heads" if name.endswith("heads") else "neuron"
-        for draw, units in enumerate(sets):
-            source = with_values(harmful, site, final, last, units, means[site][units])
-            ablation_ys.append(engine.patch(harmful, source, [(Patch(site, final, (last,), tuple(units)),)])[0])
-            ablation_labels.append(("mean_ablate", name, draw if name.startswith("random") else "", len(units)))
+    # Mean ablation: one source per site whose every unit reads its benign mean, so each
+    # intervention takes its own units from it and all of them share one batched pass.
+    ablated = np.empty_like(patched)
+    for site in ("neuron", "heads"):
+        chosen = [i for i, label in enumerate(labels) if label[3] == site]
+        if not chosen:
+            continue
+        width = means[site].shape[0]
+        source = with_values(harmful, site, final, last, list(range(width)), means[site])
+        ablated[chosen] = engine.patch(harmful, source, [interventions[i] for i in chosen])
+    ablation_labels = [("mean_ablate", *label[:3]) for label in labels]
+    labels = [("patch_benign", *label[:3]) for label in labels]
+    ablation_ys = list(ablated)
     rows = []
     for (intervention, units, draw, k), y in zip(labels + ablation_labels, list(patched) + ablation_ys):
         for m_index, metric in enumerate(METRICS):

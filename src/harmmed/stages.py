@@ -340,7 +340,7 @@ def gating(cfg: dict, manifest: dict, inputs_path: str | Path, ranking_csv: str 
         "random_neuron": [sorted(rng.choice(engine.sites.d_mlp, k, replace=False).tolist())
                           for _ in range(settings["random_draws"])],
     }
-    means = {site: neuron.benign_means(engine, discovery, site, final) for site in ("neuron", "heads")}
+    means = neuron.benign_means(engine, discovery, ("neuron", "heads"), final)
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.gating_rows(
         engine, pair, runs, unit_sets, means), "gating")
     with atomic_path(gating_csv) as tmp:
