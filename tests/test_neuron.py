@@ -108,5 +108,5 @@ def test_gating_statistics_detect_a_planted_gate():
         rows.append({**base, "units": "topk_neuron", "draw": "", "effect": -0.8 + rng.normal(0, 0.05)})
         for d in range(50):
             rows.append({**base, "units": "random_neuron", "draw": d, "effect": rng.normal(0, 0.05)})
-    (value, low, high), p_value = gating_statistics(pd.DataFrame(rows), "refusal", 500, 0.95, 0)
+    (value, low, high), p_value = gating_statistics(pd.DataFrame(rows), "refusal", 1.0, 500, 0.95, 0)
     assert 0.7 < low < value < high < 0.9 and p_value == pytest.approx(1 / 51)

@@ -349,18 +349,23 @@ def sparsity_fraction(sparsity_df: pd.DataFrame, metric: str, width: int, level:
     return _pair_bootstrap(stacked, fraction, n_boot, ci, seed)
 
 
-def gating_statistics(gating_df: pd.DataFrame, metric: str, n_boot: int, ci: float, seed: int
-                      ) -> tuple[tuple[float, float, float], float]:
-    """(top-k minus mean random-k gating effect, CI) and the permutation p-value.
+def layer_sign(ranking_df: pd.DataFrame, metric: str) -> float:
+    """Sign of the final-layer MLP NIE on the discovery split (the ranking's orientation)."""
+    rows = ranking_df[(ranking_df["metric"] == metric) & (ranking_df["site"] == "neuron") & (ranking_df["mean_nie"] != 0)]
+    return float(np.sign((rows["oriented_nie"] / rows["mean_nie"]).iloc[0])) if len(rows) else 1.0
 
-    The gating effect is oriented so that positive means "moved the harmful run towards the
-    benign one": -(y_patched - y_harmful) * sign(mean TE).
+
+def gating_statistics(gating_df: pd.DataFrame, metric: str, sign: float, n_boot: int, ci: float, seed: int
+                      ) -> tuple[tuple[float, float, float], float]:
+    """(top-k minus mean random-k gating effect, CI) and the one-sided permutation p-value.
+
+    Setting the units of the harmful run to their benign values should undo their share of the
+    final layer's NIE, so the effect is oriented as -(y_patched - y_harmful) * ``sign`` (the sign
+    of that NIE on the discovery split): positive means "moved the way the ranking predicts".
     """
     rows = gating_df[(gating_df["metric"] == metric) & (gating_df["intervention"] == "patch_benign")]
     if rows.empty:
         return (math.nan, math.nan, math.nan), math.nan
-    te = (rows.groupby("pair_id")["y_harmful"].first() - rows.groupby("pair_id")["y_benign"].first())
-    sign = np.sign(te.mean()) or 1.0
     oriented = rows.assign(g=-sign * rows["effect"])
     top = oriented[oriented["units"] == "topk_neuron"].set_index("pair_id")["g"].sort_index()
     random = oriented[oriented["units"] == "random_neuron"].pivot(index="pair_id", columns="draw", values="g")
@@ -373,8 +378,8 @@ def gating_statistics(gating_df: pd.DataFrame, metric: str, n_boot: int, ci: flo
     return estimate, p_value
 
 
-def c3_rows(sparsity_df: pd.DataFrame | None, gating_df: pd.DataFrame | None, width: int,
-            thresholds: Mapping[str, float], n_boot: int, ci: float, seed: int) -> pd.DataFrame:
+def c3_rows(sparsity_df: pd.DataFrame | None, gating_df: pd.DataFrame | None, ranking_df: pd.DataFrame | None,
+            width: int, thresholds: Mapping[str, float], n_boot: int, ci: float, seed: int) -> pd.DataFrame:
     rows = []
     for metric in METRICS:
         for level, key in ((0.5, "C3_neuron_fraction"), (0.8, "C3_neuron_fraction_80")):
@@ -390,7 +395,8 @@ def c3_rows(sparsity_df: pd.DataFrame | None, gating_df: pd.DataFrame | None, wi
         if gating_df is None or gating_df.empty:
             rows.append(claim_row("C3", f"gating_topk_minus_random[{metric}]", threshold, None))
             continue
-        (value, low, high), p_value = gating_statistics(gating_df, metric, n_boot, ci, seed)
+        sign = layer_sign(ranking_df, metric) if ranking_df is not None else 1.0
+        (value, low, high), p_value = gating_statistics(gating_df, metric, sign, n_boot, ci, seed)
         rows.append({"claim": "C3", "statistic": f"gating_topk_minus_random[{metric}]", "value": value,
                      "ci_low": low, "ci_high": high, "threshold": threshold, "verdict": verdict(low, high, threshold)})
         rows.append({"claim": "C3", "statistic": f"gating_permutation_p[{metric}]", "value": p_value,

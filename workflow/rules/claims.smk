@@ -7,6 +7,7 @@ rule claims:
         severed="results/{model}/severed.csv",
         sparsity="results/{model}/sparsity.csv",
         gating="results/{model}/gating.csv",
+        ranking="results/{model}/neuron_ranking.csv",
         probe="results/{model}/probe.csv",
     output:
         csv="results/{model}/claims.csv",
