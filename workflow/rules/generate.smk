@@ -36,6 +36,7 @@ rule generate_and_judge:
     output:
         generations="results/{model}/generations.jsonl",
         rates="results/{model}/generation_rates.csv",
+    priority: 40  # long jobs first, so the two CPU lanes stay busy
     log:
         "logs/generate_and_judge/{model}.log",
     benchmark:

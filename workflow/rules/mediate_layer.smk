@@ -7,6 +7,7 @@ rule mediate_layer:
     output:
         layer="results/{model}/layer.csv",
         tokens="results/{model}/heatmap_tokens.json",
+    priority: 30  # long jobs first, so the two CPU lanes stay busy
     log:
         "logs/mediate_layer/{model}.log",
     benchmark:

@@ -7,6 +7,7 @@ rule mediate_module:
     output:
         module="results/{model}/module.csv",
         severed="results/{model}/severed.csv",
+    priority: 35  # long jobs first, so the two CPU lanes stay busy
     log:
         "logs/mediate_module/{model}.log",
     benchmark:

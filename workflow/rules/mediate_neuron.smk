@@ -11,6 +11,7 @@ rule mediate_neuron:
         neuron="results/{model}/neuron.csv",
         ranking="results/{model}/neuron_ranking.csv",
         sparsity="results/{model}/sparsity.csv",
+    priority: 50  # long jobs first, so the two CPU lanes stay busy
     log:
         "logs/mediate_neuron/{model}.log",
     benchmark:
@@ -34,6 +35,7 @@ rule gating:
     output:
         gating="results/{model}/gating.csv",
         units="results/{model}/gating_units.json",
+    priority: 45  # long jobs first, so the two CPU lanes stay busy
     log:
         "logs/gating/{model}.log",
     benchmark:
