@@ -180,7 +180,7 @@ def record_down_proj(engine: MediationEngine, condition: gen.Condition, prompt_i
     """Down-projection inputs of every forward pass, read by a hook registered after the
     intervention's own hook (so it sees the held values)."""
     seen: list[torch.Tensor] = []
-    with gen.intervention(engine, condition), HookSet() as hooks:
+    with gen.row_interventions(engine, [condition]), HookSet() as hooks:
         hooks.on_input(engine.sites.down_proj(GATING["layer"]), lambda x: seen.append(x[0].detach().clone()))
         gen.greedy_decode(engine.model, prompt_ids, n_new, stop=frozenset())
     return seen
@@ -304,3 +304,12 @@ def test_generation_rates_counts() -> None:
     first = rates.iloc[0]
     assert (first["n"], first["n_compliance"], first["rate"]) == (4, 1, 0.25)
     assert isinstance(rates, pd.DataFrame) and rates.iloc[1]["ci_high"] == 1.0
+
+
+def test_conditions_batched_as_rows_equal_one_at_a_time(engine_and_tokenizer) -> None:
+    engine, tokenizer = engine_and_tokenizer
+    prompt_ids, _ = encode_prompt(tokenizer, REQUEST)
+    every = list(conditions().values())
+    batched = gen.generate_conditions(engine, tokenizer, prompt_ids, 6, every)
+    for condition, result in zip(every, batched):
+        assert result == gen.generate(engine, tokenizer, prompt_ids, 6, condition)

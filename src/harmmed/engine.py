@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -369,25 +368,6 @@ class MediationEngine:
         kept = base.target_logprobs[fresh.shape[1] :].unsqueeze(0).expand(rows, -1)
         y = self._score(logits, torch.cat([fresh, kept], dim=1))
         return torch.stack([y[m] for m in METRICS], dim=1).cpu().numpy()
-
-    @contextmanager
-    def fixed_units(self, site: str, layer: int, units: Sequence[int], values: torch.Tensor):
-        """Hold some units of a ``neuron``/``heads`` site at fixed values at every position of
-        every forward pass inside the block, prompt and generated tokens alike (generation-time
-        gating, where there is no paired run to patch from)."""
-        if site not in UNIT_SITES:
-            raise ValueError(f"fixed_units: site must be one of {UNIT_SITES}, not {site!r}")
-        index = torch.tensor(list(units), dtype=torch.long, device=self.device)
-        values = values.to(self.device)
-
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            x = x.clone()
-            x[..., index] = values.to(x.dtype)
-            return x
-
-        with HookSet() as hooks:
-            self._attach(hooks, site, layer, fn)
-            yield
 
 
 def _view_cache(cache: DynamicCache, view) -> DynamicCache:

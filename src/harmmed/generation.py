@@ -13,8 +13,8 @@ every condition:
 
 Benign prompts go through every condition too: a gate that only breaks the model would also
 lower the benign compliance rate. Generation is greedy and token by token with a key/value
-cache, one prompt at a time (no padding, so no padding-side effects), stopping at the model's
-end-of-turn tokens. Torch is imported lazily so that the figure rule runs in the torch-free
+cache, one prompt at a time with its conditions as batch rows (no padding, so no padding-side
+effects), stopping at the model's end-of-turn tokens. Torch is imported lazily so that the figure rule runs in the torch-free
 analysis environment.
 """
 
@@ -102,19 +102,6 @@ def check_conditions(conditions: Sequence[Condition], n_layers: int, d_mlp: int)
             raise ValueError(f"condition {c.name}: units {bad} outside 0..{d_mlp - 1}")
 
 
-@contextmanager
-def intervention(engine: MediationEngine, condition: Condition) -> Iterator[None]:
-    """Hold the condition's units fixed for every forward pass inside the block."""
-    if not condition.units:
-        yield
-        return
-    import torch
-
-    values = torch.tensor(condition.values, dtype=torch.float32)
-    with engine.fixed_units("neuron", int(condition.layer), condition.units, values):
-        yield
-
-
 # ---------------------------------------------------------------- generation
 def stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     """End-of-turn ids: the tokenizer's eos plus the model's generation-config eos (chat models
@@ -129,37 +116,79 @@ def stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def greedy_decode(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, stop: frozenset[int]) -> list[int]:
-    """Argmax decoding with a key/value cache; the stop token, if reached, is kept.
+def greedy_decode(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, stop: frozenset[int],
+                  rows: int = 1) -> list[list[int]]:
+    """Argmax decoding with a key/value cache, ``rows`` copies of one prompt at once (the rows
+    differ only through a row-wise intervention hook); a row's stop token, if reached, is kept.
 
     Written out rather than ``model.generate`` so no generation-config default (repetition
     penalty, sampling flags) can slip in, and so every forward pass visibly goes through the
-    hooks of the surrounding intervention.
+    hooks of the surrounding intervention. On a CPU one decoding step is bound by reading the
+    weights, so several rows cost about as much as one.
     """
     import torch
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
-    step_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-    out: list[int] = []
+    step_ids = torch.tensor([list(prompt_ids)] * rows, dtype=torch.long, device=device)
+    outs: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
     with torch.inference_mode():
-        while len(out) < max_new_tokens:
+        for _ in range(max_new_tokens):
             logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-            token = int(logits[0, -1].argmax())
-            out.append(token)
-            if token in stop:
+            tokens = logits[:, -1].argmax(dim=-1).tolist()
+            for row, token in enumerate(tokens):
+                if not done[row]:
+                    outs[row].append(int(token))
+                    done[row] = token in stop
+            if all(done):
                 break
-            step_ids = torch.tensor([[token]], dtype=torch.long, device=device)
-    return out
+            step_ids = torch.tensor([[t] for t in tokens], dtype=torch.long, device=device)
+    return outs
+
+
+@contextmanager
+def row_interventions(engine: MediationEngine, conditions: Sequence[Condition]) -> Iterator[None]:
+    """Batch row r runs under ``conditions[r]``: its units are held at their values at every
+    position of every forward pass; rows without units run free."""
+    import torch
+
+    from .hooks import HookSet
+
+    by_layer: dict[int, list[tuple[int, Condition]]] = {}
+    for row, condition in enumerate(conditions):
+        if condition.units:
+            by_layer.setdefault(int(condition.layer), []).append((row, condition))
+
+    def holder(items: list[tuple[int, Condition]]):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            x = x.clone()
+            for row, condition in items:
+                x[row, :, list(condition.units)] = torch.tensor(condition.values, dtype=x.dtype, device=x.device)
+            return x
+
+        return fn
+
+    with HookSet() as hooks:
+        for layer, items in sorted(by_layer.items()):
+            hooks.on_input(engine.sites.down_proj(layer), holder(items))
+        yield
+
+
+def generate_conditions(engine: MediationEngine, tokenizer: Any, prompt_ids: Sequence[int], max_new_tokens: int,
+                        conditions: Sequence[Condition]) -> list[tuple[list[int], str]]:
+    """Greedy continuations of one prompt under every condition, in one batched decoding."""
+    with row_interventions(engine, conditions):
+        outs = greedy_decode(engine.model, prompt_ids, max_new_tokens, stop_ids(engine.model, tokenizer),
+                             rows=len(conditions))
+    return [(ids, tokenizer.decode(ids, skip_special_tokens=True)) for ids in outs]
 
 
 def generate(engine: MediationEngine, tokenizer: Any, prompt_ids: Sequence[int], max_new_tokens: int,
              condition: Condition = NO_INTERVENTION) -> tuple[list[int], str]:
     """Greedy continuation of one prompt under one condition: (new token ids, decoded text)."""
-    with intervention(engine, condition):
-        ids = greedy_decode(engine.model, prompt_ids, max_new_tokens, stop_ids(engine.model, tokenizer))
-    return ids, tokenizer.decode(ids, skip_special_tokens=True)
+    return generate_conditions(engine, tokenizer, prompt_ids, max_new_tokens, [condition])[0]
 
 
 def request_text(tokenizer: Any, prompt_ids: Sequence[int], post_positions: Sequence[int]) -> str:
@@ -190,12 +219,12 @@ def generate_records(engine: MediationEngine, tokenizer: Any, pairs: Sequence[En
         for pair in sorted(pairs, key=lambda p: p.pair_id):
             for kind in PROMPT_KINDS:
                 prompt_ids = pair.harmful_ids if kind == "harmful" else pair.benign_ids
-                for condition in conditions:
-                    output_ids, text = generate(engine, tokenizer, prompt_ids, max_new_tokens, condition)
+                outputs = generate_conditions(engine, tokenizer, prompt_ids, max_new_tokens, conditions)
+                for condition, (output_ids, text) in zip(conditions, outputs):
                     records.append({"prompt_id": pair.pair_id, "prompt_kind": kind, "category": pair.category,
                                     "condition": condition.name, "prompt_ids": list(prompt_ids),
                                     "output_ids": output_ids, "text": text})
-                    bar.update(1)
+                bar.update(len(conditions))
     return records
 
 
