@@ -123,3 +123,18 @@ def test_bad_config_is_refused_before_any_job(tmp_path):
     done = snakemake(tmp_path, config, "--dry-run")
     assert done.returncode != 0 and "mediation.windows" in done.stdout + done.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_cross_model_figure_from_two_manifests(tiny_run, tmp_path):
+    from harmmed.config import load_config
+    from harmmed.stages import cross_model_figure
+
+    workdir, config = tiny_run
+    results = workdir / "results" / "tiny"
+    other = json.loads((results / "manifest.json").read_text())
+    other["name"] = "tiny-copy"
+    (tmp_path / "manifest.json").write_text(json.dumps(other))
+    out = tmp_path / "cross_model.png"
+    cross_model_figure(load_config(config), [str(results / "manifest.json"), str(tmp_path / "manifest.json")],
+                       [str(results / "layer.csv")] * 2, out)
+    assert out.stat().st_size > 1000 and out.with_suffix(".pdf").exists()
