@@ -187,8 +187,8 @@ def plot_module_curves(module_df: pd.DataFrame, manifest: Mapping[str, Any], out
                     part = select(summary, metric=metric, site=site, positions=pos, window=window)
                     label = f"{site} (window {window})" if window > 1 else f"{site} (single)"
                     draw_curve(ax, part, label, SITE_COLORS[site], "-" if window == 1 else "--")
-            finish_axes(ax, f"{model_name(manifest)}: module NIE, {metric}, positions {pos}",
-                        f"NIE ({METRIC_LABELS.get(metric, metric)})")
+            finish_axes(ax, f"{model_name(manifest)}: {metric}, {pos} positions",
+                        f"module NIE ({METRIC_LABELS.get(metric, metric)})")
     return save_figure(fig, out)
 
 
