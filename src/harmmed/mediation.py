@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
-import torch
 
 from .engine import Intervention, MediationEngine, Patch, Run
 from .metrics import METRICS
@@ -131,7 +130,3 @@ def write_rows(rows: list[dict], path: str, extra: list[str] | None = None) -> N
     columns = ROW_COLUMNS + (extra or [])
     frame = pd.DataFrame(rows, columns=columns)
     frame.to_csv(path, index=False, float_format="%.9g", lineterminator="\n")
-
-
-def torch_threads(n: int) -> None:
-    torch.set_num_threads(max(1, n))

@@ -350,11 +350,6 @@ def heatmap_figure(rows: Mapping[str, pd.DataFrame],
 
 
 # ---------------------------------------------------------------- neuron-level figures (C3)
-def _final_singles(neuron_df: pd.DataFrame, site: str, layer: int) -> pd.DataFrame:
-    rows = select(neuron_df, site=site, layer=layer)
-    return rows[rows["block"].astype(str).isin(["", "nan"])]
-
-
 @styled
 def plot_neuron_distribution(ranking: pd.DataFrame, manifest: Mapping[str, Any], out: str | Path,
                              n_labels: int = 5) -> list[Path]:

@@ -264,15 +264,14 @@ def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], o
 def claims(cfg: dict, manifest_path: str, layer_csv: str, module_csv: str, severed_csv: str, sparsity_csv: str,
            gating_csv: str, ranking_csv: str, probe_csv: str, claims_csv: str, claims_md: str) -> None:
     from .claims import c3_rows, compute_claims, write_claims
-    from .probe import c4_row
+    from .probe import c4_from_config
 
     manifest = _read_json(manifest_path)
     effects, thresholds = cfg["effects"], cfg["claims"]["thresholds"]
     boot = (effects["bootstrap_samples"], effects["ci"], effects["seed"])
     c3 = c3_rows(pd.read_csv(sparsity_csv, keep_default_na=False), pd.read_csv(gating_csv, keep_default_na=False),
                  pd.read_csv(ranking_csv), int(manifest["d_mlp"]), thresholds, *boot)
-    c4 = pd.DataFrame([c4_row(pd.read_csv(probe_csv), int(manifest["n_layers"]), cfg["probe"]["accuracy_level"],
-                              thresholds["C4_probe_depth"], *boot)])
+    c4 = pd.DataFrame([c4_from_config(pd.read_csv(probe_csv), manifest, cfg)])
     table = compute_claims(_read_rows(layer_csv), _read_rows(module_csv), _read_rows(severed_csv), manifest,
                            thresholds, *boot, extra_rows=pd.concat([c3, c4], ignore_index=True))
     with atomic_path(claims_csv) as tmp_csv, atomic_path(claims_md) as tmp_md:
