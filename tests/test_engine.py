@@ -175,3 +175,59 @@ def test_hooks_are_removed_even_on_error():
             hooks.replace_forward(model.model.layers[1], lambda *a, **k: None)
             raise RuntimeError("boom")
     assert not block._forward_hooks and "forward" not in vars(model.model.layers[1])
+
+
+def test_batched_clean_runs_equal_runs_one_at_a_time(setup):
+    """runs() computes a pair's shared prefix once and both prompts in one batch: same
+    activations, outcomes and cache as separate passes, so patches from either agree."""
+    engine, harmful, benign = setup
+    other = make_pair(seed=3)[0]  # a different length group of its own
+    batched_harmful, batched_benign, lone = engine.runs(
+        [(harmful.ids[0, :PROMPT_LEN].tolist(), TARGET), (benign.ids[0, :PROMPT_LEN].tolist(), TARGET),
+         (other[:-2], TARGET)])
+    assert batched_harmful.ids.shape[1] == PROMPT_LEN + len(TARGET) - 1  # the last target token is not fed
+    for single, batched in ((harmful, batched_harmful), (benign, batched_benign)):
+        assert single.acts.keys() == batched.acts.keys()
+        for key in single.acts:
+            torch.testing.assert_close(batched.acts[key], single.acts[key], atol=1e-5, rtol=0)
+        for metric in METRICS:
+            assert abs(batched.y[metric] - single.y[metric]) < 1e-5
+    np.testing.assert_allclose([lone.y[m] for m in METRICS],
+                               [engine.run(other[:-2], TARGET).y[m] for m in METRICS], atol=1e-5, rtol=0)
+    interventions = random_interventions(engine, 10, seed=8)
+    np.testing.assert_allclose(engine.patch(batched_benign, batched_harmful, interventions),
+                               engine.patch(benign, harmful, interventions, fast=False), atol=1e-5, rtol=0)
+
+
+def test_last_residuals_are_the_runs_residuals_at_the_last_prompt_position(setup):
+    engine, harmful, benign = setup
+    prompts = [harmful.ids[0, :PROMPT_LEN].tolist(), benign.ids[0, :PROMPT_LEN].tolist(), make_pair(seed=4)[0][:-3]]
+    got = engine.last_residuals(prompts)
+    assert got.shape == (3, engine.sites.n_layers + 1, engine.sites.d_model)
+    for row, ids in enumerate(prompts):
+        run = engine.run(ids, TARGET)
+        expected = np.stack([run.acts[("residual", layer)][len(ids) - 1].numpy()
+                             for layer in range(-1, engine.sites.n_layers)])
+        np.testing.assert_allclose(got[row], expected, atol=1e-5, rtol=0)
+
+
+def test_positions_outside_prompt_and_target_are_refused(setup):
+    engine, harmful, benign = setup
+    with pytest.raises(ValueError, match="positions must lie in 0..16"):
+        engine.patch(benign, harmful, [(Patch("mlp", 0, (PROMPT_LEN + len(TARGET),)),)])
+
+
+def test_interventions_that_trim_to_the_same_patches_run_once(setup):
+    """The final block's 'all positions' and 'last position' patches are the same computation."""
+    engine, harmful, benign = setup
+    final = engine.sites.n_layers - 1
+    every = tuple(range(PROMPT_LEN))
+    interventions = [(Patch("mlp", final, every),), (Patch("mlp", final, (PROMPT_LEN - 1,)),), (Patch("mlp", 1, (9,)),),
+                     (Patch("mlp", 1, (9,)),)]
+    engine.patch(benign, harmful, interventions)  # builds the prefix caches (sliding-window models)
+    before = engine.stats["token_layers"]
+    got = engine.patch(benign, harmful, interventions)
+    assert engine.stats["token_layers"] - before == 1 + (PROMPT_LEN + len(TARGET) - 1 - 9) * (engine.sites.n_layers - 1)
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[2], got[3])
+    np.testing.assert_allclose(got, engine.patch(benign, harmful, interventions, fast=False), atol=1e-5, rtol=0)

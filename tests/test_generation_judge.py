@@ -182,7 +182,7 @@ def record_down_proj(engine: MediationEngine, condition: gen.Condition, prompt_i
     seen: list[torch.Tensor] = []
     with gen.row_interventions(engine, [condition]), HookSet() as hooks:
         hooks.on_input(engine.sites.down_proj(GATING["layer"]), lambda x: seen.append(x[0].detach().clone()))
-        gen.greedy_decode(engine.model, prompt_ids, n_new, stop=frozenset())
+        gen.greedy_decode(engine.model, [prompt_ids], n_new, stop=frozenset())
     return seen
 
 
@@ -313,3 +313,18 @@ def test_conditions_batched_as_rows_equal_one_at_a_time(engine_and_tokenizer) ->
     batched = gen.generate_conditions(engine, tokenizer, prompt_ids, 6, every)
     for condition, result in zip(every, batched):
         assert result == gen.generate(engine, tokenizer, prompt_ids, 6, condition)
+
+
+def test_prompts_batched_as_rows_equal_one_at_a_time(engine_and_tokenizer) -> None:
+    """Equal-length prompts share a decoding batch: the same continuations as alone."""
+    engine, tokenizer = engine_and_tokenizer
+    first, _ = encode_prompt(tokenizer, REQUEST)
+    second = list(first)
+    second[len(second) // 2] = (second[len(second) // 2] + 7) % engine.model.config.vocab_size
+    every = list(conditions().values())
+    batched = gen.generate_batch(engine, tokenizer, [first, second], 6, every)
+    assert batched[0] == gen.generate_conditions(engine, tokenizer, first, 6, every)
+    assert batched[1] == gen.generate_conditions(engine, tokenizer, second, 6, every)
+    assert batched[0] != batched[1]
+    with pytest.raises(ValueError, match="equal lengths"):
+        gen.greedy_decode(engine.model, [first, first[:-1]], 3, frozenset())

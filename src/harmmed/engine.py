@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -62,10 +63,15 @@ Intervention = tuple[Patch, ...]
 
 @dataclass
 class Run:
-    """One clean teacher-forced run: the ids, every mediator's activation, and the outcomes."""
+    """One clean teacher-forced run: the ids, every mediator's activation, and the outcomes.
 
-    ids: torch.Tensor  # (1, prompt_len + n_target)
+    The last target token is scored but never fed: nothing reads the logits after it, and by
+    causality leaving it out changes no other position.
+    """
+
+    ids: torch.Tensor  # (1, prompt_len + n_target - 1): the tokens fed to the model
     prompt_len: int
+    target_ids: torch.Tensor  # (n_target,)
     acts: dict[tuple[str, int], torch.Tensor]  # (site, layer) -> (seq_len, width)
     y: dict[str, float]
     target_logprobs: torch.Tensor  # (n_target,) log-probability of each target token
@@ -74,7 +80,7 @@ class Run:
 
     @property
     def n_target(self) -> int:
-        return self.ids.shape[1] - self.prompt_len
+        return self.target_ids.shape[0]
 
 
 @dataclass
@@ -123,34 +129,76 @@ class MediationEngine:
         else:
             hooks.on_output(module, fn)
 
-    @torch.inference_mode()
     def run(self, prompt_ids: Sequence[int], target_ids: Sequence[int]) -> Run:
         """Clean pass recording every mediator at every position."""
-        ids = torch.tensor([list(prompt_ids) + list(target_ids)], dtype=torch.long, device=self.device)
-        acts: dict[tuple[str, int], torch.Tensor] = {}
+        return self.runs([(prompt_ids, target_ids)])[0]
 
-        def recorder(key: tuple[str, int]):
-            def fn(x: torch.Tensor) -> None:
-                acts[key] = x[0].detach().clone()
+    @torch.inference_mode()
+    def runs(self, prompts: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Run]:
+        """Clean runs of many (prompt, target) pairs: equal-length ones share one batched pass,
+        and their common prefix (the chat template; for a minimal pair everything before the
+        differing span) is computed once."""
+        out: list[Run | None] = [None] * len(prompts)
+        for group in _equal_shapes([(len(p), len(t)) for p, t in prompts], self.max_batch_size):
+            sequences = [_fed_ids(*prompts[i]) for i in group]
+            prompt_len = len(prompts[group[0]][0])
+            acts, logits, cache = self._prefixed_pass(sequences, self.mediator_keys(), prompt_len,
+                                                      len(prompts[group[0]][1]))
+            sliceable = cache is not None and not any(getattr(layer, "is_sliding", False) for layer in cache.layers)
+            for row, i in enumerate(group):
+                target = torch.tensor(list(prompts[i][1]), dtype=torch.long, device=self.device)
+                per_token = target_logprobs(logits[row : row + 1], target)[0]
+                y = self._score(logits[row : row + 1], per_token.unsqueeze(0))
+                out[i] = Run(
+                    ids=torch.tensor([sequences[row]], dtype=torch.long, device=self.device), prompt_len=prompt_len,
+                    target_ids=target, acts={key: value[row] for key, value in acts.items()},
+                    y={m: float(y[m][0]) for m in METRICS}, target_logprobs=per_token,
+                    cache=_view_cache(cache, lambda t, r=row: t[r : r + 1]) if sliceable else None)
+        return out  # type: ignore[return-value]
 
-            return fn
+    @torch.inference_mode()
+    def last_residuals(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """Residual stream after every layer (index 0 = embeddings) at each prompt's last
+        position: (n_prompts, n_layers + 1, d_model). Prompt tokens only, batched like runs()."""
+        keys = [("residual", layer) for layer in range(-1, self.sites.n_layers)]
+        out = np.empty((len(prompts), len(keys), self.sites.d_model), dtype=np.float32)
+        for group in _equal_shapes([(len(p), 0) for p in prompts], self.max_batch_size):
+            acts, _, _ = self._prefixed_pass([list(prompts[i]) for i in group], keys, len(prompts[group[0]]), 0)
+            stacked = torch.stack([acts[key][:, -1] for key in keys], dim=1)
+            out[group] = stacked.float().cpu().numpy()
+        return out
 
-        with HookSet() as hooks:
-            for key in self.mediator_keys():
-                self._attach(hooks, *key, recorder(key))
-            cache = DynamicCache(config=self.model.config)
-            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
-                                logits_to_keep=len(target_ids) + 1).logits
-        self.stats["forward_passes"] += 1
-        self.stats["token_layers"] += ids.shape[1] * self.sites.n_layers
-        target = ids[0, len(prompt_ids) :]
-        per_token = target_logprobs(logits, target)[0]
-        y = self._score(logits, per_token.unsqueeze(0))
-        # Sliding-window layers keep only their window, so their prefix cannot be cut back out.
-        sliceable = not any(getattr(layer, "is_sliding", False) for layer in cache.layers)
-        return Run(ids=ids, prompt_len=len(prompt_ids), acts=acts, y={m: float(y[m][0]) for m in METRICS},
-                   target_logprobs=per_token, cache=cache if sliceable else None)
-
+    def _prefixed_pass(self, sequences: list[list[int]], keys: list[tuple[str, int]], prompt_len: int,
+                       n_target: int) -> tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor, DynamicCache]:
+        """Equal-length sequences: their common prefix in one single-row pass, then the rest of
+        every sequence in one batched pass on top of its cache. Returns every key's activation
+        (rows, seq_len, width), the logits from the last prompt position on, and the cache."""
+        rows = len(sequences)
+        shared = len(os.path.commonprefix(sequences)) if rows > 1 else 0
+        shared = min(shared, prompt_len - 1)  # every logit we need comes from the batched pass
+        ids = torch.tensor(sequences, dtype=torch.long, device=self.device)
+        parts: list[dict[tuple[str, int], torch.Tensor]] = []
+        cache = DynamicCache(config=self.model.config)
+        logits = None
+        for chunk, batch_rows in ((slice(0, shared), 1), (slice(shared, ids.shape[1]), rows)):
+            if chunk.stop <= chunk.start:
+                continue
+            recorded: dict[tuple[str, int], torch.Tensor] = {}
+            with HookSet() as hooks:
+                for key in keys:
+                    self._attach(hooks, *key, lambda x, _k=key: recorded.__setitem__(_k, x.detach().clone()))
+                past = cache if chunk.start == 0 else _batch_view(cache, batch_rows)
+                logits = self.model(input_ids=ids[:batch_rows, chunk], past_key_values=past, use_cache=True,
+                                    logits_to_keep=max(1, n_target) if chunk.stop == ids.shape[1] else 1).logits
+                cache = past
+            parts.append(recorded)
+            self.stats["forward_passes"] += 1
+            self.stats["token_layers"] += batch_rows * (chunk.stop - chunk.start) * self.sites.n_layers
+        if len(parts) == 1:
+            return parts[0], logits, cache
+        prefix, rest = parts
+        acts = {key: torch.cat([prefix[key].expand(rows, -1, -1), rest[key]], dim=1) for key in keys}
+        return acts, logits, cache
     def mediator_keys(self) -> list[tuple[str, int]]:
         keys = [("residual", -1)]
         for layer in range(self.sites.n_layers):
@@ -174,10 +222,13 @@ class MediationEngine:
         Positions index the base run; the source run is right-aligned to it (identical for
         token-aligned minimal pairs, the post-instruction tokens for unpaired prompts).
         """
-        if base.n_target != source.n_target or not torch.equal(
-            base.ids[0, base.prompt_len :], source.ids[0, source.prompt_len :]
-        ):
+        if not torch.equal(base.target_ids, source.target_ids):
             raise ValueError("base and source runs must score the same target tokens")
+        length = base.prompt_len + base.n_target
+        for intervention in interventions:
+            for p in intervention:
+                if p.positions and not 0 <= min(p.positions) <= max(p.positions) < length:
+                    raise ValueError(f"patch {p}: positions must lie in 0..{length - 1} (prompt and target)")
         out = np.empty((len(interventions), len(METRICS)), dtype=np.float64)
         if not fast:
             for i, intervention in enumerate(interventions):
@@ -188,16 +239,24 @@ class MediationEngine:
             return out
 
         plans: list[_Planned] = []
+        first_of: dict[Intervention, int] = {}  # interventions that trim to the same patches run once
+        copies: list[tuple[int, int]] = []
         for i, intervention in enumerate(interventions):
             plan = self._plan(i, intervention, base, source)
-            if plan is None:  # every patched value equals the base value: an identity patch
-                out[i] = [base.y[m] for m in METRICS]
+            if plan is None or plan.patches in first_of:
+                if plan is None:  # every patched value equals the base value: an identity patch
+                    out[i] = [base.y[m] for m in METRICS]
+                else:
+                    copies.append((i, first_of[plan.patches]))
                 if progress is not None:
                     progress.update(1)
             else:
+                first_of[plan.patches] = i
                 plans.append(plan)
         for batch in self._batches(plans, base):
             self._run_with_backoff(base, source, batch, out, progress)
+        for i, first in copies:
+            out[i] = out[first]
         return out
 
     def _offset(self, base: Run, source: Run) -> int:
@@ -215,8 +274,9 @@ class MediationEngine:
         # prompt position's output reaches the metrics, so earlier positions there are inert.
         final_only = all(p.layer == self.sites.n_layers - 1 for p in intervention)
         floor = base.prompt_len - 1 if final_only else 0
+        fed = base.ids.shape[1]  # the last target token is never fed, so a patch there is inert
         intervention = tuple(
-            Patch(p.site, p.layer, tuple(q for q in p.positions if q >= floor), p.units, p.from_base)
+            Patch(p.site, p.layer, tuple(q for q in p.positions if floor <= q < fed), p.units, p.from_base)
             for p in intervention
         )
         start_pos = math.inf
@@ -246,7 +306,7 @@ class MediationEngine:
         width = 8 * self.sites.d_model + 3 * self.sites.d_mlp
         vocab = self.model.get_output_embeddings().weight.shape[0]
         elem = next(self.model.parameters()).element_size()
-        return elem * (seq * width + kv) + 4 * 3 * (base.n_target + 1) * vocab
+        return elem * (seq * width + kv) + 4 * 3 * base.n_target * vocab
 
     def _batches(self, plans: list[_Planned], base: Run) -> Iterable[list[_Planned]]:
         """Group by start position (shared prefix cache), then by start layer in bands of a
@@ -364,7 +424,7 @@ class MediationEngine:
             ).logits
         self.stats["forward_passes"] += 1
         self.stats["token_layers"] += rows * ids.shape[1] * (self.sites.n_layers - start_layer)
-        fresh = target_logprobs(logits, base.ids[0, base.prompt_len : stop + 1])
+        fresh = target_logprobs(logits, base.target_ids[: stop - base.prompt_len + 1])
         kept = base.target_logprobs[fresh.shape[1] :].unsqueeze(0).expand(rows, -1)
         y = self._score(logits, torch.cat([fresh, kept], dim=1))
         return torch.stack([y[m] for m in METRICS], dim=1).cpu().numpy()
@@ -410,3 +470,18 @@ def _setter(dense: list | None, sparse: list | None, device: torch.device):
         return x
 
     return fn
+
+
+def _fed_ids(prompt_ids: Sequence[int], target_ids: Sequence[int]) -> list[int]:
+    if not target_ids:
+        raise ValueError("a clean run needs at least one target token to score")
+    return list(prompt_ids) + list(target_ids)[:-1]
+
+
+def _equal_shapes(shapes: list[tuple[int, int]], max_rows: int) -> list[list[int]]:
+    """Indices grouped by shape, in order of first appearance, at most ``max_rows`` per group
+    (one batched pass each)."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, shape in enumerate(shapes):
+        groups[shape].append(i)
+    return [group[start : start + max_rows] for group in groups.values() for start in range(0, len(group), max_rows)]

@@ -116,22 +116,26 @@ def stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def greedy_decode(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, stop: frozenset[int],
-                  rows: int = 1) -> list[list[int]]:
-    """Argmax decoding with a key/value cache, ``rows`` copies of one prompt at once (the rows
-    differ only through a row-wise intervention hook); a row's stop token, if reached, is kept.
+def greedy_decode(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: frozenset[int]
+                  ) -> list[list[int]]:
+    """Argmax decoding with a key/value cache of equal-length prompts, one batch row each (rows
+    may repeat a prompt and differ only through a row-wise intervention hook); a row's stop
+    token, if reached, is kept.
 
     Written out rather than ``model.generate`` so no generation-config default (repetition
     penalty, sampling flags) can slip in, and so every forward pass visibly goes through the
-    hooks of the surrounding intervention. On a CPU one decoding step is bound by reading the
-    weights, so several rows cost about as much as one.
+    hooks of the surrounding intervention. On a CPU one decoding step of a small batch is bound
+    by reading the weights, so many rows cost about as much as one.
     """
     import torch
     from transformers import DynamicCache
 
+    if len({len(p) for p in prompts}) != 1:
+        raise ValueError("greedy_decode: prompts of one batch must have equal lengths (no padding)")
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
-    step_ids = torch.tensor([list(prompt_ids)] * rows, dtype=torch.long, device=device)
+    step_ids = torch.tensor([list(p) for p in prompts], dtype=torch.long, device=device)
+    rows = len(prompts)
     outs: list[list[int]] = [[] for _ in range(rows)]
     done = [False] * rows
     with torch.inference_mode():
@@ -179,10 +183,19 @@ def row_interventions(engine: MediationEngine, conditions: Sequence[Condition]) 
 def generate_conditions(engine: MediationEngine, tokenizer: Any, prompt_ids: Sequence[int], max_new_tokens: int,
                         conditions: Sequence[Condition]) -> list[tuple[list[int], str]]:
     """Greedy continuations of one prompt under every condition, in one batched decoding."""
-    with row_interventions(engine, conditions):
-        outs = greedy_decode(engine.model, prompt_ids, max_new_tokens, stop_ids(engine.model, tokenizer),
-                             rows=len(conditions))
-    return [(ids, tokenizer.decode(ids, skip_special_tokens=True)) for ids in outs]
+    return generate_batch(engine, tokenizer, [prompt_ids], max_new_tokens, conditions)[0]
+
+
+def generate_batch(engine: MediationEngine, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   conditions: Sequence[Condition]) -> list[list[tuple[list[int], str]]]:
+    """Greedy continuations of equal-length prompts under every condition, one batch row per
+    (prompt, condition): result[i][j] is prompt i under condition j."""
+    rows = [(prompt, condition) for prompt in prompts for condition in conditions]
+    with row_interventions(engine, [condition for _, condition in rows]):
+        outs = greedy_decode(engine.model, [prompt for prompt, _ in rows], max_new_tokens,
+                             stop_ids(engine.model, tokenizer))
+    texts = [(ids, tokenizer.decode(ids, skip_special_tokens=True)) for ids in outs]
+    return [texts[i * len(conditions) : (i + 1) * len(conditions)] for i in range(len(prompts))]
 
 
 def generate(engine: MediationEngine, tokenizer: Any, prompt_ids: Sequence[int], max_new_tokens: int,
@@ -213,18 +226,26 @@ def generate_records(engine: MediationEngine, tokenizer: Any, pairs: Sequence[En
     """One unjudged record per (pair, prompt kind, condition), in the stable output order."""
     from tqdm import tqdm
 
+    jobs = [(pair, kind, pair.harmful_ids if kind == "harmful" else pair.benign_ids)
+            for pair in sorted(pairs, key=lambda p: p.pair_id) for kind in PROMPT_KINDS]
+    by_length: dict[int, list[int]] = {}
+    for index, (_, _, prompt_ids) in enumerate(jobs):
+        by_length.setdefault(len(prompt_ids), []).append(index)
+    per_batch = max(1, engine.max_batch_size // max(1, len(conditions)))
+    outputs: dict[int, list[tuple[list[int], str]]] = {}
+    with tqdm(total=len(jobs) * len(conditions), desc="generate", unit="gen", disable=False, mininterval=10) as bar:
+        for _, indices in sorted(by_length.items()):
+            for start in range(0, len(indices), per_batch):
+                chunk = indices[start : start + per_batch]
+                results = generate_batch(engine, tokenizer, [jobs[i][2] for i in chunk], max_new_tokens, conditions)
+                outputs.update(zip(chunk, results))
+                bar.update(len(chunk) * len(conditions))
     records: list[dict[str, Any]] = []
-    total = len(pairs) * len(PROMPT_KINDS) * len(conditions)
-    with tqdm(total=total, desc="generate", unit="gen", disable=False, mininterval=10) as bar:
-        for pair in sorted(pairs, key=lambda p: p.pair_id):
-            for kind in PROMPT_KINDS:
-                prompt_ids = pair.harmful_ids if kind == "harmful" else pair.benign_ids
-                outputs = generate_conditions(engine, tokenizer, prompt_ids, max_new_tokens, conditions)
-                for condition, (output_ids, text) in zip(conditions, outputs):
-                    records.append({"prompt_id": pair.pair_id, "prompt_kind": kind, "category": pair.category,
-                                    "condition": condition.name, "prompt_ids": list(prompt_ids),
-                                    "output_ids": output_ids, "text": text})
-                bar.update(len(conditions))
+    for index, (pair, kind, prompt_ids) in enumerate(jobs):
+        for condition, (output_ids, text) in zip(conditions, outputs[index]):
+            records.append({"prompt_id": pair.pair_id, "prompt_kind": kind, "category": pair.category,
+                            "condition": condition.name, "prompt_ids": list(prompt_ids),
+                            "output_ids": output_ids, "text": text})
     return records
 
 

@@ -47,8 +47,7 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
 
 
 def clean_runs(engine: MediationEngine, pair: EncodedPair) -> tuple[Run, Run]:
-    harmful = engine.run(pair.harmful_ids, pair.target_ids)
-    benign = engine.run(pair.benign_ids, pair.target_ids)
+    harmful, benign = engine.runs([(pair.harmful_ids, pair.target_ids), (pair.benign_ids, pair.target_ids)])
     return harmful, benign
 
 
@@ -91,7 +90,7 @@ def severed_cells(pair: EncodedPair, n_layers: int, positions: str) -> list[tupl
     """Residual NIE at each layer with every later mlp (attn) output frozen at its clean benign
     value at all positions, prompt and target (Meng et al.'s severed paths)."""
     patched = position_sets(pair)[positions]
-    everywhere = tuple(range(len(pair.harmful_ids) + len(pair.target_ids)))
+    everywhere = tuple(range(len(pair.harmful_ids) + len(pair.target_ids) - 1))  # every fed token
     cells = []
     for severed in ("none", "mlp", "attn"):
         for layer in range(-1, n_layers):

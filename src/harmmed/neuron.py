@@ -158,13 +158,14 @@ def with_values(run: Run, site: str, layer: int, position: int, units: list[int]
     tensor = acts[(site, layer)].clone()
     tensor[position, units] = tensor.new_tensor(values)
     acts[(site, layer)] = tensor
-    return Run(ids=run.ids, prompt_len=run.prompt_len, acts=acts, y=run.y, target_logprobs=run.target_logprobs)
+    return Run(ids=run.ids, prompt_len=run.prompt_len, target_ids=run.target_ids, acts=acts, y=run.y,
+               target_logprobs=run.target_logprobs)
 
 
 def benign_means(engine: MediationEngine, pairs: list[EncodedPair], sites: tuple[str, ...], layer: int
                  ) -> dict[str, np.ndarray]:
     """Mean of each site's units over benign prompts at their last prompt position."""
-    runs = [engine.run(p.benign_ids, p.target_ids) for p in pairs]
+    runs = engine.runs([(p.benign_ids, p.target_ids) for p in pairs])
     return {site: np.mean([r.acts[(site, layer)][r.prompt_len - 1].float().cpu().numpy() for r in runs], axis=0)
             for site in sites}
 

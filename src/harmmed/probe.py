@@ -129,34 +129,20 @@ def _probe_table(features: Mapping[int, np.ndarray], labels: Sequence[int], grou
 
 
 # ---------------------------------------------------------------- features and stage
-def last_position_residuals(engine: MediationEngine, ids: Sequence[int],
-                            target_ids: Sequence[int]) -> dict[int, np.ndarray]:
-    """Residual stream after every layer (-1 = embeddings) at the last prompt position."""
-    run = engine.run(ids, target_ids)
-    last = run.prompt_len - 1
-    return {layer: run.acts[("residual", layer)][last].float().cpu().numpy()
-            for layer in range(-1, engine.sites.n_layers)}
-
-
-def probe_features(engine: MediationEngine, pairs: Sequence[EncodedPair], progress=None
+def probe_features(engine: MediationEngine, pairs: Sequence[EncodedPair]
                    ) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
-    """Features per layer (prompts x d_model), labels (1 harmful, 0 benign), groups (pair index).
+    """Features per layer (prompts x d_model; layer -1 = embeddings), labels (1 harmful, 0
+    benign), groups (pair index): the residual stream at each prompt's last position.
 
-    Prompts are ordered pair by pair, harmful first.
+    Prompts are ordered pair by pair, harmful first. Only prompt tokens are run, equal-length
+    prompts in one batch over their shared template prefix.
     """
-    per_prompt: list[dict[int, np.ndarray]] = []
-    labels: list[int] = []
-    groups: list[int] = []
-    for index, pair in enumerate(pairs):
-        for label, ids in ((1, pair.harmful_ids), (0, pair.benign_ids)):
-            per_prompt.append(last_position_residuals(engine, ids, pair.target_ids))
-            labels.append(label)
-            groups.append(index)
-        if progress is not None:
-            progress.update(1)
-    layers = sorted(per_prompt[0]) if per_prompt else []
-    features = {layer: np.stack([p[layer] for p in per_prompt]) for layer in layers}
-    return features, np.asarray(labels, dtype=np.int64), np.asarray(groups, dtype=np.int64)
+    prompts = [ids for pair in pairs for ids in (pair.harmful_ids, pair.benign_ids)]
+    residuals = engine.last_residuals(prompts)
+    features = {layer: residuals[:, layer + 1] for layer in range(-1, engine.sites.n_layers)}
+    labels = np.tile(np.array([1, 0], dtype=np.int64), len(pairs))
+    groups = np.repeat(np.arange(len(pairs), dtype=np.int64), 2)
+    return features, labels, groups
 
 
 def write_probe(df: pd.DataFrame, path: str | Path) -> None:
@@ -166,15 +152,12 @@ def write_probe(df: pd.DataFrame, path: str | Path) -> None:
 def run_probe(cfg: dict, manifest: dict, inputs_path: str | Path, out_csv: str | Path,
               threads: int = 1) -> pd.DataFrame:
     """Stage: probe.csv (per layer, real and shuffled labels) for the configured split."""
-    from tqdm import tqdm
-
     from .stages import _engine, atomic_path
 
     probe = cfg["probe"]
     engine, _ = _engine(cfg, manifest, threads)
     pairs = select_pairs(read_inputs(inputs_path), probe["split"], probe["max_pairs"])
-    with tqdm(total=len(pairs), desc="probe", unit="pair", mininterval=10, disable=False) as bar:
-        features, labels, groups = probe_features(engine, pairs, bar)
+    features, labels, groups = probe_features(engine, pairs)
     df = probe_accuracy_by_layer(features, labels, groups, probe["folds"], probe["C"], probe["seed"],
                                  threads)
     with atomic_path(out_csv) as tmp:

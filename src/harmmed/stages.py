@@ -148,18 +148,25 @@ def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: st
 
 
 def mediate_layer(cfg: dict, manifest: dict, inputs_path: str | Path, out_csv: str | Path,
-                  tokens_json: str | Path, threads: int = 1) -> None:
+                  severed_csv: str | Path, tokens_json: str | Path, threads: int = 1) -> None:
+    """Residual layer curves, the residual heatmap and the severed paths. The severed paths'
+    ``none`` rows are the layer curves' NIE(all) interventions, so they share one stage and the
+    engine computes each once."""
     from . import mediation
 
     med = cfg["mediation"]
     engine, tokenizer = _engine(cfg, manifest, threads)
     pairs = _pairs(cfg, inputs_path)
     n_heat = _heatmap_pairs(cfg)
+    n_layers = engine.sites.n_layers
     heat_residual = "residual" in med["heatmap"]["sites"]
     rows = _sweep(engine, pairs, lambda i, pair: mediation.layer_cells(
-        pair, engine.sites.n_layers, med["layer_positions"], heatmap=heat_residual and i < n_heat), "layer")
+        pair, n_layers, med["layer_positions"], heatmap=heat_residual and i < n_heat)
+        + mediation.severed_cells(pair, n_layers, med["severed_positions"]), "layer")
     with atomic_path(out_csv) as tmp:
-        mediation.write_rows(rows, tmp)
+        mediation.write_rows([row for row in rows if "severed" not in row], tmp)
+    with atomic_path(severed_csv) as tmp:
+        mediation.write_rows([row for row in rows if "severed" in row], tmp, extra=["severed"])
     tokens = {p.pair_id: tokenizer.convert_ids_to_tokens(p.harmful_ids) for p in pairs[:n_heat]}
     write_json(tokens, tokens_json)
     log.info("engine stats: %s", engine.stats)
@@ -170,23 +177,18 @@ def _heatmap_pairs(cfg: dict) -> int:
 
 
 def mediate_module(cfg: dict, manifest: dict, inputs_path: str | Path, module_csv: str | Path,
-                   severed_csv: str | Path, threads: int = 1) -> None:
+                   threads: int = 1) -> None:
     from . import mediation
 
     med = cfg["mediation"]
     engine, _ = _engine(cfg, manifest, threads)
     pairs = _pairs(cfg, inputs_path)
     n_heat = _heatmap_pairs(cfg)
-    n_layers = engine.sites.n_layers
     rows = _sweep(engine, pairs, lambda i, pair: mediation.module_cells(
-        pair, n_layers, med["module_positions"], med["windows"], med["heatmap"]["sites"] if i < n_heat else [])
-        + mediation.severed_cells(pair, n_layers, med["severed_positions"]), "module")
-    module_rows = [row for row in rows if "severed" not in row]
-    severed_rows = [row for row in rows if "severed" in row]
+        pair, engine.sites.n_layers, med["module_positions"], med["windows"],
+        med["heatmap"]["sites"] if i < n_heat else []), "module")
     with atomic_path(module_csv) as tmp:
-        mediation.write_rows(module_rows, tmp)
-    with atomic_path(severed_csv) as tmp:
-        mediation.write_rows(severed_rows, tmp, extra=["severed"])
+        mediation.write_rows(rows, tmp)
     log.info("engine stats: %s", engine.stats)
 
 

@@ -1,11 +1,13 @@
 rule mediate_layer:
-    """TE, NIE and NDE of the residual stream at every layer (positions all/post/last), and the
-    layer x position NIE heatmap on the first heatmap pairs."""
+    """TE, NIE and NDE of the residual stream at every layer (positions all/post/last), the
+    layer x position NIE heatmap on the first heatmap pairs, and severed paths: the residual NIE
+    with every later MLP (or attention) output frozen at its benign value."""
     input:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
         layer="results/{model}/layer.csv",
+        severed="results/{model}/severed.csv",
         tokens="results/{model}/heatmap_tokens.json",
     priority: 30  # long jobs first, so the two CPU lanes stay busy
     log:

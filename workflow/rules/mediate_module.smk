@@ -1,12 +1,11 @@
 rule mediate_module:
-    """NIE of attention and MLP outputs at every layer, single and windowed, plus severed paths:
-    the residual NIE with every later MLP (or attention) output frozen at its benign value."""
+    """NIE of attention and MLP outputs at every layer, single and windowed, and their layer x
+    position heatmaps on the first heatmap pairs."""
     input:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
         module="results/{model}/module.csv",
-        severed="results/{model}/severed.csv",
     priority: 35  # long jobs first, so the two CPU lanes stay busy
     log:
         "logs/mediate_module/{model}.log",
