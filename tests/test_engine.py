@@ -231,3 +231,25 @@ def test_interventions_that_trim_to_the_same_patches_run_once(setup):
     np.testing.assert_array_equal(got[0], got[1])
     np.testing.assert_array_equal(got[2], got[3])
     np.testing.assert_allclose(got, engine.patch(benign, harmful, interventions, fast=False), atol=1e-5, rtol=0)
+
+
+def test_final_neuron_patches_use_the_low_rank_head_only_where_it_is_exact(setup):
+    """Final-layer neuron patches skip the full unembedding where the final block's MLP writes
+    linearly to the residual; gemma2/gemma3 (a norm after the MLP) must fall back, and both
+    ways agree with the plain path."""
+    engine, harmful, benign = setup
+    final = engine.sites.n_layers - 1
+    rng = random.Random(9)
+    interventions = [(Patch("neuron", final, tuple(range(PROMPT_LEN)), (j,)),) for j in range(engine.sites.d_mlp)]
+    interventions += [(Patch("neuron", final, (PROMPT_LEN - 1,), tuple(sorted(rng.sample(range(engine.sites.d_mlp), k)))),)
+                      for k in (2, 5, 16) for _ in range(3)]
+    before = engine.stats["low_rank_head_rows"]
+    fast = engine.patch(benign, harmful, interventions)
+    low_rank = engine.stats["low_rank_head_rows"] - before
+    if engine.sites.arch in ("gemma2", "gemma3_text"):
+        assert low_rank == 0
+    else:
+        assert low_rank == len(interventions)
+    sample = list(range(0, len(interventions), 7)) + list(range(len(interventions) - 9, len(interventions)))
+    plain = engine.patch(benign, harmful, [interventions[i] for i in sample], fast=False)
+    np.testing.assert_allclose(fast[sample], plain, atol=1e-5, rtol=0)

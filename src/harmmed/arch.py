@@ -21,6 +21,7 @@ class ArchSpec:
     mlp: str  # MLP sub-block, relative to a block
     down_proj: str  # MLP output projection, relative to a block; its input is the neuron site
     o_proj: str  # attention output projection, relative to a block; its input is the heads site
+    final_norm: str  # the norm between the last block and the LM head, relative to the CausalLM
     n_layers: str = "num_hidden_layers"
     d_model: str = "hidden_size"
     d_mlp: str = "intermediate_size"
@@ -28,7 +29,8 @@ class ArchSpec:
 
 
 _LLAMA_LIKE = ArchSpec(
-    layers="model.layers", attn="self_attn", mlp="mlp", down_proj="mlp.down_proj", o_proj="self_attn.o_proj"
+    layers="model.layers", attn="self_attn", mlp="mlp", down_proj="mlp.down_proj", o_proj="self_attn.o_proj",
+    final_norm="model.norm",
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -44,6 +46,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         mlp="mlp",
         down_proj="mlp.down_proj",
         o_proj="self_attn.o_proj",
+        final_norm="model.language_model.norm",
         text_config=True,
     ),
     "gpt2": ArchSpec(
@@ -52,6 +55,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         mlp="mlp",
         down_proj="mlp.c_proj",
         o_proj="attn.c_proj",
+        final_norm="transformer.ln_f",
         n_layers="n_layer",
         d_model="n_embd",
         d_mlp="n_inner",
@@ -62,6 +66,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         mlp="mlp",
         down_proj="mlp.dense_4h_to_h",
         o_proj="attention.dense",
+        final_norm="gpt_neox.final_layer_norm",
     ),
 }
 
@@ -94,6 +99,7 @@ class Sites:
     arch: str
     spec: ArchSpec
     blocks: torch.nn.ModuleList
+    final_norm: torch.nn.Module
     n_layers: int
     d_model: int
     d_mlp: int
@@ -127,6 +133,7 @@ def resolve_sites(model: torch.nn.Module) -> Sites:
         arch=config.model_type,
         spec=spec,
         blocks=blocks,
+        final_norm=get_module(model, spec.final_norm),
         n_layers=int(getattr(size_config, spec.n_layers)),
         d_model=d_model,
         d_mlp=int(d_mlp),

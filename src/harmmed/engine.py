@@ -77,6 +77,7 @@ class Run:
     target_logprobs: torch.Tensor  # (n_target,) log-probability of each target token
     cache: DynamicCache | None = field(default=None, repr=False)  # the clean pass's keys/values
     _prefix_caches: dict[int, DynamicCache] = field(default_factory=dict, repr=False)
+    _head_basis: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # see _NeuronHead
 
     @property
     def n_target(self) -> int:
@@ -107,7 +108,8 @@ class MediationEngine:
         self.refusal_ids = torch.tensor(sorted(refusal_ids), dtype=torch.long, device=self.device)
         self.memory_budget_bytes = memory_budget_mb * 2**20
         self.max_batch_size = max_batch_size
-        self.stats = {"forward_passes": 0, "token_layers": 0, "oom_backoffs": 0}
+        self.stats = {"forward_passes": 0, "token_layers": 0, "oom_backoffs": 0, "low_rank_head_rows": 0}
+        self._neuron_head: _NeuronHead | None | bool = False  # False: not built yet; None: not worth it
 
     # ------------------------------------------------------------------ clean runs
     def _site_modules(self, site: str, layer: int) -> torch.nn.Module:
@@ -373,6 +375,20 @@ class MediationEngine:
         last_patched = max(q for plan in batch for p in plan.patches for q in p.positions)
         return min(length, max(last_patched + 1, base.prompt_len))
 
+    def _head_for(self, base: Run, batch: list[_Planned]):
+        """A replacement LM-head forward for a batch that recomputes only the last prompt
+        position, when some rows patch only a few final-layer neurons (see _NeuronHead)."""
+        final = self.sites.n_layers - 1
+        units = [plan.patches[0].units if len(plan.patches) == 1 and plan.patches[0].site == "neuron"
+                 and plan.patches[0].layer == final and not plan.patches[0].from_base else None for plan in batch]
+        if not any(u is not None and len(u) <= _NeuronHead.MAX_UNITS for u in units):
+            return None
+        if self._neuron_head is False:
+            self._neuron_head = _NeuronHead.build(self)
+        if self._neuron_head is None:
+            return None
+        return self._neuron_head.forward_for(base, units)
+
     @torch.inference_mode()
     def _forward(self, base: Run, source: Run, batch: list[_Planned], reuse: bool) -> np.ndarray:
         start_pos = min(p.start_pos for p in batch) if reuse else 0
@@ -410,12 +426,15 @@ class MediationEngine:
         if reuse and start_pos > 0:
             cache = _batch_view(self._prefix_cache(base, start_pos), rows)
 
+        head = self._head_for(base, batch) if reuse and stop == base.prompt_len else None
         with HookSet() as hooks:
             for layer in range(start_layer):
                 cached = base.acts[("residual", layer)][start_pos:stop].unsqueeze(0).expand(rows, -1, -1)
                 hooks.replace_forward(self.sites.block(layer), lambda *a, _h=cached, **k: _h)
             for key in sorted(set(dense) | set(sparse)):
                 self._attach(hooks, *key, _setter(dense.get(key), sparse.get(key), self.device))
+            if head is not None:
+                hooks.replace_forward(self.model.get_output_embeddings(), head)
             logits = self.model(
                 input_ids=ids,
                 past_key_values=cache,
@@ -428,6 +447,108 @@ class MediationEngine:
         kept = base.target_logprobs[fresh.shape[1] :].unsqueeze(0).expand(rows, -1)
         y = self._score(logits, torch.cat([fresh, kept], dim=1))
         return torch.stack([y[m] for m in METRICS], dim=1).cpu().numpy()
+
+
+class _NeuronHead:
+    """The unembedding of final-layer neuron patches, without the full vocabulary matmul.
+
+    Patching units U of the final MLP at the last prompt position moves the final residual by
+    a combination of those units' down-projection columns w_u. Every final norm in the table
+    has the form N(x) = s(x) * A x + b (RMSNorm, gemma's, LayerNorm: a per-row scale of a
+    fixed linear map, plus a bias b = N(0)), so the LM-head input lies in the span of
+    N(h_base) - b and N(w_u) - b, and the affine head maps it to
+    head(b) + c_0 z_base + sum_u c_u Z[u] with Z[u] = head(N(w_u) - b) - head(0) computed
+    once per model. Each row's coefficients are a least-squares fit of its actual head input,
+    and a row whose fit is not exact to float32 precision (e.g. gemma2, whose post-MLP norm
+    breaks the linearity) falls back to the full head, so results match the plain path
+    either way. On SmolLM2 a row then costs |U| x vocab instead of d_model x vocab.
+    """
+
+    MAX_UNITS = 64  # beyond this the fit costs more than it saves
+    FIT_TOLERANCE = 1e-5  # relative residual of the least-squares fit
+
+    def __init__(self, engine: MediationEngine, directions: torch.Tensor, unit_logits: torch.Tensor,
+                 offset: torch.Tensor, origin_logits: torch.Tensor) -> None:
+        self.engine = engine
+        self.directions = directions  # (d_mlp, d_model): N(w_u) - b
+        self.unit_logits = unit_logits  # (d_mlp, vocab): head(N(w_u) - b) - head(0)
+        self.offset = offset  # (d_model,): b = N(0)
+        self.origin_logits = origin_logits  # (vocab,): head(b)
+
+    @classmethod
+    @torch.inference_mode()
+    def build(cls, engine: MediationEngine) -> _NeuronHead | None:
+        model, sites = engine.model, engine.sites
+        head = model.get_output_embeddings()
+        param = next(model.parameters())
+        vocab = head.weight.shape[0]
+        if param.dtype != torch.float32 or 2 * sites.d_mlp * vocab * 4 > engine.memory_budget_bytes:
+            return None  # the exactness contract is float32's; and the table must fit the budget
+        down, norm = sites.down_proj(sites.n_layers - 1), sites.final_norm
+        zero_unit = torch.zeros(1, 1, sites.d_mlp, dtype=param.dtype, device=param.device)
+        zero_model = torch.zeros(1, 1, sites.d_model, dtype=param.dtype, device=param.device)
+        offset = norm(zero_model)[0, 0]
+        head_zero = head(zero_model)[0, 0]
+        directions = torch.empty(sites.d_mlp, sites.d_model, dtype=param.dtype, device=param.device)
+        unit_logits = torch.empty(sites.d_mlp, vocab, dtype=param.dtype, device=param.device)
+        down_zero = down(zero_unit)[0, 0]
+        for start in range(0, sites.d_mlp, 256):
+            stop = min(start + 256, sites.d_mlp)
+            basis = torch.eye(sites.d_mlp, dtype=param.dtype, device=param.device)[start:stop].unsqueeze(1)
+            columns = down(basis) - down_zero  # w_u, whatever the projection's layout and bias
+            directions[start:stop] = norm(columns)[:, 0] - offset
+            unit_logits[start:stop] = head(directions[start:stop].unsqueeze(1))[:, 0] - head_zero
+        return cls(engine, directions, unit_logits, offset, head(offset.view(1, 1, -1))[0, 0])
+
+    def forward_for(self, base: Run, units: list[tuple[int, ...] | None]):
+        head = self.engine.model.get_output_embeddings()
+        full = type(head).forward
+        stats = self.engine.stats
+        base_input, base_logits = self._base(base)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:  # x: (rows, 1, d_model), the last prompt position
+            inputs = x[:, -1]
+            out = torch.empty(x.shape[0], 1, self.unit_logits.shape[1], dtype=x.dtype, device=x.device)
+            exact = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            by_size: dict[int, list[int]] = defaultdict(list)
+            for row, chosen in enumerate(units):
+                if chosen is not None and len(chosen) <= self.MAX_UNITS:
+                    by_size[len(chosen)].append(row)
+            chunks = [(size, rows[i : i + max(1, 2048 // size)]) for size, rows in by_size.items()
+                      for i in range(0, len(rows), max(1, 2048 // size))]  # bounds the gathered (n, size, vocab)
+            for size, rows in chunks:
+                index = torch.tensor([units[r] for r in rows], dtype=torch.long, device=x.device)  # (n, size)
+                basis = torch.cat([base_input.expand(len(rows), 1, -1), self.directions[index]], dim=1).double()
+                target = (inputs[rows] - self.offset).double()
+                coef = torch.linalg.lstsq(basis.transpose(1, 2), target.unsqueeze(-1)).solution[..., 0]
+                residual = (coef.unsqueeze(1) @ basis)[:, 0] - target
+                fits = residual.norm(dim=-1) <= self.FIT_TOLERANCE * target.norm(dim=-1).clamp_min(1e-30)
+                coef = coef.to(x.dtype)
+                logits = (self.origin_logits + coef[:, :1] * base_logits
+                          + torch.einsum("nk,nkv->nv", coef[:, 1:], self.unit_logits[index]))
+                rows_t = torch.tensor(rows, dtype=torch.long, device=x.device)
+                out[rows_t[fits], 0] = logits[fits]
+                exact[rows_t[fits]] = True
+            rest = (~exact).nonzero()[:, 0]
+            if len(rest):
+                out[rest] = full(head, x[rest])
+            stats["low_rank_head_rows"] += int(exact.sum())
+            return out
+
+        return forward
+
+    @torch.inference_mode()
+    def _base(self, base: Run) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base run's head input (minus b) at the last prompt position, and its logits
+        (minus head(b)): the direction every row keeps."""
+        if base._head_basis is None:
+            head = self.engine.model.get_output_embeddings()
+            final = self.engine.sites.n_layers - 1
+            residual = base.acts[("residual", final)][base.prompt_len - 1].view(1, 1, -1)
+            direction = self.engine.sites.final_norm(residual)[0, 0] - self.offset
+            logits = head(torch.stack([direction, torch.zeros_like(direction)]).unsqueeze(1))[:, 0]
+            base._head_basis = (direction, logits[0] - logits[1])
+        return base._head_basis
 
 
 def _view_cache(cache: DynamicCache, view) -> DynamicCache:
