@@ -55,9 +55,9 @@ def paper_scale_timing(prompt_len: int = 64, span: int = 44, n_target: int = 12)
                        list(range(prompt_len - 5, prompt_len)))
     runs = mediation.clean_runs(engine, pair)
     sweeps = {
-        "layer curves (all/post/last, NIE+NDE)": mediation.layer_cells(pair, 32, ["all", "post", "last"], False),
+        "layer curves (all/post/last, NIE+NDE)": mediation.layer_cells(pair, 32, ["all", "post", "last"]),
         "layer x position heatmap (residual)": mediation.heatmap_cells(pair, 32, ["residual"]),
-        "module sweep (attn+mlp, windows 1,5)": mediation.module_cells(pair, 32, ["all"], [1, 5], []),
+        "module sweep (attn+mlp, windows 1,5)": mediation.module_cells(pair, 32, ["all"], [1, 5]),
     }
     final = [(mediation.Cell("NIE", "neuron", 31, 1, "all"), (Patch("neuron", 31, tuple(range(prompt_len)), (j,)),))
              for j in range(14336)]

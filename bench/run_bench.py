@@ -115,9 +115,9 @@ def row_interventions(row: str, pair, n_layers: int, d_mlp: int) -> list:
     if row == "heatmap":
         cells = heatmap_cells(pair, n_layers, ["residual"])
     elif row == "layer":
-        cells = layer_cells(pair, n_layers, ["post", "last"], heatmap=False)
+        cells = layer_cells(pair, n_layers, ["post", "last"])
     elif row == "module":
-        cells = module_cells(pair, n_layers, ["all"], [1, 5], [])
+        cells = module_cells(pair, n_layers, ["all"], [1, 5])
     elif row == "neuron":
         every = position_sets(pair)["all"]
         return [(Patch("neuron", n_layers - 1, every, units=(u,)),) for u in range(d_mlp)]
@@ -140,33 +140,36 @@ def changed_positions(patch, base, source) -> list[int]:
     return [q for q, d in zip(patch.positions, differs) if d]
 
 
-def lower_bound(intervention, base, source, n_layers: int) -> tuple[int, bool]:
-    """Token-layers an exact method must recompute for one intervention, and whether it is a
-    no-op (no changed value can reach the outcome). See bench/README.md for the derivation.
+def lower_bound(intervention, base, source, n_layers: int) -> tuple[int, int, bool]:
+    """Token-layers an exact method must recompute for one intervention, the scored LM-head
+    positions whose logits can change, and whether it is a no-op (no changed value can reach
+    the outcome). See bench/README.md for the derivation.
 
     With t the first changed position, L the lowest block that must run (l + 1 for a residual
-    patch at l, l for any other site), P the prompt length and S the sequence length:
+    patch at l, l for any other site), P the prompt length and S the number of fed tokens
+    (prompt + target - 1: the last target token is scored, never fed):
 
     * every patch in the final block (and not its residual output): only the changed patched
-      positions >= P - 1 matter, one token-layer each (the final block moves nothing across
-      positions, and only outputs from P - 1 on reach the logits that are scored);
+      positions >= P - 1 matter, one token-layer and one LM-head position each (the final block
+      moves nothing across positions, and only outputs from P - 1 on reach scored logits);
     * otherwise: blocks L .. n-2 recompute every token from t to the end, (S - t) each, and the
-      final block only the tokens whose logits are scored, S - max(t, P - 1).
+      final block and the LM head only the positions whose logits are scored, S - max(t, P - 1).
     """
     P, S, top = base.prompt_len, base.ids.shape[1], n_layers - 1
     changed = [(p, changed_positions(p, base, source)) for p in intervention]
     moved = sorted({q for _, qs in changed for q in qs})
     if all(p.site != "residual" and p.layer == top for p in intervention):
-        live = [q for q in moved if q >= P - 1]
-        return len(live), not live
+        live = [q for q in moved if P - 1 <= q < S]
+        return len(live), len(live), not live
     if not moved:
-        return 0, True
+        return 0, 0, True
     t = moved[0]
+    scored = S - max(t, P - 1)
     lowest = min(p.layer + 1 if p.site == "residual" else p.layer
                  for p in intervention if any(q >= t for q in p.positions))
     if lowest > top:  # the final residual output itself: no block runs, only its scored positions matter
-        return 0, not any(q >= P - 1 for q in moved)
-    return (S - t) * (top - lowest) + (S - max(t, P - 1)), False
+        return 0, max(scored, 0), scored <= 0
+    return (S - t) * (top - lowest) + scored, scored, False
 
 
 # ---------------------------------------------------------------------------- memory
@@ -241,6 +244,7 @@ class RowResult:
     engine_tl: int = 0  # patched passes + prefix passes, clean runs excluded
     prefix_tl: int = 0
     bound_tl: int = 0
+    bound_unembed: int = 0  # scored LM-head positions whose logits can change
     plain_sampled: int = 0
     plain_time_sampled: float = 0.0
     plain_time_extrap: float = 0.0
@@ -248,6 +252,7 @@ class RowResult:
     plain_tl_sampled_counted: int = 0
     plain_tl_sampled_expected: int = 0
     engine_unembed: int = 0  # positions sent through the LM head (patched + prefix passes)
+    engine_low_rank: int = 0  # of those, rows the low-rank neuron head answered (no full unembedding)
     plain_unembed: int = 0  # plain path, exact count for all interventions
     max_abs_diff: float = 0.0
     engine_peak_mb: float = 0.0
@@ -287,10 +292,11 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
     for ivs, (harmful, benign) in zip(work, runs):
         result.n_interventions += len(ivs)
         bounds = [lower_bound(iv, benign, harmful, n_layers) for iv in ivs]
-        result.bound_tl += sum(b for b, _ in bounds)
-        result.n_identity += sum(identity for _, identity in bounds)
+        result.bound_tl += sum(b for b, _, _ in bounds)
+        result.bound_unembed += sum(h for _, h, _ in bounds)
+        result.n_identity += sum(identity for _, _, identity in bounds)
         result.plain_tl += len(ivs) * benign.ids.shape[1] * n_layers
-        result.plain_unembed += len(ivs) * (benign.n_target + 1)
+        result.plain_unembed += len(ivs) * benign.n_target
 
     # Engine: every repeat starts from clean runs with no prefix caches, so it pays its own
     # prefix passes; the clean runs themselves (shared by both paths) are not timed.
@@ -309,6 +315,7 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
             result.engine_tl = engine.stats["token_layers"] - before["token_layers"]
             result.prefix_tl = sum(sum(benign._prefix_caches) for _, benign in runs) * n_layers
             result.engine_unembed = unembed.count
+            result.engine_low_rank = engine.stats["low_rank_head_rows"] - before["low_rank_head_rows"]
             first_outputs = first_outputs or outputs
             if sum(result.engine_times) >= max_row_seconds:
                 break  # long rows: fewer repeats (the table says how many ran)
@@ -335,7 +342,7 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
             result.plain_tl_sampled_counted += engine.stats["token_layers"] - before
             result.plain_tl_sampled_expected += size * benign.ids.shape[1] * n_layers
             result.plain_sampled += size
-            expected_unembed += size * (benign.n_target + 1)
+            expected_unembed += size * benign.n_target
             result.plain_time_sampled += elapsed
             result.plain_time_extrap += elapsed * len(ivs) / size
             diff = float(np.max(np.abs(plain - out[sample]))) if size else 0.0
@@ -476,7 +483,10 @@ def render(results: list[RowResult], infos: list[dict], args, machine: dict) -> 
         f"of {args.plain_sample} interventions per pair (all of them where a pair has fewer) and scaled "
         f"linearly to the full count; the `plain timed` column gives what was actually measured. "
         f"Token-layers (TL) = tokens x decoder layers executed; engine TL include the prefix-cache "
-        f"passes and exclude the clean runs. max abs diff = largest |engine - plain| over both metrics "
+        f"passes and exclude the clean runs. Exact ceiling = (plain TL + plain LM-head positions x h) / "
+        f"(bound TL + bound LM-head positions x h), h the token-layer cost of one LM-head position: "
+        f"the speed-up of a method that executes only the blocks and logits a patch can change, "
+        f"but every one of those in full (the low-rank neuron head goes below it). max abs diff = largest |engine - plain| over both metrics "
         f"on the sampled interventions (must be <= {TOLERANCE:g}). Peak ΔRSS = resident-memory high-water "
         f"mark during that path's measurement minus the resident size just before it"
         + ("" if PeakRSS.exact else " (ru_maxrss fallback: process lifetime peak, coarse)")
@@ -484,8 +494,10 @@ def render(results: list[RowResult], infos: list[dict], args, machine: dict) -> 
     )
     lines.append("")
     header = ["model", "stage", "interventions (no-op)", "engine s (runs)", "plain s (extrap.)", "plain timed",
-              "speed-up", "bound TL", "engine TL (prefix)", "engine / bound", "plain TL", "plain / bound",
-              "LM-head positions engine / plain", "engine passes", "max abs diff", "peak ΔRSS MB engine / plain"]
+              "speed-up", "exact ceiling", "bound TL", "engine TL (prefix)", "engine / bound", "plain TL",
+              "plain / bound", "LM-head positions engine (low-rank) / bound / plain", "engine passes", "max abs diff",
+              "peak ΔRSS MB engine / plain"]
+    head_tl = {info["label"]: info["head_tl"] for info in infos}
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
     for r in results:
@@ -498,12 +510,14 @@ def render(results: list[RowResult], infos: list[dict], args, machine: dict) -> 
             fmt_s(r.plain_time_extrap),
             f"{r.plain_sampled} in {fmt_s(r.plain_time_sampled)} s",
             f"{r.plain_time_extrap / r.engine_time:.1f}x",
+            ratio(r.plain_tl + r.plain_unembed * head_tl[r.model], r.bound_tl + r.bound_unembed * head_tl[r.model]) + "x",
             fmt_int(r.bound_tl),
             f"{fmt_int(r.engine_tl)} ({fmt_int(r.prefix_tl)})",
             ratio(r.engine_tl, r.bound_tl),
             fmt_int(r.plain_tl),
             ratio(r.plain_tl, r.bound_tl),
-            f"{fmt_int(r.engine_unembed)} / {fmt_int(r.plain_unembed)}",
+            f"{fmt_int(r.engine_unembed)} ({fmt_int(r.engine_low_rank)}) / {fmt_int(r.bound_unembed)} / "
+            f"{fmt_int(r.plain_unembed)}",
             fmt_int(r.engine_passes),
             f"{r.max_abs_diff:.1e}",
             f"{r.engine_peak_mb:.0f} / {r.plain_peak_mb:.0f}",

@@ -267,7 +267,7 @@ def all_figures(planted, out: Path) -> list[Path]:
     heat_layer = layer_df[(layer_df["metric"] == "refusal") | (layer_df["positions"] == "post")]
     return [
         *plotting.plot_layer_curves(layer_df, MANIFEST, out / "layer", n_boot=200),
-        *plotting.plot_heatmaps(heat_layer, module_df[module_df["metric"] == "refusal"],
+        *plotting.plot_heatmaps(pd.concat([heat_layer, module_df[module_df["metric"] == "refusal"]]),
                                 inputs_for_heatmap(), tokens, MANIFEST, out / "heatmap"),
         *plotting.plot_module_curves(module_df, MANIFEST, out / "module", n_boot=200),
         *plotting.plot_severed(severed_df, MANIFEST, out / "severed", n_boot=200),

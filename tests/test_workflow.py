@@ -62,14 +62,16 @@ def test_results_have_the_stated_schemas(tiny_run):
     inputs = [json.loads(line) for line in (results / "inputs.jsonl").read_text().splitlines()]
     assert set(inputs[0]) == {"pair_id", "split", "category", "harmful_ids", "benign_ids", "target_ids",
                               "post_positions"}
-    for name in ("layer.csv", "module.csv"):
+    for name in ("layer.csv", "module.csv", "heatmap.csv"):
         frame = pd.read_csv(results / name, dtype={"positions": str})
         assert list(frame.columns) == ROW_COLUMNS
         assert (frame["effect"] - (frame["y_patched"] - frame["y_benign"])).abs().max() < 1e-6
     layer = pd.read_csv(results / "layer.csv", dtype={"positions": str})
-    curves = layer[layer["positions"].isin(["all", "post", "last"])]
-    assert curves["pair_id"].nunique() == 4
-    assert len(curves) == 4 * 2 * 2 * 5 * 3  # pairs x metrics x kinds x layers(-1..3) x position sets
+    assert set(layer["positions"]) == {"all", "post", "last"}
+    assert layer["pair_id"].nunique() == 4
+    assert len(layer) == 4 * 2 * 2 * 5 * 3  # pairs x metrics x kinds x layers(-1..3) x position sets
+    heatmap = pd.read_csv(results / "heatmap.csv", dtype={"positions": str})
+    assert heatmap["positions"].str.isdigit().all() and set(heatmap["site"]) == {"residual", "mlp", "attn"}
     module = pd.read_csv(results / "module.csv", dtype={"positions": str})
     assert set(module["site"]) == {"attn", "mlp"} and set(module["window"]) == {1, 3}
     claims = pd.read_csv(results / "claims.csv")
@@ -89,7 +91,7 @@ def test_second_run_has_nothing_to_do(tiny_run):
 def test_rerun_is_byte_identical(tiny_run):
     workdir, config = tiny_run
     results = workdir / "results" / "tiny"
-    names = ["inputs.jsonl", "layer.csv", "module.csv", "severed.csv", "neuron.csv", "sparsity.csv", "gating.csv",
+    names = ["inputs.jsonl", "layer.csv", "module.csv", "heatmap.csv", "severed.csv", "neuron.csv", "sparsity.csv", "gating.csv",
              "token.csv", "probe.csv", "generations.jsonl", "generation_rates.csv", "claims.csv"]
     before = {n: (results / n).read_bytes() for n in names}
     figure = (workdir / "figures" / "tiny" / "layer_curves.png").read_bytes()
@@ -110,7 +112,8 @@ def test_default_config_dry_run():
     done = subprocess.run([*SNAKEMAKE, "--directory", str(REPO), "--cores", "2", "--dry-run", "--forceall"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
-    for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "mediate_neuron", "gating",
+    for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "mediate_heatmap",
+                 "mediate_neuron", "gating",
                  "generate_and_judge", "mediate_token", "probe", "figures", "neuron_figures", "claims"):
         assert rule in done.stdout
 

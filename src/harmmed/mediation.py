@@ -51,15 +51,13 @@ def clean_runs(engine: MediationEngine, pair: EncodedPair) -> tuple[Run, Run]:
     return harmful, benign
 
 
-def layer_cells(pair: EncodedPair, n_layers: int, positions: list[str], heatmap: bool) -> list[tuple[Cell, Intervention]]:
+def layer_cells(pair: EncodedPair, n_layers: int, positions: list[str]) -> list[tuple[Cell, Intervention]]:
     sets = position_sets(pair)
     cells = []
     for kind in ("NIE", "NDE"):
         for layer in range(-1, n_layers):
             for name in positions:
                 cells.append((Cell(kind, "residual", layer, 1, name), (Patch("residual", layer, sets[name]),)))
-    if heatmap:
-        cells += heatmap_cells(pair, n_layers, ["residual"])
     return cells
 
 
@@ -72,8 +70,8 @@ def heatmap_cells(pair: EncodedPair, n_layers: int, sites: list[str]) -> list[tu
     return cells
 
 
-def module_cells(pair: EncodedPair, n_layers: int, positions: list[str], windows: list[int],
-                 heatmap_sites: list[str]) -> list[tuple[Cell, Intervention]]:
+def module_cells(pair: EncodedPair, n_layers: int, positions: list[str], windows: list[int]
+                 ) -> list[tuple[Cell, Intervention]]:
     sets = position_sets(pair)
     cells = []
     for site in ("attn", "mlp"):
@@ -82,7 +80,6 @@ def module_cells(pair: EncodedPair, n_layers: int, positions: list[str], windows
                 for name in positions:
                     patches = tuple(Patch(site, k, sets[name]) for k in window_layers(layer, window, n_layers))
                     cells.append((Cell("NIE", site, layer, window, name), patches))
-    cells += heatmap_cells(pair, n_layers, [s for s in heatmap_sites if s != "residual"])
     return cells
 
 

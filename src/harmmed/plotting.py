@@ -304,8 +304,7 @@ def draw_heatmap(ax: Axes, layers: np.ndarray, offsets: np.ndarray, grid: np.nda
 
 
 @styled
-def plot_heatmaps(layer_df: pd.DataFrame, module_df: pd.DataFrame,
-                  inputs: Iterable[Mapping[str, Any]],
+def plot_heatmaps(heatmap_df: pd.DataFrame, inputs: Iterable[Mapping[str, Any]],
                   tokens: Mapping[str, Sequence[str]] | None,
                   manifest: Mapping[str, Any], out: str | Path) -> list[Path]:
     """Layer x position NIE heatmaps (residual, mlp, attn), one figure per metric.
@@ -315,10 +314,9 @@ def plot_heatmaps(layer_df: pd.DataFrame, module_df: pd.DataFrame,
     over the heatmap pairs. MLP and attention share a colour scale so they compare directly.
     """
     last_index = heatmap_offsets(inputs)
-    tables = {"residual": layer_df, "mlp": module_df, "attn": module_df}
     written: list[Path] = []
-    for metric in metrics_in(layer_df, module_df):
-        rows = {site: heatmap_rows(df, metric, site, last_index) for site, df in tables.items()}
+    for metric in metrics_in(heatmap_df):
+        rows = {site: heatmap_rows(heatmap_df, metric, site, last_index) for site in ("residual", "mlp", "attn")}
         rows = {site: r for site, r in rows.items() if len(r)}
         if rows:
             fig = heatmap_figure(rows, tokens, f"{model_name(manifest)}", metric)

@@ -148,32 +148,23 @@ def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: st
 
 
 def mediate_layer(cfg: dict, manifest: dict, inputs_path: str | Path, out_csv: str | Path,
-                  severed_csv: str | Path, tokens_json: str | Path, threads: int = 1) -> None:
-    """Residual layer curves, the residual heatmap and the severed paths. The severed paths'
-    ``none`` rows are the layer curves' NIE(all) interventions, so they share one stage and the
-    engine computes each once."""
+                  severed_csv: str | Path, threads: int = 1) -> None:
+    """Residual layer curves and the severed paths. The severed paths' ``none`` rows are the
+    layer curves' NIE(all) interventions, so they share one stage and the engine computes each
+    once."""
     from . import mediation
 
     med = cfg["mediation"]
-    engine, tokenizer = _engine(cfg, manifest, threads)
-    pairs = _pairs(cfg, inputs_path)
-    n_heat = _heatmap_pairs(cfg)
+    engine, _ = _engine(cfg, manifest, threads)
     n_layers = engine.sites.n_layers
-    heat_residual = "residual" in med["heatmap"]["sites"]
-    rows = _sweep(engine, pairs, lambda i, pair: mediation.layer_cells(
-        pair, n_layers, med["layer_positions"], heatmap=heat_residual and i < n_heat)
-        + mediation.severed_cells(pair, n_layers, med["severed_positions"]), "layer")
+    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.layer_cells(
+        pair, n_layers, med["layer_positions"]) + mediation.severed_cells(pair, n_layers, med["severed_positions"]),
+        "layer")
     with atomic_path(out_csv) as tmp:
         mediation.write_rows([row for row in rows if "severed" not in row], tmp)
     with atomic_path(severed_csv) as tmp:
         mediation.write_rows([row for row in rows if "severed" in row], tmp, extra=["severed"])
-    tokens = {p.pair_id: tokenizer.convert_ids_to_tokens(p.harmful_ids) for p in pairs[:n_heat]}
-    write_json(tokens, tokens_json)
     log.info("engine stats: %s", engine.stats)
-
-
-def _heatmap_pairs(cfg: dict) -> int:
-    return 0 if cfg["prompts"]["mode"] == "unpaired" else cfg["mediation"]["heatmap"]["n_pairs"]
 
 
 def mediate_module(cfg: dict, manifest: dict, inputs_path: str | Path, module_csv: str | Path,
@@ -182,14 +173,33 @@ def mediate_module(cfg: dict, manifest: dict, inputs_path: str | Path, module_cs
 
     med = cfg["mediation"]
     engine, _ = _engine(cfg, manifest, threads)
-    pairs = _pairs(cfg, inputs_path)
-    n_heat = _heatmap_pairs(cfg)
-    rows = _sweep(engine, pairs, lambda i, pair: mediation.module_cells(
-        pair, engine.sites.n_layers, med["module_positions"], med["windows"],
-        med["heatmap"]["sites"] if i < n_heat else []), "module")
+    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.module_cells(
+        pair, engine.sites.n_layers, med["module_positions"], med["windows"]), "module")
     with atomic_path(module_csv) as tmp:
         mediation.write_rows(rows, tmp)
     log.info("engine stats: %s", engine.stats)
+
+
+def mediate_heatmap(cfg: dict, manifest: dict, inputs_path: str | Path, heatmap_csv: str | Path,
+                    tokens_json: str | Path, threads: int = 1) -> None:
+    """Layer x position NIE of the configured sites on the first heatmap pairs (Meng et al.'s
+    three panels), and those pairs' tokens for the axis labels. Unpaired prompts have no
+    position-aligned counterpart, so they get an empty table."""
+    from . import mediation
+
+    med = cfg["mediation"]
+    engine, tokenizer = _engine(cfg, manifest, threads)
+    pairs = _pairs(cfg, inputs_path)[: _heatmap_pairs(cfg)]
+    rows = _sweep(engine, pairs, lambda i, pair: mediation.heatmap_cells(
+        pair, engine.sites.n_layers, med["heatmap"]["sites"]), "heatmap")
+    with atomic_path(heatmap_csv) as tmp:
+        mediation.write_rows(rows, tmp)
+    write_json({p.pair_id: tokenizer.convert_ids_to_tokens(p.harmful_ids) for p in pairs}, tokens_json)
+    log.info("engine stats: %s", engine.stats)
+
+
+def _heatmap_pairs(cfg: dict) -> int:
+    return 0 if cfg["prompts"]["mode"] == "unpaired" else cfg["mediation"]["heatmap"]["n_pairs"]
 
 
 # ---------------------------------------------------------------- running under Snakemake
@@ -238,7 +248,7 @@ def _read_rows(path: str | Path) -> pd.DataFrame:
 
 
 def figures(cfg: dict, manifest_path: str, layer_csv: str, module_csv: str, severed_csv: str,
-            inputs_path: str, tokens_json: str, out_dir: str | Path) -> None:
+            heatmap_csv: str, inputs_path: str, tokens_json: str, out_dir: str | Path) -> None:
     from . import plotting
 
     manifest = _read_json(manifest_path)
@@ -250,7 +260,7 @@ def figures(cfg: dict, manifest_path: str, layer_csv: str, module_csv: str, seve
     plotting.plot_module_curves(module, manifest, out_dir / "module_curves", **boot)
     plotting.plot_severed(severed, manifest, out_dir / "severed_paths", **boot)
     inputs = [json.loads(line) for line in Path(inputs_path).read_text(encoding="utf-8").splitlines() if line]
-    plotting.plot_heatmaps(layer, module, inputs, _read_json(tokens_json), manifest, out_dir / "heatmap")
+    plotting.plot_heatmaps(_read_rows(heatmap_csv), inputs, _read_json(tokens_json), manifest, out_dir / "heatmap")
 
 
 def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], out: str | Path) -> None:

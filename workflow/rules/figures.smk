@@ -13,6 +13,7 @@ rule figures:
         layer="results/{model}/layer.csv",
         module="results/{model}/module.csv",
         severed="results/{model}/severed.csv",
+        heatmap="results/{model}/heatmap.csv",
         inputs="results/{model}/inputs.jsonl",
         tokens="results/{model}/heatmap_tokens.json",
     output:

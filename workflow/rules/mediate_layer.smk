@@ -1,15 +1,14 @@
 rule mediate_layer:
-    """TE, NIE and NDE of the residual stream at every layer (positions all/post/last), the
-    layer x position NIE heatmap on the first heatmap pairs, and severed paths: the residual NIE
-    with every later MLP (or attention) output frozen at its benign value."""
+    """TE, NIE and NDE of the residual stream at every layer (positions all/post/last), and
+    severed paths: the residual NIE with every later MLP (or attention) output frozen at its
+    benign value."""
     input:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
         layer="results/{model}/layer.csv",
         severed="results/{model}/severed.csv",
-        tokens="results/{model}/heatmap_tokens.json",
-    priority: 30  # long jobs first, so the two CPU lanes stay busy
+    priority: 60  # the longest job first, so the two CPU lanes stay busy
     log:
         "logs/mediate_layer/{model}.log",
     benchmark:

@@ -1,6 +1,5 @@
 rule mediate_module:
-    """NIE of attention and MLP outputs at every layer, single and windowed, and their layer x
-    position heatmaps on the first heatmap pairs."""
+    """NIE of attention and MLP outputs at every layer, single layers and windows."""
     input:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",

@@ -11,7 +11,7 @@ rule mediate_neuron:
         neuron="results/{model}/neuron.csv",
         ranking="results/{model}/neuron_ranking.csv",
         sparsity="results/{model}/sparsity.csv",
-    priority: 50  # long jobs first, so the two CPU lanes stay busy
+    priority: 55  # long jobs first, so the two CPU lanes stay busy
     log:
         "logs/mediate_neuron/{model}.log",
     benchmark:
