@@ -313,7 +313,7 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
             result.engine_times.append(time.perf_counter() - start)
             result.engine_passes = engine.stats["forward_passes"] - before["forward_passes"]
             result.engine_tl = engine.stats["token_layers"] - before["token_layers"]
-            result.prefix_tl = sum(sum(benign._prefix_caches) for _, benign in runs) * n_layers
+            result.prefix_tl = sum(sum(benign._prefix_caches) for _, benign in runs if benign.cache is None) * n_layers
             result.engine_unembed = unembed.count
             result.engine_low_rank = engine.stats["low_rank_head_rows"] - before["low_rank_head_rows"]
             first_outputs = first_outputs or outputs

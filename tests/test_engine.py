@@ -253,3 +253,23 @@ def test_final_neuron_patches_use_the_low_rank_head_only_where_it_is_exact(setup
     sample = list(range(0, len(interventions), 7)) + list(range(len(interventions) - 9, len(interventions)))
     plain = engine.patch(benign, harmful, [interventions[i] for i in sample], fast=False)
     np.testing.assert_allclose(fast[sample], plain, atol=1e-5, rtol=0)
+
+
+def test_each_row_of_a_batch_starts_at_its_own_layer(setup):
+    """One batch holds residual patches at every layer: each row recomputes only the blocks
+    above its patch (token-layers equal the bound), with the plain path's results."""
+    engine, harmful, benign = setup
+    n_layers = engine.sites.n_layers
+    positions = tuple(range(SPAN.start, PROMPT_LEN))
+    below_top = range(n_layers - 1)  # final-block patches recompute one token: a batch of their own
+    interventions = [(Patch("residual", layer, positions),) for layer in below_top]
+    interventions += [(Patch("attn", layer, positions), Patch("neuron", layer, positions, (0, 2)))
+                      for layer in below_top]
+    engine.patch(benign, harmful, interventions)  # builds the prefix cache (sliding-window models)
+    before = dict(engine.stats)
+    fast = engine.patch(benign, harmful, interventions)
+    tokens = PROMPT_LEN + len(TARGET) - 1 - SPAN.start
+    expected = tokens * (sum(n_layers - (layer + 1) for layer in below_top) + sum(n_layers - layer for layer in below_top))
+    assert engine.stats["token_layers"] - before["token_layers"] == expected
+    assert engine.stats["forward_passes"] - before["forward_passes"] == 1
+    np.testing.assert_allclose(fast, engine.patch(benign, harmful, interventions, fast=False), atol=1e-5, rtol=0)

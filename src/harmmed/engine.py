@@ -311,23 +311,16 @@ class MediationEngine:
         return elem * (seq * width + kv) + 4 * 3 * base.n_target * vocab
 
     def _batches(self, plans: list[_Planned], base: Run) -> Iterable[list[_Planned]]:
-        """Group by start position (shared prefix cache), then by start layer in bands of a
-        quarter of the depth, so a batch rarely recomputes layers its rows do not need."""
-        band = max(1, self.sites.n_layers // 4)
+        """Group by start position (one shared prefix cache per batch), rows sorted by start
+        layer; each block then computes only the rows that have started (see _forward)."""
         by_pos: dict[int, list[_Planned]] = defaultdict(list)
         for plan in plans:
             by_pos[plan.start_pos].append(plan)
         for start_pos in sorted(by_pos):
             group = sorted(by_pos[start_pos], key=lambda p: (p.start_layer, p.index))
             limit = int(max(1, min(self.max_batch_size, self.memory_budget_bytes // self._row_bytes(base, start_pos))))
-            batch: list[_Planned] = []
-            for plan in group:
-                if batch and (len(batch) >= limit or plan.start_layer - batch[0].start_layer >= band):
-                    yield batch
-                    batch = []
-                batch.append(plan)
-            if batch:
-                yield batch
+            for i in range(0, len(group), limit):
+                yield group[i : i + limit]
 
     def _run_with_backoff(self, base: Run, source: Run, batch: list[_Planned], out: np.ndarray, progress) -> None:
         pending = [batch]
@@ -426,13 +419,24 @@ class MediationEngine:
         if reuse and start_pos > 0:
             cache = _batch_view(self._prefix_cache(base, start_pos), rows)
 
+        # Blocks below a row's start layer would only reproduce the base run: rows that have not
+        # started read the cached base residual instead, and a block runs on the started rows.
+        row_starts = [p.start_layer if reuse else 0 for p in batch]
+        started = {layer: [r for r, s in enumerate(row_starts) if s <= layer]
+                   for layer in range(start_layer, max(row_starts))}
         head = self._head_for(base, batch) if reuse and stop == base.prompt_len else None
         with HookSet() as hooks:
             for layer in range(start_layer):
                 cached = base.acts[("residual", layer)][start_pos:stop].unsqueeze(0).expand(rows, -1, -1)
                 hooks.replace_forward(self.sites.block(layer), lambda *a, _h=cached, **k: _h)
+            for layer, active in started.items():
+                cached = base.acts[("residual", layer)][start_pos:stop]
+                hooks.replace_forward(self.sites.block(layer), _partial_block(self.sites.block(layer), layer, active,
+                                                                              rows, cached))
             for key in sorted(set(dense) | set(sparse)):
-                self._attach(hooks, *key, _setter(dense.get(key), sparse.get(key), self.device))
+                remap = {r: i for i, r in enumerate(started[key[1]])} if key[1] in started and key[0] != "residual" else None
+                self._attach(hooks, *key, _setter(_remapped(dense.get(key), remap), _remapped(sparse.get(key), remap),
+                                                  self.device))
             if head is not None:
                 hooks.replace_forward(self.model.get_output_embeddings(), head)
             logits = self.model(
@@ -442,7 +446,7 @@ class MediationEngine:
                 logits_to_keep=stop - base.prompt_len + 1,
             ).logits
         self.stats["forward_passes"] += 1
-        self.stats["token_layers"] += rows * ids.shape[1] * (self.sites.n_layers - start_layer)
+        self.stats["token_layers"] += ids.shape[1] * sum(self.sites.n_layers - s for s in row_starts)
         fresh = target_logprobs(logits, base.target_ids[: stop - base.prompt_len + 1])
         kept = base.target_logprobs[fresh.shape[1] :].unsqueeze(0).expand(rows, -1)
         y = self._score(logits, torch.cat([fresh, kept], dim=1))
@@ -550,6 +554,44 @@ class _NeuronHead:
             logits = head(torch.stack([direction, torch.zeros_like(direction)]).unsqueeze(1))[:, 0]
             base._head_basis = (direction, logits[0] - logits[1])
         return base._head_basis
+
+
+def _partial_block(block: torch.nn.Module, layer: int, active: list[int], rows: int, cached: torch.Tensor):
+    """A forward for ``block`` that runs only the ``active`` batch rows and gives every other
+    row the base run's output ``cached`` (seq, d_model). Batch-first tensors among the
+    arguments (dim >= 2, first dim = rows: hidden states, masks, position embeddings) and this
+    layer's key/value cache are cut to the active rows; the rows never interact in a block."""
+    forward = type(block).forward
+    index = torch.tensor(active, dtype=torch.long, device=cached.device)
+
+    def cut(value):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows:
+            return value[index]
+        if isinstance(value, tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
+            return tuple(cut(v) for v in value)
+        if isinstance(value, DynamicCache) and layer < len(value.layers):
+            own = value.layers[layer]
+            if getattr(own, "is_initialized", False) and own.keys is not None and own.keys.shape[0] == rows:
+                clone = copy.copy(own)
+                clone.keys, clone.values = own.keys[index], own.values[index]
+                value.layers[layer] = clone  # this layer's cache is read by this block only
+        return value
+
+    def partial(*args, **kwargs):
+        out = forward(block, *[cut(a) for a in args], **{k: cut(v) for k, v in kwargs.items()})
+        first = out[0] if isinstance(out, tuple) else out
+        full = cached.to(first.dtype).unsqueeze(0).repeat(rows, 1, 1)
+        full[index] = first
+        return (full, *out[1:]) if isinstance(out, tuple) else full
+
+    return partial
+
+
+def _remapped(slot: list | None, remap: dict[int, int] | None) -> list | None:
+    """A setter's index lists with batch rows renumbered within a block's active rows."""
+    if slot is None or remap is None:
+        return slot
+    return [[remap[r] for r in slot[0]], *slot[1:]]
 
 
 def _view_cache(cache: DynamicCache, view) -> DynamicCache:
