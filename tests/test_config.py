@@ -88,7 +88,7 @@ def test_minimal_config_gets_every_section(cfg):
     out = validate_config({"models": cfg["models"]})
     assert out["claims"]["thresholds"]["C1_late_share"] == 0.5
     assert out["mediation"]["heatmap"]["sites"] == ["residual", "mlp", "attn"]
-    assert out["mediation"]["max_pairs"] == 8
+    assert out["mediation"]["max_pairs"] == 6
     # Defaults are copies: editing one config must not leak into the next.
     out["mediation"]["heatmap"]["sites"].append("x")
     assert validate_config({"models": cfg["models"]})["mediation"]["heatmap"]["sites"] == [
