@@ -9,11 +9,14 @@ naive work unnecessary, and both are exact, not approximations:
   run's key/value cache at that position ``t`` and computes only positions ``>= t``. For minimal
   pairs this also skips the shared template prefix automatically, because both runs carry
   identical activations there.
-* Causality over layers. Layers below the lowest patched layer see only base activations, so
-  they are replaced by the cached base residual stream instead of being recomputed.
+* Causality over layers. Layers below a row's lowest patched layer see only base activations,
+  so that row reads the cached base residual stream there, and each block runs only on the rows
+  that have started (rows never interact inside a block).
 
 Many interventions on the same base run go into one forward pass, one batch row each; the batch
-size follows a memory budget and halves on out-of-memory without losing work. The plain path
+size follows a memory budget and halves on out-of-memory without losing work. Final-layer neuron
+patches skip the full unembedding where it is provably a short combination of precomputed rows
+(``_NeuronHead``). The plain path
 (``fast=False``) patches the full sequence with no reuse at all and is the reference the tests
 compare against.
 """
@@ -188,7 +191,7 @@ class MediationEngine:
             recorded: dict[tuple[str, int], torch.Tensor] = {}
             with HookSet() as hooks:
                 for key in keys:
-                    self._attach(hooks, *key, lambda x, _k=key: recorded.__setitem__(_k, x.detach().clone()))
+                    self._attach(hooks, *key, lambda x, _k=key, _r=recorded: _r.__setitem__(_k, x.detach().clone()))
                 past = cache if chunk.start == 0 else _batch_view(cache, batch_rows)
                 logits = self.model(input_ids=ids[:batch_rows, chunk], past_key_values=past, use_cache=True,
                                     logits_to_keep=max(1, n_target) if chunk.stop == ids.shape[1] else 1).logits

@@ -309,18 +309,25 @@ def plot_heatmaps(heatmap_df: pd.DataFrame, inputs: Iterable[Mapping[str, Any]],
                   manifest: Mapping[str, Any], out: str | Path) -> list[Path]:
     """Layer x position NIE heatmaps (residual, mlp, attn), one figure per metric.
 
-    Writes `<out>_<metric>.png/.pdf` for every metric present. Positions are right-aligned
+    Writes `<out>_<metric>.png/.pdf` for every metric. Positions are right-aligned
     (offset 0 = last prompt token) and restricted to offsets present; cells are the mean NIE
     over the heatmap pairs. MLP and attention share a colour scale so they compare directly.
+    A metric without heatmap rows (unpaired prompts, or ``heatmap.n_pairs: 0``) gets a figure
+    that says so, so the workflow's outputs exist whatever the config.
     """
     last_index = heatmap_offsets(inputs)
     written: list[Path] = []
-    for metric in metrics_in(heatmap_df):
+    for metric in metrics_in(heatmap_df) or list(CATEGORY_ORDER["metric"]):
         rows = {site: heatmap_rows(heatmap_df, metric, site, last_index) for site in ("residual", "mlp", "attn")}
         rows = {site: r for site, r in rows.items() if len(r)}
         if rows:
             fig = heatmap_figure(rows, tokens, f"{model_name(manifest)}", metric)
-            written += save_figure(fig, f"{out}_{metric}")
+        else:
+            fig, axes = new_figure(1)
+            axes[0].set_axis_off()
+            axes[0].text(0.5, 0.5, f"{model_name(manifest)} [{metric}]: no layer x position heatmap\n"
+                         "(unpaired prompts have no position-aligned counterpart)", ha="center", va="center")
+        written += save_figure(fig, f"{out}_{metric}")
     return written
 
 
