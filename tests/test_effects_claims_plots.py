@@ -263,7 +263,7 @@ def all_figures(planted, out: Path) -> list[Path]:
     layer_df, module_df, severed_df = planted
     tokens = {"p00": [f"t{i}" for i in range(PROMPT_LEN["p00"] - 1)] + ["$\n"]}
     other = layer_df.assign(effect=layer_df["effect"] * 0.5)
-    # Heatmap rows of one metric only (keeps the test fast): a figure per metric that has them.
+    # Heatmap rows of one metric only (keeps the test fast); the other metric gets the placeholder.
     heat_layer = layer_df[(layer_df["metric"] == "refusal") | (layer_df["positions"] == "post")]
     return [
         *plotting.plot_layer_curves(layer_df, MANIFEST, out / "layer", n_boot=200),
@@ -294,7 +294,7 @@ def test_figures_are_written_and_byte_identical_across_processes(planted, tmp_pa
     assert child.returncode == 0, err
     names = sorted(p.name for p in first)
     assert names == sorted([f"{stem}.{ext}" for ext in ("png", "pdf") for stem in (
-        "layer", "heatmap_refusal", "module", "severed", "cross_model")])
+        "layer", "heatmap_harm", "heatmap_refusal", "module", "severed", "cross_model")])  # harm: a placeholder
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == names
     for a in first:
         assert a.stat().st_size > 1000
