@@ -388,7 +388,8 @@ class MediationEngine:
     @torch.inference_mode()
     def _forward(self, base: Run, source: Run, batch: list[_Planned], reuse: bool) -> np.ndarray:
         start_pos = min(p.start_pos for p in batch) if reuse else 0
-        start_layer = min(p.start_layer for p in batch) if reuse else 0
+        row_starts = [p.start_layer if reuse else 0 for p in batch]
+        start_layer = min(row_starts)
         stop = self._stop(base, batch, reuse)
         rows = len(batch)
         ids = base.ids[:, start_pos:stop].expand(rows, -1)
@@ -424,7 +425,6 @@ class MediationEngine:
 
         # Blocks below a row's start layer would only reproduce the base run: rows that have not
         # started read the cached base residual instead, and a block runs on the started rows.
-        row_starts = [p.start_layer if reuse else 0 for p in batch]
         started = {layer: [r for r, s in enumerate(row_starts) if s <= layer]
                    for layer in range(start_layer, max(row_starts))}
         head = self._head_for(base, batch) if reuse and stop == base.prompt_len else None
@@ -475,12 +475,13 @@ class _NeuronHead:
     FIT_TOLERANCE = 2e-6  # relative residual of the fit; float32 rounding leaves about 2e-7
 
     def __init__(self, engine: MediationEngine, directions: torch.Tensor, unit_logits: torch.Tensor,
-                 offset: torch.Tensor, origin_logits: torch.Tensor) -> None:
+                 offset: torch.Tensor, origin_logits: torch.Tensor, zero_logits: torch.Tensor) -> None:
         self.engine = engine
         self.directions = directions  # (d_mlp, d_model): N(w_u) - b
         self.unit_logits = unit_logits  # (d_mlp, vocab): head(N(w_u) - b) - head(0)
         self.offset = offset  # (d_model,): b = N(0)
         self.origin_logits = origin_logits  # (vocab,): head(b)
+        self.zero_logits = zero_logits  # (vocab,): head(0), the head's bias
 
     @classmethod
     @torch.inference_mode()
@@ -499,13 +500,14 @@ class _NeuronHead:
         directions = torch.empty(sites.d_mlp, sites.d_model, dtype=param.dtype, device=param.device)
         unit_logits = torch.empty(sites.d_mlp, vocab, dtype=param.dtype, device=param.device)
         down_zero = down(zero_unit)[0, 0]
+        eye = torch.eye(sites.d_mlp, dtype=param.dtype, device=param.device)
         for start in range(0, sites.d_mlp, 256):
             stop = min(start + 256, sites.d_mlp)
-            basis = torch.eye(sites.d_mlp, dtype=param.dtype, device=param.device)[start:stop].unsqueeze(1)
+            basis = eye[start:stop].unsqueeze(1)
             columns = down(basis) - down_zero  # w_u, whatever the projection's layout and bias
             directions[start:stop] = norm(columns)[:, 0] - offset
             unit_logits[start:stop] = head(directions[start:stop].unsqueeze(1))[:, 0] - head_zero
-        return cls(engine, directions, unit_logits, offset, head(offset.view(1, 1, -1))[0, 0])
+        return cls(engine, directions, unit_logits, offset, head(offset.view(1, 1, -1))[0, 0], head_zero)
 
     def forward_for(self, base: Run, units: list[tuple[int, ...] | None]):
         head = self.engine.model.get_output_embeddings()
@@ -554,8 +556,7 @@ class _NeuronHead:
             final = self.engine.sites.n_layers - 1
             residual = base.acts[("residual", final)][base.prompt_len - 1].view(1, 1, -1)
             direction = self.engine.sites.final_norm(residual)[0, 0] - self.offset
-            logits = head(torch.stack([direction, torch.zeros_like(direction)]).unsqueeze(1))[:, 0]
-            base._head_basis = (direction, logits[0] - logits[1])
+            base._head_basis = (direction, head(direction.view(1, 1, -1))[0, 0] - self.zero_logits)
         return base._head_basis
 
 
@@ -574,10 +575,8 @@ def _partial_block(block: torch.nn.Module, layer: int, active: list[int], rows: 
             return tuple(cut(v) for v in value)
         if isinstance(value, DynamicCache) and layer < len(value.layers):
             own = value.layers[layer]
-            if getattr(own, "is_initialized", False) and own.keys is not None and own.keys.shape[0] == rows:
-                clone = copy.copy(own)
-                clone.keys, clone.values = own.keys[index], own.values[index]
-                value.layers[layer] = clone  # this layer's cache is read by this block only
+            if _holds_states(own) and own.keys.shape[0] == rows:
+                value.layers[layer] = _view_layer(own, lambda t: t[index])  # read by this block only
         return value
 
     def partial(*args, **kwargs):
@@ -601,13 +600,19 @@ def _view_cache(cache: DynamicCache, view) -> DynamicCache:
     """A cache whose layers hold views of ``cache``'s tensors. Safe to extend: cache layers
     rebind their tensors on update (concatenation) and never write into them."""
     out = copy.copy(cache)
-    out.layers = []
-    for layer in cache.layers:
-        clone = copy.copy(layer)
-        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
-            clone.keys, clone.values = view(layer.keys), view(layer.values)
-        out.layers.append(clone)
+    out.layers = [_view_layer(layer, view) if _holds_states(layer) else copy.copy(layer) for layer in cache.layers]
     return out
+
+
+def _holds_states(layer) -> bool:
+    return getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel() > 0
+
+
+def _view_layer(layer, view):
+    """A copy of one cache layer whose keys and values are ``view`` of the original's."""
+    clone = copy.copy(layer)
+    clone.keys, clone.values = view(layer.keys), view(layer.values)
+    return clone
 
 
 def _sliced_view(cache: DynamicCache, length: int) -> DynamicCache:
