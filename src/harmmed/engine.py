@@ -475,13 +475,12 @@ class _NeuronHead:
     FIT_TOLERANCE = 2e-6  # relative residual of the fit; float32 rounding leaves about 2e-7
 
     def __init__(self, engine: MediationEngine, directions: torch.Tensor, unit_logits: torch.Tensor,
-                 offset: torch.Tensor, origin_logits: torch.Tensor, zero_logits: torch.Tensor) -> None:
+                 offset: torch.Tensor, origin_logits: torch.Tensor) -> None:
         self.engine = engine
         self.directions = directions  # (d_mlp, d_model): N(w_u) - b
         self.unit_logits = unit_logits  # (d_mlp, vocab): head(N(w_u) - b) - head(0)
         self.offset = offset  # (d_model,): b = N(0)
         self.origin_logits = origin_logits  # (vocab,): head(b)
-        self.zero_logits = zero_logits  # (vocab,): head(0), the head's bias
 
     @classmethod
     @torch.inference_mode()
@@ -507,7 +506,7 @@ class _NeuronHead:
             columns = down(basis) - down_zero  # w_u, whatever the projection's layout and bias
             directions[start:stop] = norm(columns)[:, 0] - offset
             unit_logits[start:stop] = head(directions[start:stop].unsqueeze(1))[:, 0] - head_zero
-        return cls(engine, directions, unit_logits, offset, head(offset.view(1, 1, -1))[0, 0], head_zero)
+        return cls(engine, directions, unit_logits, offset, head(offset.view(1, 1, -1))[0, 0])
 
     def forward_for(self, base: Run, units: list[tuple[int, ...] | None]):
         head = self.engine.model.get_output_embeddings()
@@ -556,7 +555,10 @@ class _NeuronHead:
             final = self.engine.sites.n_layers - 1
             residual = base.acts[("residual", final)][base.prompt_len - 1].view(1, 1, -1)
             direction = self.engine.sites.final_norm(residual)[0, 0] - self.offset
-            base._head_basis = (direction, head(direction.view(1, 1, -1))[0, 0] - self.zero_logits)
+            # one two-row product: head(0) from the same matmul as head(direction), so their
+            # difference carries no rounding from differently shaped products
+            logits = head(torch.stack([direction, torch.zeros_like(direction)]).unsqueeze(1))[:, 0]
+            base._head_basis = (direction, logits[0] - logits[1])
         return base._head_basis
 
 
