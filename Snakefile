@@ -28,6 +28,7 @@ include: "workflow/rules/mediate_module.smk"
 include: "workflow/rules/mediate_heatmap.smk"
 include: "workflow/rules/mediate_neuron.smk"
 include: "workflow/rules/mediate_token.smk"
+include: "workflow/rules/screen_units.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/figures.smk"
@@ -38,6 +39,6 @@ rule all:
     input:
         results("claims.csv"),
         expand("figures/{model}/claims.md", model=MODELS),
-        expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES + NEURON_FIGURES + [
+        expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES + NEURON_FIGURES + SCREEN_FIGURES + [
             "token_heatmap_harm", "token_heatmap_refusal", "probe_accuracy", "generation_rates"]),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],

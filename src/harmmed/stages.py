@@ -373,3 +373,54 @@ def neuron_figures(cfg: dict, manifest_path: str, neuron_csv: str, ranking_csv: 
     plotting.plot_sparsity(pd.read_csv(sparsity_csv, keep_default_na=False), manifest, out_dir / "sparsity", **boot)
     plotting.plot_block_vs_sum(neuron_df, manifest, out_dir / "block_vs_sum")
     plotting.plot_gating(pd.read_csv(gating_csv, keep_default_na=False), manifest, out_dir / "gating", **boot)
+
+
+# ---------------------------------------------------------------- screen_units
+def screen_units(cfg: dict, manifest: dict, inputs_path: str | Path, screen_csv: str | Path, report_csv: str | Path,
+                 heldout_csv: str | Path, threads: int = 1) -> None:
+    """Attribution estimates of every MLP unit at every layer on the screened pairs, verified
+    exactly on the first of them; held-out sparsity and adjacency tests of the screen's ranking."""
+    from . import screen, screen_report
+    from .neuron import sweep_pairs, write_table
+
+    settings = screen.ScreenSettings.from_config(cfg)
+    engine, _ = _engine(cfg, manifest, threads)
+    all_pairs = read_inputs(inputs_path)
+    held = cfg["screen"]["held_out"]
+    screens, sets_of = screen.screen_pairs(engine, select_pairs(all_pairs, cfg["screen"]["split"],
+                                                                cfg["screen"]["max_pairs"]), settings)
+    table = screen.screen_table(screens, sets_of)
+    outcomes = pd.DataFrame([{"pair_id": s.pair.pair_id, "metric": m, "y_benign": s.y_benign[m],
+                              "y_harmful": s.y_harmful[m]} for s in screens for m in s.y_benign])
+    report = screen_report.layer_report(table, outcomes, settings.top_k, engine.sites.n_layers)
+    selections = screen.heldout_selections(screen.discovery_ranking(screens, settings.heldout_positions), settings,
+                                           settings.seed)
+    heldout = sweep_pairs(engine, select_pairs(all_pairs, held["split"], held["max_pairs"]),
+                          lambda i, pair, runs: screen.heldout_rows(engine, pair, runs, selections, settings), "held-out")
+    with atomic_path(screen_csv) as tmp:
+        write_table(table, screen.SCREEN_COLUMNS, tmp)
+    with atomic_path(report_csv) as tmp:
+        write_table(report, screen_report.REPORT_COLUMNS, tmp)
+    with atomic_path(heldout_csv) as tmp:
+        write_table(heldout, screen.HELDOUT_COLUMNS, tmp)
+    log.info("screen: %d pairs screened (%d verified), %d held-out rows, engine stats %s", len(screens),
+             min(len(screens), settings.verify_pairs), len(heldout), engine.stats)
+
+
+def screen_figures(cfg: dict, manifest_path: str, screen_csv: str, report_csv: str, heldout_csv: str,
+                   out_dir: str | Path) -> None:
+    from . import screen_plots
+    from .screen_report import pair_outcomes
+
+    manifest = _read_json(manifest_path)
+    out_dir = Path(out_dir)
+    screen = pd.read_csv(screen_csv, dtype={"positions": str, "verified": str}, keep_default_na=False,
+                         na_values={"exact": [""]})
+    heldout = pd.read_csv(heldout_csv, dtype={"positions": str, "units": str, "draw": str}, keep_default_na=False,
+                          na_values={"share": [""]})
+    outcomes = pair_outcomes(pd.read_csv(report_csv, dtype={"positions": str}))
+    held = cfg["screen"]["held_out"]
+    screen_plots.plot_screen_scatter(screen, manifest, out_dir / "screen_scatter")
+    screen_plots.plot_screen_heatmap(screen, outcomes, manifest, held["positions"], out_dir / "screen_heatmap")
+    screen_plots.plot_screen_sparsity(heldout, manifest, out_dir / "screen_sparsity")
+    screen_plots.plot_screen_adjacency(heldout, manifest, held["block_size"], out_dir / "screen_adjacency")
