@@ -271,3 +271,21 @@ def test_gradients_leave_the_model_unchanged():
     assert [p.requires_grad for p in model.parameters()] == before
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(engine.run(make_pair().benign_ids, TARGET).target_logprobs, benign.target_logprobs)
+
+
+def test_gpu_benchmark_script_runs_its_path_on_a_tiny_shape():
+    """bench/screen_gpu.py builds its model, screens every unit and checks the sample exactly;
+    on a tiny shape on the CPU the rank agreement must be near perfect."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "screen_gpu.py"
+    spec = importlib.util.spec_from_file_location("screen_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.main(["--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--repeats", "1"])
+    row = next(line for line in text.splitlines() if line.startswith("| tiny random"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "3 x 96"
+    pooled = float(cells[8].split("/")[0])
+    assert pooled > 0.9

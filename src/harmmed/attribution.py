@@ -41,9 +41,11 @@ def _frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def unit_gradients(engine: MediationEngine, base: Run) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """dy/d(unit activation) on the base run for every metric: metric -> (n_layers, seq, d_mlp),
-    seq = every fed token. Also returns y as this pass computed it (it must equal ``base.y``)."""
+def unit_gradients(engine: MediationEngine, base: Run, metrics: Sequence[str] = METRICS
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """dy/d(unit activation) on the base run for each metric: metric -> (n_layers, seq, d_mlp),
+    seq = every fed token; one forward pass, one backward pass per metric. Also returns y as
+    this pass computed it (it must equal ``base.y``)."""
     model, sites = engine.model, engine.sites
     dtype = next(model.parameters()).dtype
     seq = base.ids.shape[1]
@@ -56,8 +58,8 @@ def unit_gradients(engine: MediationEngine, base: Run) -> tuple[dict[str, torch.
             hooks.on_input(sites.down_proj(layer), lambda x, _o=offset: x + _o.to(x.dtype))
         logits = model(input_ids=ids, use_cache=False, logits_to_keep=base.n_target).logits
         y = outcome_metrics(logits[:, 0], target_logprobs(logits, target), engine.refusal_ids)
-        for i, metric in enumerate(METRICS):
-            per_layer = torch.autograd.grad(y[metric].sum(), offsets, retain_graph=i + 1 < len(METRICS))
+        for i, metric in enumerate(metrics):
+            per_layer = torch.autograd.grad(y[metric].sum(), offsets, retain_graph=i + 1 < len(metrics))
             grads[metric] = torch.cat(per_layer).detach()
     return grads, {metric: float(y[metric].detach()) for metric in METRICS}
 
