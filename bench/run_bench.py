@@ -128,7 +128,7 @@ def row_interventions(row: str, pair, n_layers: int, d_mlp: int) -> list:
 
 def changed_positions(patch, base, source) -> list[int]:
     """Positions where a patch's value differs from the base run's own value."""
-    if patch.from_base:  # frozen at the base run's clean value: changes nothing by itself
+    if patch.value_from == "base":  # frozen at the base run's clean value: changes nothing by itself
         return []
     offset = source.prompt_len - base.prompt_len
     key = (patch.site, patch.layer)

@@ -28,7 +28,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -37,27 +37,43 @@ from transformers import DynamicCache
 
 from .arch import Sites, resolve_sites
 from .hooks import HookSet
-from .constants import METRICS, UNIT_SITES
+from .constants import METRICS, SITES
 from .metrics import outcome_metrics, target_logprobs
 
-Site = Literal["residual", "attn", "mlp", "neuron", "heads"]
+Site = Literal["residual", "attn", "mlp", "neuron", "attn_dims"]
+
+
+SOURCE_RUN = "source"  # the value the mediator has in the source run (right-aligned to the base)
+FROZEN_BASE = "base"  # the base run's own clean value: the mediator is frozen (severed paths)
+
+
+@dataclass(frozen=True)
+class Given:
+    """Fixed values, one per patched unit (or per dimension when a patch has no ``units``),
+    written at every patched position: e.g. a mean over prompts, for mean ablation."""
+
+    values: tuple[float, ...]
+
+
+ValueSource = Literal["source", "base"] | Given
 
 
 @dataclass(frozen=True)
 class Patch:
-    """Set one mediator, at some positions of the base run, to its value in another run.
+    """Set one mediator, at some positions of the base run, to a value taken from ``value_from``.
 
     ``layer == -1`` with ``site == "residual"`` is the embedding output (the input of block 0).
-    ``neuron`` is the MLP down-projection input and ``heads`` the attention output-projection
+    ``neuron`` is the MLP down-projection input and ``attn_dims`` the attention output-projection
     input; ``units`` restricts a patch to some of their dimensions (``None``: every one).
-    ``from_base`` freezes the mediator at the base run's own clean value (severed paths).
+    ``value_from`` says where the written value comes from: the source run (``SOURCE_RUN``, the
+    default), the base run itself (``FROZEN_BASE``) or fixed values (:class:`Given`).
     """
 
     site: Site
     layer: int
     positions: tuple[int, ...]
     units: tuple[int, ...] | None = None
-    from_base: bool = False
+    value_from: ValueSource = SOURCE_RUN
 
 
 Intervention = tuple[Patch, ...]
@@ -114,24 +130,11 @@ class MediationEngine:
         self._neuron_head: _NeuronHead | None | bool = False  # False: not built yet; None: not worth it
 
     # ------------------------------------------------------------------ clean runs
-    def _site_modules(self, site: str, layer: int) -> torch.nn.Module:
-        if site == "residual":
-            return self.sites.block(max(layer, 0))
-        if site == "attn":
-            return self.sites.attn(layer)
-        if site == "mlp":
-            return self.sites.mlp(layer)
-        if site == "heads":
-            return self.sites.o_proj(layer)
-        return self.sites.down_proj(layer)
-
     def _attach(self, hooks: HookSet, site: str, layer: int, fn) -> None:
-        """Route ``fn`` to the tensor that *is* the mediator (output or input, per site)."""
-        module = self._site_modules(site, layer)
-        if site in UNIT_SITES or (site == "residual" and layer == -1):
-            hooks.on_input(module, fn)
-        else:
-            hooks.on_output(module, fn)
+        """Route ``fn`` to the tensor that *is* the mediator (the module and side the
+        architecture table declares for the site)."""
+        module, side = self.sites.hook_point(site, layer)
+        hooks.attach(module, side, fn)
 
     def run(self, prompt_ids: Sequence[int], target_ids: Sequence[int]) -> Run:
         """Clean pass recording every mediator at every position."""
@@ -206,7 +209,7 @@ class MediationEngine:
     def mediator_keys(self) -> list[tuple[str, int]]:
         keys = [("residual", -1)]
         for layer in range(self.sites.n_layers):
-            keys += [(site, layer) for site in ("residual", "attn", "mlp", "neuron", "heads")]
+            keys += [(site, layer) for site in SITES]
         return keys
 
     def _score(self, logits: torch.Tensor, per_token: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -272,22 +275,29 @@ class MediationEngine:
             values = values[:, list(patch.units)]
         return values
 
-    def _plan(self, index: int, intervention: Intervention, base: Run, source: Run) -> _Planned | None:
+    def _patch_values(self, patch: Patch, base: Run, source: Run, positions: Sequence[int]) -> torch.Tensor:
+        """The values ``patch`` writes at these base positions, from its value source."""
+        if isinstance(patch.value_from, Given):
+            clean = base.acts[(patch.site, patch.layer)]
+            return clean.new_tensor(patch.value_from.values).unsqueeze(0).repeat(len(positions), 1)
+        if patch.value_from == FROZEN_BASE:
+            return self._values(base, patch, positions)
         offset = self._offset(base, source)
+        return self._values(source, patch, [q + offset for q in positions])
+
+    def _plan(self, index: int, intervention: Intervention, base: Run, source: Run) -> _Planned | None:
         # In the final block a patched position changes only its own output, and only the last
         # prompt position's output reaches the metrics, so earlier positions there are inert.
         final_only = all(p.layer == self.sites.n_layers - 1 for p in intervention)
         floor = base.prompt_len - 1 if final_only else 0
         fed = base.ids.shape[1]  # the last target token is never fed, so a patch there is inert
-        intervention = tuple(
-            Patch(p.site, p.layer, tuple(q for q in p.positions if floor <= q < fed), p.units, p.from_base)
-            for p in intervention
-        )
+        intervention = tuple(replace(p, positions=tuple(q for q in p.positions if floor <= q < fed))
+                             for p in intervention)
         start_pos = math.inf
         for p in intervention:
-            if p.from_base or not p.positions:
+            if p.value_from == FROZEN_BASE or not p.positions:
                 continue
-            src = self._values(source, p, [q + offset for q in p.positions])
+            src = self._patch_values(p, base, source, p.positions)
             same = (src == self._values(base, p, p.positions)).flatten(1).all(dim=1)
             changed = [q for q, s in zip(p.positions, same.tolist()) if not s]
             if changed:
@@ -295,10 +305,7 @@ class MediationEngine:
         if start_pos is math.inf:
             return None
         start_pos = int(start_pos)
-        trimmed = tuple(
-            Patch(p.site, p.layer, tuple(q for q in p.positions if q >= start_pos), p.units, p.from_base)
-            for p in intervention
-        )
+        trimmed = tuple(replace(p, positions=tuple(q for q in p.positions if q >= start_pos)) for p in intervention)
         trimmed = tuple(p for p in trimmed if p.positions)
         start_layer = min(p.layer + 1 if p.site == "residual" else p.layer for p in trimmed)
         return _Planned(index, trimmed, start_pos, start_layer)
@@ -375,7 +382,7 @@ class MediationEngine:
         position, when some rows patch only a few final-layer neurons (see _NeuronHead)."""
         final = self.sites.n_layers - 1
         units = [plan.patches[0].units if len(plan.patches) == 1 and plan.patches[0].site == "neuron"
-                 and plan.patches[0].layer == final and not plan.patches[0].from_base else None for plan in batch]
+                 and plan.patches[0].layer == final and plan.patches[0].value_from != FROZEN_BASE else None for plan in batch]
         if not any(u is not None and len(u) <= _NeuronHead.MAX_UNITS for u in units):
             return None
         if self._neuron_head is False:
@@ -392,7 +399,6 @@ class MediationEngine:
         stop = self._stop(base, batch, reuse)
         rows = len(batch)
         ids = base.ids[:, start_pos:stop].expand(rows, -1)
-        offset = self._offset(base, source)
 
         # Gather every patch into per-site index lists so one hook serves the whole batch.
         dense: dict[tuple[str, int], list] = defaultdict(lambda: [[], [], []])
@@ -402,8 +408,7 @@ class MediationEngine:
                 positions = [q for q in p.positions if start_pos <= q < stop]
                 if not positions:
                     continue
-                run = base if p.from_base else source
-                values = self._values(run, p, [q + (0 if p.from_base else offset) for q in positions])
+                values = self._patch_values(p, base, source, positions)
                 local = [q - start_pos for q in positions]
                 if p.units is None:
                     slot = dense[(p.site, p.layer)]

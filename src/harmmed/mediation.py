@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .constants import METRICS
-from .engine import Intervention, MediationEngine, Patch, Run
+from .engine import FROZEN_BASE, Intervention, MediationEngine, Patch, Run
 from .prompts import EncodedPair
 
 
@@ -87,7 +87,7 @@ def severed_cells(pair: EncodedPair, n_layers: int, positions: str) -> list[tupl
     for severed in ("none", "mlp", "attn"):
         for layer in range(-1, n_layers):
             frozen = () if severed == "none" else tuple(
-                Patch(severed, k, everywhere, from_base=True) for k in range(layer + 1, n_layers)
+                Patch(severed, k, everywhere, value_from=FROZEN_BASE) for k in range(layer + 1, n_layers)
             )
             cells.append((Cell("NIE", "residual", layer, 1, positions, severed),
                           (Patch("residual", layer, patched), *frozen)))

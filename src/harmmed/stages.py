@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .constants import GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS
+from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS,
+                        UNIT_SITES)
 from .prompts import PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
 from .storage import (atomic_path, load_engine, model_spec, read_json, read_jsonl, read_manifest, read_table,
                       write_json, write_table)
@@ -244,7 +245,7 @@ def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
         engine, pair, runs, plan, every_layer_blocks=i < plan.block_pairs), "neuron")
     frame = pd.DataFrame(rows, columns=NEURON_COLUMNS)
-    ranking = pd.concat([neuron.rank_units(frame, site, n_layers - 1) for site in ("neuron", "heads")],
+    ranking = pd.concat([neuron.rank_units(frame, site, n_layers - 1) for site in UNIT_SITES],
                         ignore_index=True)
     grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
     sparsity = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
@@ -271,11 +272,11 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
     rng = np.random.default_rng(settings["seed"])
     unit_sets = {
         "topk_neuron": [neuron.top_units(ranking, settings["metric"], "neuron", k)],
-        "topk_heads": [neuron.top_units(ranking, settings["metric"], "heads", k)],
+        "topk_attn_dims": [neuron.top_units(ranking, settings["metric"], "attn_dims", k)],
         "random_neuron": [sorted(rng.choice(engine.sites.d_mlp, k, replace=False).tolist())
                           for _ in range(settings["random_draws"])],
     }
-    means = neuron.benign_means(engine, discovery, ("neuron", "heads"), final)
+    means = neuron.benign_means(engine, discovery, UNIT_SITES, final)
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.gating_rows(
         engine, pair, runs, unit_sets, means), "gating")
     write_table(rows, GATING_COLUMNS, gating_csv)
