@@ -184,8 +184,9 @@ def fetch_public_datasets(cfg: dict, raw_dir: str | Path, pairs_csv: str | Path)
 
 # ---------------------------------------------------------------- figures and claims
 def _boot(cfg: dict) -> dict[str, Any]:
-    effects = cfg["effects"]
-    return dict(n_boot=effects["bootstrap_samples"], ci=effects["ci"], seed=effects["seed"])
+    from .effects import Bootstrap
+
+    return Bootstrap.from_config(cfg).kwargs()
 
 
 def figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
@@ -216,13 +217,14 @@ def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
     """claims.csv and claims.md. ``inputs``: manifest, layer, module, severed, sparsity, gating,
     ranking, probe; ``outputs``: csv, md."""
     from .claims import c3_rows, compute_claims, write_claims
-    from .probe import c4_from_config
+    from .probe import c4_row
 
     manifest = read_manifest(inputs["manifest"])
     thresholds, boot = cfg["claims"]["thresholds"], tuple(_boot(cfg).values())
     c3 = c3_rows(read_table(inputs["sparsity"], ()), read_table(inputs["gating"], ()),
                  pd.read_csv(inputs["ranking"]), int(manifest["d_mlp"]), thresholds, *boot)
-    c4 = pd.DataFrame([c4_from_config(pd.read_csv(inputs["probe"]), manifest, cfg)])
+    c4 = pd.DataFrame([c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
+                              float(thresholds["C4_probe_depth"]), *boot)])
     table = compute_claims(read_table(inputs["layer"]), read_table(inputs["module"]), read_table(inputs["severed"]),
                            manifest, thresholds, *boot, extra_rows=pd.concat([c3, c4], ignore_index=True))
     with atomic_path(outputs["csv"]) as tmp_csv, atomic_path(outputs["md"]) as tmp_md:
