@@ -12,7 +12,7 @@ from harmmed.attribution import unit_estimates, unit_gradients
 from harmmed.engine import MediationEngine, Patch, Run
 from harmmed.hooks import HookSet
 from harmmed.mediation import position_sets
-from harmmed.metrics import METRICS
+from harmmed.constants import METRICS
 from harmmed.neuron import NeuronPlan, pair_neuron_rows
 from harmmed.prompts import EncodedPair
 from harmmed.screen import (PositionSet, ScreenSettings, best_block, chosen_units, discovery_ranking,
@@ -134,7 +134,7 @@ def test_verification_rows_are_the_engines_rows(verified):
     table = screen_table([screen], {pair.pair_id: sets})
     checked = table[table["verified"] != ""]
     # the final layer: every unit, equal to the neuron stage's ordinary single-unit rows
-    plan = NeuronPlan(layers=[final], block_size=16, block_pairs=0, heads=False)
+    plan = NeuronPlan(layers=[final], block_size=16, block_pairs=0, attn_dims=False)
     neuron = pd.DataFrame(pair_neuron_rows(engine, pair, runs, plan, every_layer_blocks=False))
     singles = neuron[(neuron["block"] == "") & (neuron["layer"] == final)]
     ours = checked[(checked["layer"] == final) & (checked["positions"] == "all")]

@@ -25,7 +25,8 @@ import torch
 
 from .engine import MediationEngine, Run
 from .hooks import HookSet
-from .metrics import METRICS, outcome_metrics, target_logprobs
+from .constants import METRICS
+from .metrics import outcome_metrics, target_logprobs
 
 
 @contextmanager
@@ -55,7 +56,8 @@ def unit_gradients(engine: MediationEngine, base: Run, metrics: Sequence[str] = 
     grads: dict[str, torch.Tensor] = {}
     with torch.enable_grad(), _frozen_parameters(model), HookSet() as hooks:
         for layer, offset in enumerate(offsets):
-            hooks.on_input(sites.down_proj(layer), lambda x, _o=offset: x + _o.to(x.dtype))
+            module, side = sites.hook_point("neuron", layer)  # the engine's neuron site
+            (hooks.on_input if side == "input" else hooks.on_output)(module, lambda x, _o=offset: x + _o.to(x.dtype))
         logits = model(input_ids=ids, use_cache=False, logits_to_keep=base.n_target).logits
         y = outcome_metrics(logits[:, 0], target_logprobs(logits, target), engine.refusal_ids)
         for i, metric in enumerate(metrics):

@@ -20,9 +20,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from .attribution import unit_estimates, unit_gradients
+from .constants import METRICS
 from .engine import MediationEngine, Patch, Run
 from .mediation import clean_runs, position_sets
-from .metrics import METRICS
+from .neuron import sweep_pairs
 from .prompts import EncodedPair
 
 SCREEN_COLUMNS = ["pair_id", "metric", "layer", "unit", "positions", "estimate", "exact", "verified"]
@@ -150,6 +151,12 @@ def screen_pairs(engine: MediationEngine, pairs: Sequence[EncodedPair], settings
     return screens, sets_of
 
 
+def outcome_table(screens: Sequence[PairScreen]) -> pd.DataFrame:
+    """Each screened pair's clean outcomes per metric (the report's y_benign, y_harmful)."""
+    return pd.DataFrame([{"pair_id": s.pair.pair_id, "metric": m, "y_benign": s.y_benign[m],
+                          "y_harmful": s.y_harmful[m]} for s in screens for m in METRICS])
+
+
 def screen_table(screens: Sequence[PairScreen], sets_of: Mapping[str, list[PositionSet]]) -> pd.DataFrame:
     """One row per (pair, metric, layer, unit, positions) in SCREEN_COLUMNS, in a fixed order."""
     parts = []
@@ -253,3 +260,9 @@ def heldout_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Ru
                 "y_harmful": harmful.y[metric], "y_patched": float(y[m_index]), "effect": effect, "te": te,
                 "share": effect / te if abs(te) >= settings.min_abs_te else np.nan})
     return rows
+
+
+def heldout_sweep(engine: MediationEngine, pairs: Sequence[EncodedPair], selections: list[Selection],
+                  settings: ScreenSettings) -> list[dict]:
+    return sweep_pairs(engine, list(pairs), lambda i, pair, runs: heldout_rows(engine, pair, runs, selections,
+                                                                               settings), "held-out")

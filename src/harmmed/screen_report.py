@@ -6,8 +6,12 @@ report and the figures can be rebuilt from the result files alone.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from .storage import read_table
 
 REPORT_COLUMNS = ["pair_id", "metric", "positions", "layer", "y_benign", "y_harmful", "te", "n_units",
                   "n_verified", "n_random", "spearman", "precision_at_k", "topk_share", "max_abs_error"]
@@ -76,6 +80,13 @@ def layer_report(screen: pd.DataFrame, outcomes: pd.DataFrame, k: int, n_layers:
     return report[REPORT_COLUMNS]
 
 
+def read_screen(path: str | Path) -> pd.DataFrame:
+    """screen.csv with ``exact`` as floats (NaN where not verified) and ``verified`` as text."""
+    screen = read_table(path, ("pair_id", "positions", "verified"))
+    screen["exact"] = pd.to_numeric(screen["exact"].replace("", np.nan))
+    return screen
+
+
 def pair_outcomes(report: pd.DataFrame) -> pd.DataFrame:
     """(pair_id, metric, y_benign, y_harmful) of every screened pair, from the report."""
     return report.drop_duplicates(["pair_id", "metric"])[["pair_id", "metric", "y_benign", "y_harmful"]]
@@ -84,7 +95,8 @@ def pair_outcomes(report: pd.DataFrame) -> pd.DataFrame:
 def heldout_summary(heldout: pd.DataFrame) -> pd.DataFrame:
     """Mean and sd over held-out pairs of the TE share of each (metric, layer, selection, k);
     random draws are pooled. Pairs whose |TE| is too small carry no share and are left out."""
-    valid = heldout[np.isfinite(heldout["share"].astype(float))]
+    share = pd.to_numeric(heldout["share"].replace("", np.nan))
+    valid = heldout.assign(share=share)[np.isfinite(share)]
     grouped = valid.groupby(["metric", "layer", "selection", "k"], sort=True)
     out = grouped.agg(n_pairs=("pair_id", "nunique"), mean_share=("share", "mean"),
                       sd_share=("share", lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else np.nan))

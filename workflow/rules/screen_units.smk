@@ -1,6 +1,3 @@
-SCREEN_FIGURES = ["screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"]
-
-
 rule screen_units:
     """Attribution estimates of every MLP unit at every layer (one backward pass per pair and
     metric), verified exactly at every layer (top-K, a random sample, the whole final layer),
