@@ -44,26 +44,28 @@ def plot_screen_scatter(screen: pd.DataFrame, manifest: Mapping[str, Any], out: 
             rho = spearman(rows["estimate"].to_numpy(), rows["exact"].to_numpy())
             finish_axes(ax, f"[{metric}] layers {band[0]}-{band[-1]}: rho {rho:.2f}", "attribution estimate",
                         xlabel="exact NIE")
+    fig.subplots_adjust(top=1 - 0.8 / fig.get_figheight())  # room for the title above the panel titles
     fig.suptitle(f"{model_name(manifest)}: unit screen against exact patching ({len(verified)} verified rows)")
     return save_figure(fig, out)
 
 
 def rank_grid(screen: pd.DataFrame, metric: str, positions: str, n_layers: int) -> np.ndarray:
-    """(n_layers, d_mlp): each layer's mean estimate over pairs in units of the mean TE,
-    sorted descending (rank 1 first)."""
+    """(n_layers, d_mlp): each layer's mean estimate over pairs, sorted by magnitude (rank 1 =
+    the largest |estimate|), signs kept, so a log rank axis shows both directions' top units."""
     rows = select(screen, metric=metric, positions=positions)
     mean = rows.groupby(["layer", "unit"], sort=True)["estimate"].mean().unstack("unit")
     grid = np.full((n_layers, mean.shape[1]), np.nan)
     for layer, values in mean.iterrows():
-        grid[int(layer)] = -np.sort(-values.to_numpy())
+        values = values.to_numpy()
+        grid[int(layer)] = values[np.lexsort((np.arange(len(values)), -np.abs(values)))]
     return grid
 
 
 @styled
 def plot_screen_heatmap(screen: pd.DataFrame, outcomes: pd.DataFrame, manifest: Mapping[str, Any],
                         positions: str, out: str | Path) -> list[Path]:
-    """Layer x unit-rank heatmap of the per-unit NIE estimate / TE: where in depth a few units
-    carry a lot (a bright left edge) and where the effect is spread thin."""
+    """Layer x unit-rank heatmap of the per-unit NIE estimate / TE, units ranked by magnitude:
+    where in depth a few units carry a lot (a dark left edge) and where the effect is spread thin."""
     metrics = metrics_in(screen)
     n_layers = int(manifest["n_layers"])
     fig, axes = new_figure(len(metrics), width=5.4, height=4.2)
@@ -78,9 +80,9 @@ def plot_screen_heatmap(screen: pd.DataFrame, outcomes: pd.DataFrame, manifest: 
                              norm=Normalize(-vmax or -1.0, vmax or 1.0), shading="flat", rasterized=True)
         ax.set_xscale("log")
         ax.grid(False)
-        fig.colorbar(mesh, ax=ax, label="estimated NIE / mean TE")
-        ax.set_title(f"{model_name(manifest)} [{metric}, {positions}]: units sorted per layer")
-        ax.set_xlabel("unit rank within its layer (by estimate)")
+        fig.colorbar(mesh, ax=ax, label="estimated NIE / mean TE", format="%.2g")
+        ax.set_title(f"{model_name(manifest)} [{metric}, {positions}]")
+        ax.set_xlabel("unit rank within its layer (by |estimate|)")
         ax.set_ylabel("layer")
     return save_figure(fig, out)
 
