@@ -14,6 +14,11 @@ configfile: "config/config.yaml"
 
 config.update(validate_config(config))
 
+if not workflow.non_local_exec:  # a cluster's GPUs are on its nodes, not where this runs
+    from harmmed.provenance import check_config_devices
+
+    check_config_devices(config)
+
 MODELS = [m["name"] for m in config["models"]]
 
 
@@ -32,11 +37,13 @@ include: "workflow/rules/probe.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/claims.smk"
+include: "workflow/rules/verify.smk"
 
 
 rule all:
     input:
         results("claims.csv"),
+        results("provenance.json"),
         expand("figures/{model}/claims.md", model=MODELS),
         expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES + NEURON_FIGURES + [
             "token_heatmap_harm", "token_heatmap_refusal", "probe_accuracy", "generation_rates"]),

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .prompts import PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
+from .prompts import DROPPED_COLUMNS, PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
 
 if TYPE_CHECKING:  # model stages import torch lazily, so figure/claims jobs run without it
     from .engine import MediationEngine
@@ -86,12 +86,17 @@ def download_model(cfg: dict, name: str, models_dir: str | Path, manifest_path: 
 
 
 def load_for_stage(cfg: dict, manifest: dict, threads: int):
+    """Load the manifest's model, after checking that the device exists and that the weights are
+    still the bytes the manifest records (so no table mixes two sets of weights)."""
     import torch
 
     from .models import load_model
+    from .provenance import check_device, check_weights
 
-    torch.set_num_threads(max(1, threads))
     spec = model_spec(cfg, manifest["name"])
+    check_device(spec["device"], f"models[{manifest['name']}].device")
+    check_weights(manifest)
+    torch.set_num_threads(max(1, threads))
     return load_model(manifest["path"], spec["dtype"], spec["device"], spec.get("trust_remote_code", False))
 
 
@@ -103,17 +108,17 @@ def prepare_prompts(cfg: dict, manifest: dict, pairs_file: str | Path, inputs_pa
 
     prompts = cfg["prompts"]
     rows = read_pairs(pairs_file)
-    tokenizer = AutoTokenizer.from_pretrained(manifest["path"])
+    tokenizer = AutoTokenizer.from_pretrained(manifest["path"])  # tokenizer files only: no weights to check
     split_of = split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"])
     kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of)
-    log.info("prompt pairs: %d read, %d kept, %d dropped as not token-aligned under %s",
+    log.info("prompt pairs: %d read, %d kept, %d dropped (not token-aligned or identical ids) under %s",
              len(rows), len(kept), len(dropped), manifest["name"])
     if not kept:
         raise ValueError(f"{pairs_file}: no pair is token-aligned under {manifest['name']}'s tokenizer")
     with atomic_path(inputs_path) as tmp:
         write_inputs(kept, tmp)
     with atomic_path(dropped_path) as tmp:
-        pd.DataFrame(dropped, columns=["pair_id", "harmful_tokens", "benign_tokens"]).to_csv(
+        pd.DataFrame(dropped, columns=list(DROPPED_COLUMNS)).to_csv(
             tmp, index=False, lineterminator="\n")
     return len(kept), len(dropped)
 
@@ -373,3 +378,104 @@ def neuron_figures(cfg: dict, manifest_path: str, neuron_csv: str, ranking_csv: 
     plotting.plot_sparsity(pd.read_csv(sparsity_csv, keep_default_na=False), manifest, out_dir / "sparsity", **boot)
     plotting.plot_block_vs_sum(neuron_df, manifest, out_dir / "block_vs_sum")
     plotting.plot_gating(pd.read_csv(gating_csv, keep_default_na=False), manifest, out_dir / "gating", **boot)
+
+
+# ---------------------------------------------------------------- provenance, verification, bundles
+def provenance(cfg: dict, manifest_path: str, pairs_file: str, dataset_files: list[str], result_files: list[str],
+               repo: str | Path, threads: int | None, out: str | Path) -> None:
+    """results/<model>/provenance.json: the code, config, machine, weights and every file's sha256."""
+    from .provenance import build_provenance
+
+    record = build_provenance(cfg, _read_json(manifest_path), [pairs_file, *dataset_files], result_files, repo, threads)
+    record["pairs_file"] = pairs_file
+    write_json(record, out)
+
+
+def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, verification_md: str | Path,
+           threads: int = 1) -> None:
+    """Recompute sampled rows with the reference patcher and check every recorded digest, the
+    input encoding and the claims table; write the report, then fail if anything failed."""
+    from . import verify as checks_of
+    from .provenance import weights_digest
+
+    results = Path(results_dir)
+    record = checks_of.read_provenance(results / "provenance.json")
+    recorded_cfg, manifest = record["config"], _read_json(results / "manifest.json")
+    digest = weights_digest(manifest["path"])
+    checks = checks_of.file_checks(record, results, manifest, digest)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
+        checks.append(checks_of.same_bytes("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
+                                           tmp / "inputs.jsonl"))
+        names = ("layer", "module", "severed", "sparsity", "gating", "neuron_ranking", "probe")
+        claims(recorded_cfg, str(results / "manifest.json"), *[str(results / f"{n}.csv") for n in names],
+               tmp / "claims.csv", tmp / "claims.md")
+        checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
+                                           tmp / "claims.csv"))
+    rows = []
+    if digest == manifest["sha256"] == record["weights"]["sha256"]:  # other weights cannot reproduce a row
+        rows = checks_of.verify_rows(results, _recomputer(cfg, recorded_cfg, manifest, results, threads),
+                                     cfg["verify"]["n_rows"], cfg["verify"]["seed"])
+    summary = checks_of.table_summary(rows, cfg["verify"]["tolerance"])
+    with atomic_path(verification_csv) as tmp_csv, atomic_path(verification_md) as tmp_md:
+        text = checks_of.write_report(rows, summary, checks, cfg["verify"]["tolerance"], manifest["name"],
+                                      tmp_csv, tmp_md)
+    log.info("verification:\n%s", text)
+    failed = checks_of.failures(summary, checks)
+    if failed:
+        raise checks_of.VerificationFailed(f"verification of {results} failed: {', '.join(failed)} (see the log)")
+
+
+def _recomputer(cfg: dict, recorded_cfg: dict, manifest: dict, results: Path, threads: int):
+    """The reference patcher on this machine's device (this config) in the recorded dtype."""
+    import torch
+
+    from .models import load_model
+    from .provenance import check_device
+    from .reference import ReferencePatcher
+    from .verify import RowRecomputer
+
+    device = model_spec(cfg, manifest["name"])["device"]
+    check_device(device, f"models[{manifest['name']}].device")
+    torch.set_num_threads(max(1, threads))
+    trust = model_spec(recorded_cfg, manifest["name"]).get("trust_remote_code", False)
+    model, _ = load_model(manifest["path"], manifest["dtype"], device, trust)
+    return RowRecomputer(ReferencePatcher(model, manifest["refusal_token_ids"]), read_inputs(results / "inputs.jsonl"),
+                         recorded_cfg, pd.read_csv(results / "neuron_ranking.csv"))
+
+
+def bundle(provenance_path: str | Path, out: str | Path) -> None:
+    """results-<model>-<commit>.tar.gz (+ .sha256): the tables, provenance and claims."""
+    from .bundle import pack
+
+    pack(Path(provenance_path), Path(out))
+
+
+def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
+    """Check and unpack a bundle, then redraw every figure, claims.md and the report from its tables
+    alone (the config is the one its provenance records); no model, no torch. Returns the folder."""
+    from .bundle import unpack, write_report
+    from .generation import generation_figure
+    from .probe import probe_figure
+    from .token import token_figures
+
+    root = unpack(Path(bundle_path), Path(out_dir))
+    for results in sorted((root / "results").iterdir()):
+        record, figs = _read_json(results / "provenance.json"), root / "figures" / results.name
+        cfg, manifest = record["config"], str(results / "manifest.json")
+        table = {name: str(results / name) for name in record["results"]}
+        figures(cfg, manifest, table["layer.csv"], table["module.csv"], table["severed.csv"], table["heatmap.csv"],
+                table["inputs.jsonl"], table["heatmap_tokens.json"], figs)
+        neuron_figures(cfg, manifest, table["neuron.csv"], table["neuron_ranking.csv"], table["sparsity.csv"],
+                       table["gating.csv"], figs)
+        token_figures(manifest, table["token.csv"], table["inputs.jsonl"], figs / "token_heatmap")
+        probe_figure(cfg, manifest, table["probe.csv"], figs / "probe_accuracy")
+        generation_figure(manifest, table["generation_rates.csv"], figs / "generation_rates.png")
+        names = ("layer", "module", "severed", "sparsity", "gating", "neuron_ranking", "probe")
+        claims(cfg, manifest, *[table[f"{n}.csv"] for n in names], figs / "claims.csv", figs / "claims.md")
+        if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
+            raise ValueError(f"{bundle_path}: claims recomputed from the tables differ from {results / 'claims.csv'}")
+        (figs / "claims.csv").unlink()
+        write_report(figs, results.name)
+    return root
