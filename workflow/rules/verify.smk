@@ -85,3 +85,9 @@ rule bundle_all:
     """Every configured model's bundle (make bundle)."""
     input:
         expand(f"results-{{model}}-{COMMIT}.tar.gz", model=MODELS),
+
+
+rule verify_all:
+    """Every configured model's verification (make verify)."""
+    input:
+        expand("results/{model}/verification.csv", model=MODELS),
