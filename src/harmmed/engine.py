@@ -37,11 +37,10 @@ from transformers import DynamicCache
 
 from .arch import Sites, resolve_sites
 from .hooks import HookSet
-from .metrics import METRICS, outcome_metrics, target_logprobs
+from .constants import METRICS, UNIT_SITES
+from .metrics import outcome_metrics, target_logprobs
 
 Site = Literal["residual", "attn", "mlp", "neuron", "heads"]
-SITES: tuple[str, ...] = ("residual", "attn", "mlp", "neuron", "heads")
-UNIT_SITES = ("neuron", "heads")  # sites read at a projection's input: MLP units, attention head dims
 
 
 @dataclass(frozen=True)

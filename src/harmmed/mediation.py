@@ -10,14 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pandas as pd
-
+from .constants import METRICS
 from .engine import Intervention, MediationEngine, Patch, Run
-from .metrics import METRICS
 from .prompts import EncodedPair
-
-ROW_COLUMNS = ["pair_id", "metric", "kind", "site", "layer", "window", "positions",
-               "y_benign", "y_harmful", "y_patched", "effect"]
 
 
 @dataclass(frozen=True)
@@ -120,9 +115,3 @@ def run_cells(engine: MediationEngine, pair: EncodedPair, cells: list[tuple[Cell
                     row["severed"] = cell.severed
                 yield row
 
-
-def write_rows(rows: list[dict], path: str, extra: list[str] | None = None) -> None:
-    """Tidy CSV in a fixed column and row order, so reruns are byte-identical."""
-    columns = ROW_COLUMNS + (extra or [])
-    frame = pd.DataFrame(rows, columns=columns)
-    frame.to_csv(path, index=False, float_format="%.9g", lineterminator="\n")

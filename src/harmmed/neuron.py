@@ -18,16 +18,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from .engine import MediationEngine, Patch, Run
-from .mediation import ROW_COLUMNS, clean_runs, position_sets
-from .metrics import METRICS
+from .constants import METRICS
+from .mediation import clean_runs, position_sets
 from .prompts import EncodedPair
-
-NEURON_COLUMNS = ROW_COLUMNS + ["neuron", "block"]
-SPARSITY_COLUMNS = ["pair_id", "metric", "selection", "draw", "k", "y_benign", "y_harmful", "y_patched",
-                    "effect", "layer_effect"]
-GATING_COLUMNS = ["pair_id", "metric", "intervention", "units", "draw", "k", "y_benign", "y_harmful",
-                  "y_patched", "effect"]
-
 
 def blocks(width: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, width)) for start in range(0, width, size)]
@@ -50,6 +43,18 @@ def _rows(pair: EncodedPair, runs: tuple[Run, Run], labels: list[dict], ys: np.n
                 "effect": float(y[m_index]) - benign.y[metric], **label,
             })
     return rows
+
+
+def final_and_extra_layers(n_layers: int, extra: list[int]) -> list[int]:
+    """The final layer first, then the configured extra layers (negative ones count from the end)."""
+    layers = [n_layers - 1]
+    for layer in extra:
+        resolved = layer % n_layers if -n_layers <= layer < n_layers else None
+        if resolved is None:
+            raise ValueError(f"neuron.extra_layers: layer {layer} outside a {n_layers}-layer model")
+        if resolved not in layers:
+            layers.append(resolved)
+    return layers
 
 
 @dataclass
@@ -204,10 +209,6 @@ def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run
                          "draw": draw, "k": k, "y_benign": benign.y[metric], "y_harmful": harmful.y[metric],
                          "y_patched": float(y[m_index]), "effect": float(y[m_index]) - harmful.y[metric]})
     return rows
-
-
-def write_table(rows: list[dict], columns: list[str], path: str | Path) -> None:
-    pd.DataFrame(rows, columns=columns).to_csv(path, index=False, float_format="%.9g", lineterminator="\n")
 
 
 def sweep_pairs(engine: MediationEngine, pairs: list[EncodedPair], per_pair, desc: str) -> list[dict]:

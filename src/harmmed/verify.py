@@ -22,6 +22,7 @@ from tqdm import tqdm
 from .fetch import sha256_file
 from .prompts import EncodedPair, read_inputs, select_pairs
 from .reference import Edit, ReferencePatcher
+from .storage import write_table
 
 QUANTITIES = ("y_benign", "y_harmful", "y_patched")
 VERIFICATION_COLUMNS = ["table", "row_key", "quantity", "ours", "reference", "abs_diff"]
@@ -45,7 +46,8 @@ class Check:
     detail: str
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_text_table(path: str | Path) -> pd.DataFrame:
+    """Every cell as written (rows are keyed by their labels, compared as floats later)."""
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
@@ -170,7 +172,7 @@ def verify_rows(results: Path, recomputer: RowRecomputer, n_rows: int, seed: int
     """Sample every table and compare each sampled row's outcomes with the reference."""
     planned = []
     for index, (table, (name, site)) in enumerate(TABLES.items()):
-        frame = read_table(results / name)
+        frame = read_text_table(results / name)
         if site is not None:
             frame = frame[frame["site"] == site]
         planned += [(table, row) for _, row in sample_rows(frame, n_rows, seed + index).iterrows()]
@@ -219,8 +221,7 @@ def same_bytes(name: str, ours: Path, recomputed: Path) -> Check:
 def write_report(rows: list[dict], summary: list[dict], checks: list[Check], tolerance: float, model: str,
                  csv_path: Path, md_path: Path) -> str:
     """verification.csv and verification.md; returns the Markdown."""
-    pd.DataFrame(rows, columns=VERIFICATION_COLUMNS).to_csv(csv_path, index=False, float_format="%.9g",
-                                                            lineterminator="\n")
+    write_table(rows, VERIFICATION_COLUMNS, csv_path)
     lines = [f"# Verification: {model}", "",
              f"Rows recomputed by the reference implementation (harmmed.reference); tolerance {tolerance:g}.", "",
              "| table | rows checked | max abs diff | verdict |", "| --- | ---: | ---: | --- |"]
