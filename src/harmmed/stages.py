@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -412,10 +413,10 @@ def _result_paths(results: Path) -> dict[str, str]:
 def provenance(cfg: dict, manifest: ManifestSource, pairs_file: str, dataset_files: list[str],
                result_files: list[str], repo: str | Path, threads: int | None, out: str | Path) -> None:
     """results/<model>/provenance.json: the code, config, machine, weights and every file's sha256."""
-    from .provenance import build_provenance
+    from .provenance import build_provenance, portable_path
 
     record = build_provenance(cfg, read_manifest(manifest), [pairs_file, *dataset_files], result_files, repo, threads)
-    record["pairs_file"] = str(pairs_file)
+    record["pairs_file"] = portable_path(pairs_file)
     write_json(record, out)
 
 
@@ -440,10 +441,11 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
         checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
                                            tmp / "claims.csv"))
     rows = []
-    if digest == manifest["sha256"] == record["weights"]["sha256"]:  # other weights cannot reproduce a row
+    ran = digest == manifest["sha256"] == record["weights"]["sha256"]  # other weights cannot reproduce a row
+    if ran:
         rows = checks_of.verify_rows(results, _recomputer(cfg, recorded_cfg, manifest, results, threads),
                                      cfg["verify"]["n_rows"], cfg["verify"]["seed"])
-    summary = checks_of.table_summary(rows, cfg["verify"]["tolerance"])
+    summary = checks_of.table_summary(rows, cfg["verify"]["tolerance"], results, ran)
     with atomic_path(verification_csv) as tmp_csv, atomic_path(verification_md) as tmp_md:
         text = checks_of.write_report(rows, summary, checks, cfg["verify"]["tolerance"], manifest["name"],
                                       tmp_csv, tmp_md)

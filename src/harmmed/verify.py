@@ -186,15 +186,19 @@ def verify_rows(results: Path, recomputer: RowRecomputer, n_rows: int, seed: int
     return out
 
 
-def table_summary(rows: list[dict], tolerance: float) -> list[dict]:
+def table_summary(rows: list[dict], tolerance: float, results: Path, ran: bool) -> list[dict]:
+    """Per table: rows checked, max |diff| and a verdict: PASS, FAIL, EMPTY (the table has no rows,
+    e.g. heatmaps of unpaired prompts) or NOT RUN (the rows were not recomputed: other weights)."""
     frame = pd.DataFrame(rows, columns=VERIFICATION_COLUMNS)
     out = []
-    for table in TABLES:
+    for table, (name, site) in TABLES.items():
         part = frame[frame["table"] == table]
         worst = float(part["abs_diff"].max()) if len(part) else float("nan")
-        checked = part["row_key"].nunique()
-        out.append({"table": table, "rows": checked, "max_abs_diff": worst,
-                    "passed": bool(checked) and worst <= tolerance})
+        written = read_text_table(results / name)
+        empty = not len(written if site is None else written[written["site"] == site])
+        verdict = "NOT RUN" if not ran else "EMPTY" if empty else "PASS" if worst <= tolerance else "FAIL"
+        out.append({"table": table, "rows": part["row_key"].nunique(), "max_abs_diff": worst, "verdict": verdict,
+                    "passed": verdict in ("PASS", "EMPTY")})
     return out
 
 
@@ -225,11 +229,10 @@ def write_report(rows: list[dict], summary: list[dict], checks: list[Check], tol
     lines = [f"# Verification: {model}", "",
              f"Rows recomputed by the reference implementation (harmmed.reference); tolerance {tolerance:g}.", "",
              "| table | rows checked | max abs diff | verdict |", "| --- | ---: | ---: | --- |"]
-    lines += [f"| {s['table']} | {s['rows']} | {s['max_abs_diff']:.3g} | {'PASS' if s['passed'] else 'FAIL'} |"
-              for s in summary]
+    lines += [f"| {s['table']} | {s['rows']} | {s['max_abs_diff']:.3g} | {s['verdict']} |" for s in summary]
     lines += ["", "| check | verdict | detail |", "| --- | --- | --- |"]
     lines += [f"| {c.name} | {'PASS' if c.passed else 'FAIL'} | {c.detail} |" for c in checks]
-    failed = [s["table"] for s in summary if not s["passed"]] + [c.name for c in checks if not c.passed]
+    failed = failures(summary, checks)
     lines += ["", f"**{'FAIL: ' + ', '.join(failed) if failed else 'PASS'}**", ""]
     text = "\n".join(lines)
     md_path.write_text(text, encoding="utf-8")
