@@ -338,7 +338,7 @@ def generate_and_judge(cfg: dict, manifest: dict, inputs_path: str | Path, gatin
     from .stages import _engine, atomic_path
 
     gen = cfg["generation"]
-    pairs = select_pairs(read_inputs(inputs_path), gen["split"], gen["max_prompts"])
+    pairs = select_pairs(read_inputs(inputs_path), gen["split"], gen["max_prompts"], "generation.split")
     if not pairs:
         raise ValueError(f"{inputs_path}: no pairs in split {gen['split']!r} to generate from")
     conditions = conditions_from_gating(read_gating(gating_json))

@@ -156,7 +156,7 @@ def run_probe(cfg: dict, manifest: dict, inputs_path: str | Path, out_csv: str |
 
     probe = cfg["probe"]
     engine, _ = _engine(cfg, manifest, threads)
-    pairs = select_pairs(read_inputs(inputs_path), probe["split"], probe["max_pairs"])
+    pairs = select_pairs(read_inputs(inputs_path), probe["split"], probe["max_pairs"], "probe.split")
     features, labels, groups = probe_features(engine, pairs)
     df = probe_accuracy_by_layer(features, labels, groups, probe["folds"], probe["C"], probe["seed"],
                                  threads)

@@ -105,7 +105,8 @@ def prepare_prompts(cfg: dict, manifest: dict, pairs_file: str | Path, inputs_pa
     rows = read_pairs(pairs_file)
     tokenizer = AutoTokenizer.from_pretrained(manifest["path"])
     split_of = split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"])
-    kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of)
+    kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of, cfg["noise"],
+                                 request_span=prompts["public"]["enabled"])
     log.info("prompt pairs: %d read, %d kept, %d dropped as not token-aligned under %s",
              len(rows), len(kept), len(dropped), manifest["name"])
     if not kept:
@@ -130,7 +131,7 @@ def _engine(cfg: dict, manifest: dict, threads: int) -> tuple[MediationEngine, o
 
 def _pairs(cfg: dict, inputs_path: str | Path) -> list[EncodedPair]:
     med = cfg["mediation"]
-    return select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"])
+    return select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split")
 
 
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
@@ -198,7 +199,7 @@ def mediate_heatmap(cfg: dict, manifest: dict, inputs_path: str | Path, heatmap_
     log.info("engine stats: %s", engine.stats)
 
 
-def _heatmap_pairs(cfg: dict) -> int:
+def _heatmap_pairs(cfg: dict) -> int:  # noise mode corrupts the harmful prompt itself: positions align
     return 0 if cfg["prompts"]["mode"] == "unpaired" else cfg["mediation"]["heatmap"]["n_pairs"]
 
 
@@ -233,7 +234,8 @@ def fetch_public_datasets(cfg: dict, raw_dir: str | Path, pairs_csv: str | Path)
     benign = [p for name in public["benign"] for p in load_prompts(name, paths[name])]
     pairs = build_unpaired_pairs(harmful, benign, public["n_pairs"], public["seed"])
     with atomic_path(pairs_csv) as tmp:
-        pd.DataFrame(pairs, columns=list(PAIR_COLUMNS)).to_csv(tmp, index=False, lineterminator="\n")
+        pd.DataFrame(pairs, columns=[*PAIR_COLUMNS, "harmful_target_source"]).to_csv(
+            tmp, index=False, lineterminator="\n")
     log.info("unpaired pairs: %d sampled from %s", len(pairs), ", ".join(names))
     return len(pairs)
 
@@ -311,7 +313,7 @@ def mediate_neuron(cfg: dict, manifest: dict, inputs_path: str | Path, neuron_cs
     settings = cfg["neuron"]
     engine, _ = _engine(cfg, manifest, threads)
     n_layers = engine.sites.n_layers
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
     plan = neuron.NeuronPlan(_final_and_extra_layers(n_layers, settings["extra_layers"]),
                              settings["block_size"], settings["block_max_pairs"] or len(pairs))
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
@@ -340,8 +342,8 @@ def gating(cfg: dict, manifest: dict, inputs_path: str | Path, ranking_csv: str 
     engine, _ = _engine(cfg, manifest, threads)
     final = engine.sites.n_layers - 1
     all_pairs = read_inputs(inputs_path)
-    pairs = select_pairs(all_pairs, settings["split"], settings["max_pairs"])
-    discovery = select_pairs(all_pairs, cfg["neuron"]["split"], cfg["neuron"]["max_pairs"])
+    pairs = select_pairs(all_pairs, settings["split"], settings["max_pairs"], "gating.split")
+    discovery = select_pairs(all_pairs, cfg["neuron"]["split"], cfg["neuron"]["max_pairs"], "neuron.split")
     ranking = pd.read_csv(ranking_csv)
     k = settings["top_k"]
     rng = np.random.default_rng(settings["seed"])
