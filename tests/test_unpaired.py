@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from harmmed import mediation, neuron
-from harmmed.engine import SITES, MediationEngine, Patch
+from harmmed.constants import SITES, SPARSITY_COLUMNS, UNIT_SITES
+from harmmed.engine import FROZEN_BASE, SOURCE_RUN, MediationEngine, Patch
 from harmmed.prompts import EncodedPair, select_pairs, split_pairs
 from tiny import FAMILIES, save_tiny_model, tiny_model
 
@@ -88,8 +89,8 @@ def random_interventions(rng: np.random.Generator, engine: MediationEngine, base
             count = int(rng.integers(1, 4))
             positions = tuple(sorted(set(rng.integers(first, fed, count).tolist())))
             width = engine.sites.d_mlp if site == "neuron" else engine.sites.d_model
-            units = tuple(sorted(set(rng.integers(0, width, 3).tolist()))) if site in ("neuron", "heads") and i % 3 else None
-            patches.append(Patch(site, layer, positions, units, from_base=bool(i % 5 == 4)))
+            units = tuple(sorted(set(rng.integers(0, width, 3).tolist()))) if site in UNIT_SITES and i % 3 else None
+            patches.append(Patch(site, layer, positions, units, FROZEN_BASE if i % 5 == 4 else SOURCE_RUN))
         out.append(tuple(patches))
     return out
 
@@ -126,7 +127,7 @@ def test_severed_paths_freeze_every_token_fed_to_the_benign_base(llama):
     cells = mediation.severed_cells(pair, n_layers, "post")
     fed = tuple(range(12 + len(TARGET) - 1))
     frozen = [p for _, iv in cells for p in iv[1:]]
-    assert frozen and all(p.positions == fed and p.from_base for p in frozen)
+    assert frozen and all(p.positions == fed and p.value_from == FROZEN_BASE for p in frozen)
     runs = mediation.clean_runs(llama, pair)
     rows = pd.DataFrame(mediation.run_cells(llama, pair, cells, runs))
     layer_rows = pd.DataFrame(mediation.run_cells(llama, pair, mediation.layer_cells(pair, n_layers, ["post"]), runs))
@@ -142,7 +143,7 @@ def test_neuron_sweep_patches_the_benign_last_token_when_harmful_is_shorter(llam
     pair = make_pair(12, 15)
     final = llama.sites.n_layers - 1
     runs = mediation.clean_runs(llama, pair)
-    plan = neuron.NeuronPlan([final], block_size=16, block_pairs=1, heads=False)
+    plan = neuron.NeuronPlan([final], block_size=16, block_pairs=1, attn_dims=False)
     frame = pd.DataFrame(neuron.pair_neuron_rows(llama, pair, runs, plan, every_layer_blocks=True))
     assert set(frame["positions"]) == {"post"}
     whole = frame[(frame["layer"] == final) & (frame["block"] == f"0:{llama.sites.d_mlp}")].set_index("metric")
@@ -188,7 +189,7 @@ def test_sparsity_figure_says_why_when_every_effect_is_zero(tmp_path):
     rows = [dict(pair_id=p, metric=m, selection=s, draw=d, k=k, y_benign=1.0, y_harmful=1.0, y_patched=1.0,
                  effect=0.0, layer_effect=0.0)
             for p in "ab" for m in ("harm", "refusal") for s, d in (("top", ""), ("random", 0)) for k in (1, 2)]
-    written = plotting.plot_sparsity(pd.DataFrame(rows, columns=neuron.SPARSITY_COLUMNS),
+    written = plotting.plot_sparsity(pd.DataFrame(rows, columns=SPARSITY_COLUMNS),
                                      {"name": "tiny", "d_mlp": 4, "n_layers": 2}, tmp_path / "sparsity")
     assert written and all(p.stat().st_size > 1000 for p in written)
 
