@@ -3,7 +3,11 @@
 
 import os
 
+from snakemake.utils import min_version
+
 from harmmed.config import validate_config
+
+min_version("8.0")
 
 # Jobs (including those in per-stage conda envs) import the package from this checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -19,13 +23,10 @@ if not workflow.non_local_exec:  # a cluster's GPUs are on its nodes, not where 
 
     check_config_devices(config)
 
-MODELS = [m["name"] for m in config["models"]]
+report: "workflow/report/workflow.rst"
 
 
-def results(path):
-    return expand(f"results/{{model}}/{path}", model=MODELS)
-
-
+include: "workflow/rules/common.smk"
 include: "workflow/rules/download_model.smk"
 include: "workflow/rules/prepare_prompts.smk"
 include: "workflow/rules/mediate_layer.smk"

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from harmmed.engine import MediationEngine, Patch
+from harmmed.engine import FROZEN_BASE, Given, MediationEngine, Patch
 from harmmed.metrics import METRICS
-from harmmed.neuron import with_values
 from harmmed.reference import Edit, ReferencePatcher
 from tiny import FAMILIES, VOCAB, tiny_model
 
@@ -39,15 +38,15 @@ def interventions(n_layers: int, d_mlp: int, d_model: int) -> list[tuple[Patch, 
         (Patch("neuron", final, ALL, (5,)),),
         (Patch("neuron", 1, ALL, tuple(range(8, 24))),),
         (Patch("neuron", final, ALL, None),),
-        (Patch("heads", final, ALL, (2,)),),
-        (Patch("heads", 0, (4, LAST), tuple(range(0, d_model, 3))),),
-        (Patch("residual", 0, ALL), *(Patch("mlp", k, fed, from_base=True) for k in range(1, n_layers))),  # severed
-        (Patch("residual", 1, ALL), *(Patch("attn", k, fed, from_base=True) for k in range(2, n_layers))),
+        (Patch("attn_dims", final, ALL, (2,)),),
+        (Patch("attn_dims", 0, (4, LAST), tuple(range(0, d_model, 3))),),
+        (Patch("residual", 0, ALL), *(Patch("mlp", k, fed, value_from=FROZEN_BASE) for k in range(1, n_layers))),  # severed
+        (Patch("residual", 1, ALL), *(Patch("attn", k, fed, value_from=FROZEN_BASE) for k in range(2, n_layers))),
     ]
 
 
 def as_edits(intervention: tuple[Patch, ...]) -> list[Edit]:
-    return [Edit(p.site, p.layer, p.positions, p.units, frozen=p.from_base) for p in intervention]
+    return [Edit(p.site, p.layer, p.positions, p.units, frozen=p.value_from == FROZEN_BASE) for p in intervention]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -79,15 +78,15 @@ def test_reference_right_aligns_an_unpaired_source_and_takes_given_values(family
     final = engine.sites.n_layers - 1
     base, source = engine.run(LONGER, TARGET), engine.run(HARMFUL, TARGET)
     tail = tuple(range(len(LONGER) - 4, len(LONGER)))  # positions present in both, right-aligned
-    ivs = [(Patch("residual", 1, tail),), (Patch("neuron", final, tail, (1, 7)),), (Patch("heads", 2, tail),)]
+    ivs = [(Patch("residual", 1, tail),), (Patch("neuron", final, tail, (1, 7)),), (Patch("attn_dims", 2, tail),)]
     ours = engine.patch(base, source, ivs)
     theirs = [[reference.patched((LONGER, TARGET), HARMFUL, as_edits(iv))[m] for m in METRICS] for iv in ivs]
     np.testing.assert_allclose(theirs, ours, atol=2e-5, rtol=0)
 
     units, values = [2, 9, 30], np.array([0.5, -1.25, 2.0])
     last = len(LONGER) - 1
-    given = with_values(base, "neuron", final, last, units, values)
-    ours = engine.patch(base, given, [(Patch("neuron", final, (last,), tuple(units)),)])[0]
+    given = Given(tuple(float(v) for v in values))
+    ours = engine.patch(base, source, [(Patch("neuron", final, (last,), tuple(units), given),)])[0]
     theirs = reference.patched((LONGER, TARGET), None, [Edit("neuron", final, (last,), tuple(units),
                                                               values=tuple(values))])
     np.testing.assert_allclose([theirs[m] for m in METRICS], ours, atol=2e-5, rtol=0)

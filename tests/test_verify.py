@@ -17,7 +17,7 @@ from harmmed.config import load_config
 from test_workflow import snakemake, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = ["layer", "module", "heatmap", "severed", "neuron", "neuron_heads", "gating", "token"]
+TABLES = ["layer", "module", "heatmap", "severed", "neuron", "neuron_attn_dims", "gating", "token"]
 NO_TORCH = ("import runpy, sys\n"
             "for name in ('torch', 'transformers', 'safetensors', 'accelerate'):\n"
             "    sys.modules[name] = None  # any import of them now raises ImportError\n"
@@ -61,8 +61,8 @@ def test_verification_passes_on_every_table(verified_run):
     assert counts.to_dict() == {name: 20 for name in TABLES}
     assert set(table["quantity"]) == {"y_benign", "y_harmful", "y_patched"}
     assert table["abs_diff"].max() < 1e-5 and (table["ours"] != 0).all()
-    heads = table[table["table"] == "neuron_heads"]["row_key"]
-    assert heads.str.contains("site=heads").all()
+    dims = table[table["table"] == "neuron_attn_dims"]["row_key"]
+    assert dims.str.contains("site=attn_dims").all()
     report = (workdir / "figures" / "tiny" / "verification.md").read_text()
     assert all(f"| {name} | 20 | " in report for name in TABLES) and report.count("| PASS |") == len(TABLES) + 22
     assert "FAIL" not in report and "**PASS**" in report  # 22 checks: weights, 19 files, encoding, claims

@@ -187,8 +187,8 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
             seen[name] = i
     prompts = cfg.get("prompts") or {}
     mediation = cfg.get("mediation") or {}
-    if (prompts.get("public") or {}).get("enabled") and prompts.get("mode") != "unpaired":
-        problems.append("prompts.mode: public benchmark prompts are not minimal pairs; set mode: unpaired")
+    if (prompts.get("public") or {}).get("enabled") and prompts.get("mode") == "minimal":
+        problems.append("prompts.mode: public benchmark prompts are not minimal pairs; set mode: unpaired or noise")
     overrides = (prompts.get("public") or {}).get("url_overrides") or {}
     if overrides:
         from .public_datasets import SOURCES

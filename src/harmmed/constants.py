@@ -12,10 +12,11 @@ from statistics import NormalDist
 
 METRICS: tuple[str, ...] = ("harm", "refusal")  # outcome metrics, in the engine's output column order
 
-# Mediator sites. ``neuron`` is the MLP down-projection input; ``heads`` single dimensions of the
-# attention output-projection input (read at a projection's input, hence "unit" sites).
-SITES: tuple[str, ...] = ("residual", "attn", "mlp", "neuron", "heads")
-UNIT_SITES: tuple[str, ...] = ("neuron", "heads")
+# Mediator sites. ``neuron`` is the MLP down-projection input; ``attn_dims`` the single dimensions
+# of the attention output-projection input (both read at a projection's input, hence "unit" sites;
+# src/harmmed/arch.py's SITE_HOOKS says which module and side each site is).
+SITES: tuple[str, ...] = ("residual", "attn", "mlp", "neuron", "attn_dims")
+UNIT_SITES: tuple[str, ...] = ("neuron", "attn_dims")
 
 ROW_COLUMNS = ["pair_id", "metric", "kind", "site", "layer", "window", "positions",
                "y_benign", "y_harmful", "y_patched", "effect"]

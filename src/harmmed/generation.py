@@ -174,7 +174,7 @@ def row_interventions(engine: MediationEngine, conditions: Sequence[Condition]) 
 
     with HookSet() as hooks:
         for layer, items in sorted(by_layer.items()):
-            hooks.on_input(engine.sites.down_proj(layer), holder(items))
+            hooks.attach(*engine.sites.hook_point("neuron", layer), holder(items))
         yield
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .engine import MediationEngine, Patch, Run
-from .constants import METRICS
-from .mediation import clean_runs, position_sets
+from .engine import Given, MediationEngine, Patch, Run
+from .constants import METRICS, UNIT_SITES
+from .mediation import clean_runs, joint_positions
 from .prompts import EncodedPair
 
 def blocks(width: int, size: int) -> list[tuple[int, int]]:
@@ -34,11 +34,12 @@ def k_grid(width: int, extra: list[int]) -> list[int]:
 
 def _rows(pair: EncodedPair, runs: tuple[Run, Run], labels: list[dict], ys: np.ndarray, kind: str = "NIE") -> list[dict]:
     harmful, benign = runs
+    positions = joint_positions(pair, kind)[0]
     rows = []
     for label, y in zip(labels, ys):
         for m_index, metric in enumerate(METRICS):
             rows.append({
-                "pair_id": pair.pair_id, "metric": metric, "kind": kind, "window": 1, "positions": "all",
+                "pair_id": pair.pair_id, "metric": metric, "kind": kind, "window": 1, "positions": positions,
                 "y_benign": benign.y[metric], "y_harmful": harmful.y[metric], "y_patched": float(y[m_index]),
                 "effect": float(y[m_index]) - benign.y[metric], **label,
             })
@@ -62,7 +63,7 @@ class NeuronPlan:
     layers: list[int]  # exact per-neuron layers (final first)
     block_size: int
     block_pairs: int  # pairs that get blocks in every layer (all pairs get final-layer blocks)
-    heads: bool = True  # per-dimension sweep of the final attention output-projection input
+    attn_dims: bool = True  # per-dimension sweep of the final attention output-projection input
 
 
 def pair_neuron_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run], plan: NeuronPlan,
@@ -70,7 +71,7 @@ def pair_neuron_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run
     """All single-neuron, block and whole-layer NIE rows of one pair."""
     harmful, benign = runs
     sites = engine.sites
-    everywhere = position_sets(pair)["all"]
+    everywhere = joint_positions(pair, "NIE")[1]
     final = sites.n_layers - 1
     labels: list[dict] = []
     interventions: list[tuple[Patch, ...]] = []
@@ -87,10 +88,10 @@ def pair_neuron_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run
         for start, stop in blocks(sites.d_mlp, plan.block_size):
             add("neuron", layer, tuple(range(start, stop)), "", f"{start}:{stop}")
         add("neuron", layer, None, "", f"0:{sites.d_mlp}")  # the whole MLP layer
-    if plan.heads:
+    if plan.attn_dims:
         for j in range(sites.d_model):
-            add("heads", final, (j,), j, "")
-        add("heads", final, None, "", f"0:{sites.d_model}")
+            add("attn_dims", final, (j,), j, "")
+        add("attn_dims", final, None, "", f"0:{sites.d_model}")
     ys = engine.patch(benign, harmful, interventions, progress=progress)
     return _rows(pair, runs, labels, ys)
 
@@ -125,7 +126,7 @@ def sparsity_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, R
     """Joint NIE of the top-k final-layer neurons (per metric's ranking) and of random k."""
     harmful, benign = runs
     final = engine.sites.n_layers - 1
-    everywhere = position_sets(pair)["all"]
+    everywhere = joint_positions(pair, "NIE")[1]
     rng = np.random.default_rng(seed)
     width = engine.sites.d_mlp
     random_sets = {k: [tuple(sorted(rng.choice(width, k, replace=False).tolist())) for _ in range(draws)] for k in grid}
@@ -156,21 +157,14 @@ def sparsity_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, R
     return rows
 
 
-def with_values(run: Run, site: str, layer: int, position: int, units: list[int], values: np.ndarray) -> Run:
-    """A copy of ``run`` whose units at one position read ``values``: a source to patch from
-    when the replacement is not another prompt's activation (mean ablation)."""
-    acts = dict(run.acts)
-    tensor = acts[(site, layer)].clone()
-    tensor[position, units] = tensor.new_tensor(values)
-    acts[(site, layer)] = tensor
-    return Run(ids=run.ids, prompt_len=run.prompt_len, target_ids=run.target_ids, acts=acts, y=run.y,
-               target_logprobs=run.target_logprobs)
-
-
 def benign_means(engine: MediationEngine, pairs: list[EncodedPair], sites: tuple[str, ...], layer: int
                  ) -> dict[str, np.ndarray]:
-    """Mean of each site's units over benign prompts at their last prompt position."""
-    runs = engine.runs([(p.benign_ids, p.target_ids) for p in pairs])
+    """Mean of each site's units over the benign-role runs at their last prompt position (noise
+    mode: over every corrupted draw)."""
+    runs = engine.runs([(p.benign_ids, p.target_ids) for p in pairs if p.noise_span is None])
+    for pair in pairs:
+        if pair.noise_span is not None:
+            runs += clean_runs(engine, pair)[1].samples
     return {site: np.mean([r.acts[(site, layer)][r.prompt_len - 1].float().cpu().numpy() for r in runs], axis=0)
             for site in sites}
 
@@ -184,21 +178,19 @@ def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run
     last = harmful.prompt_len - 1
     labels, interventions = [], []
     for name, sets in unit_sets.items():
-        site = "heads" if name.endswith("heads") else "neuron"
+        site = "attn_dims" if name.endswith("attn_dims") else "neuron"
         for draw, units in enumerate(sets):
             labels.append((name, draw if name.startswith("random") else "", len(units), site, tuple(units)))
             interventions.append((Patch(site, final, (last,), tuple(units)),))
     patched = engine.patch(harmful, benign, interventions)
-    # Mean ablation: one source per site whose every unit reads its benign mean, so each
-    # intervention takes its own units from it and all of them share one batched pass.
+    # Mean ablation: the same units set to their benign means, one batched pass per site.
     ablated = np.empty_like(patched)
-    for site in ("neuron", "heads"):
+    for site in UNIT_SITES:
         chosen = [i for i, label in enumerate(labels) if label[3] == site]
-        if not chosen:
-            continue
-        width = means[site].shape[0]
-        source = with_values(harmful, site, final, last, list(range(width)), means[site])
-        ablated[chosen] = engine.patch(harmful, source, [interventions[i] for i in chosen])
+        if chosen:
+            ablated[chosen] = engine.patch(harmful, harmful, [
+                (Patch(site, final, (last,), labels[i][4], Given(tuple(float(means[site][u]) for u in labels[i][4]))),)
+                for i in chosen])
     ablation_labels = [("mean_ablate", *label[:3]) for label in labels]
     labels = [("patch_benign", *label[:3]) for label in labels]
     ablation_ys = list(ablated)

@@ -176,15 +176,6 @@ def c4_row(probe_df: pd.DataFrame, n_layers: int, level: float, threshold: float
                 ci_low=ci_low, ci_high=ci_high, threshold=threshold, verdict=judged)
 
 
-def c4_from_config(probe_df: pd.DataFrame, manifest: Mapping[str, Any], cfg: Mapping[str, Any]
-                   ) -> dict[str, Any]:
-    """c4_row with the level, threshold and CI level taken from the config."""
-    effects = cfg["effects"]
-    return c4_row(probe_df, int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
-                  float(cfg["claims"]["thresholds"]["C4_probe_depth"]),
-                  effects["bootstrap_samples"], effects["ci"], effects["seed"])
-
-
 # ---------------------------------------------------------------- figure
 PROBE_STYLE = {"real": ("tab:red", "-", "real labels"),
                "shuffled": ("tab:gray", "--", "pair-shuffled labels (control)")}

@@ -4,8 +4,8 @@ It shares no code with the engine (``harmmed.engine`` is never imported) and tak
 shortcuts: every run feeds the whole prompt and the whole target from position 0, one
 intervention per forward pass, no key/value cache, no batching, no low-rank head, full logits.
 A mediator is read with a forward hook on a clean run and written with a forward hook on the
-patched run. Only the module table (``harmmed.arch``) is shared, because it says *where* a
-mediator is, not how to compute it.
+patched run. Only the module table (``harmmed.arch``: ``Sites.hook_point``) is shared, because
+it says *where* a mediator is, not how to compute it.
 
 Read it as the definition of a row: y_benign and y_harmful are the clean outcomes,
 y_patched the outcome of the base run with some mediators replaced.
@@ -26,27 +26,12 @@ class Edit:
     """Set ``site`` at ``layer`` and base positions ``positions`` (optionally only ``units``) to
     the source run's value (``frozen``: the base run's own clean value; ``values``: given)."""
 
-    site: str  # residual (layer -1: the embeddings) | attn | mlp | neuron | heads
+    site: str  # residual (layer -1: the embeddings) | attn | mlp | neuron | attn_dims
     layer: int
     positions: tuple[int, ...]
     units: tuple[int, ...] | None = None
     frozen: bool = False
     values: tuple[float, ...] | None = None  # one value per unit, the same at every position
-
-
-def _module_and_side(sites, site: str, layer: int):
-    """The module whose output (or input) *is* the mediator."""
-    if site == "residual":
-        return (sites.block(0), "input") if layer == -1 else (sites.block(layer), "output")
-    if site == "attn":
-        return sites.attn(layer), "output"
-    if site == "mlp":
-        return sites.mlp(layer), "output"
-    if site == "neuron":
-        return sites.down_proj(layer), "input"  # MLP units: the down projection's input
-    if site == "heads":
-        return sites.o_proj(layer), "input"  # attention dims: the output projection's input
-    raise ValueError(f"unknown site {site!r}")
 
 
 def _register(module, side: str, fn):
@@ -80,7 +65,7 @@ class ReferencePatcher:
 
     def _forward(self, prompt_ids: Sequence[int], target_ids: Sequence[int], hooks: list) -> dict[str, float]:
         ids = torch.tensor([list(prompt_ids) + list(target_ids)], device=self.device)
-        handles = [_register(*_module_and_side(self.sites, site, layer), fn) for site, layer, fn in hooks]
+        handles = [_register(*self.sites.hook_point(site, layer), fn) for site, layer, fn in hooks]
         try:
             with torch.no_grad():
                 logits = self.model(input_ids=ids).logits[0].double()

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .constants import GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS
+from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS,
+                        UNIT_SITES)
 from .prompts import (DROPPED_COLUMNS, PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs,
                       split_pairs, write_inputs)
 from .storage import (atomic_path, load_engine, model_spec, read_json, read_jsonl, read_manifest, read_table,
@@ -66,7 +67,8 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
     rows = read_pairs(pairs_file)
     tokenizer = AutoTokenizer.from_pretrained(manifest["path"])  # tokenizer files only: no weights to check
     split_of = split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"])
-    kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of)
+    kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of, cfg["noise"],
+                                 request_span=prompts["public"]["enabled"])
     log.info("prompt pairs: %d read, %d kept, %d dropped (not token-aligned or identical ids) under %s",
              len(rows), len(kept), len(dropped), manifest["name"])
     if not kept:
@@ -80,7 +82,7 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
 # ---------------------------------------------------------------- mediation stages
 def _pairs(cfg: dict, inputs_path: str | Path) -> list[EncodedPair]:
     med = cfg["mediation"]
-    return select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"])
+    return select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split")
 
 
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
@@ -144,7 +146,7 @@ def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
     log.info("engine stats: %s", engine.stats)
 
 
-def _heatmap_pairs(cfg: dict) -> int:
+def _heatmap_pairs(cfg: dict) -> int:  # noise mode corrupts the harmful prompt itself: positions align
     return 0 if cfg["prompts"]["mode"] == "unpaired" else cfg["mediation"]["heatmap"]["n_pairs"]
 
 
@@ -178,15 +180,16 @@ def fetch_public_datasets(cfg: dict, raw_dir: str | Path, pairs_csv: str | Path)
     harmful = [p for name in public["harmful"] for p in load_prompts(name, paths[name])]
     benign = [p for name in public["benign"] for p in load_prompts(name, paths[name])]
     pairs = build_unpaired_pairs(harmful, benign, public["n_pairs"], public["seed"])
-    write_table(pairs, PAIR_COLUMNS, pairs_csv)
+    write_table(pairs, [*PAIR_COLUMNS, "harmful_target_source"], pairs_csv)
     log.info("unpaired pairs: %d sampled from %s", len(pairs), ", ".join(names))
     return len(pairs)
 
 
 # ---------------------------------------------------------------- figures and claims
 def _boot(cfg: dict) -> dict[str, Any]:
-    effects = cfg["effects"]
-    return dict(n_boot=effects["bootstrap_samples"], ci=effects["ci"], seed=effects["seed"])
+    from .effects import Bootstrap
+
+    return Bootstrap.from_config(cfg).kwargs()
 
 
 def figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
@@ -217,13 +220,14 @@ def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
     """claims.csv and claims.md. ``inputs``: manifest, layer, module, severed, sparsity, gating,
     ranking, probe; ``outputs``: csv, md."""
     from .claims import c3_rows, compute_claims, write_claims
-    from .probe import c4_from_config
+    from .probe import c4_row
 
     manifest = read_manifest(inputs["manifest"])
     thresholds, boot = cfg["claims"]["thresholds"], tuple(_boot(cfg).values())
     c3 = c3_rows(read_table(inputs["sparsity"], ()), read_table(inputs["gating"], ()),
                  pd.read_csv(inputs["ranking"]), int(manifest["d_mlp"]), thresholds, *boot)
-    c4 = pd.DataFrame([c4_from_config(pd.read_csv(inputs["probe"]), manifest, cfg)])
+    c4 = pd.DataFrame([c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
+                              float(thresholds["C4_probe_depth"]), *boot)])
     table = compute_claims(read_table(inputs["layer"]), read_table(inputs["module"]), read_table(inputs["severed"]),
                            manifest, thresholds, *boot, extra_rows=pd.concat([c3, c4], ignore_index=True))
     with atomic_path(outputs["csv"]) as tmp_csv, atomic_path(outputs["md"]) as tmp_md:
@@ -240,13 +244,13 @@ def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
     settings = cfg["neuron"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
     n_layers = engine.sites.n_layers
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
     plan = neuron.NeuronPlan(neuron.final_and_extra_layers(n_layers, settings["extra_layers"]),
                              settings["block_size"], settings["block_max_pairs"] or len(pairs))
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
         engine, pair, runs, plan, every_layer_blocks=i < plan.block_pairs), "neuron")
     frame = pd.DataFrame(rows, columns=NEURON_COLUMNS)
-    ranking = pd.concat([neuron.rank_units(frame, site, n_layers - 1) for site in ("neuron", "heads")],
+    ranking = pd.concat([neuron.rank_units(frame, site, n_layers - 1) for site in UNIT_SITES],
                         ignore_index=True)
     grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
     sparsity = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
@@ -266,18 +270,18 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
     final = engine.sites.n_layers - 1
     all_pairs = read_inputs(inputs_path)
-    pairs = select_pairs(all_pairs, settings["split"], settings["max_pairs"])
-    discovery = select_pairs(all_pairs, cfg["neuron"]["split"], cfg["neuron"]["max_pairs"])
+    pairs = select_pairs(all_pairs, settings["split"], settings["max_pairs"], "gating.split")
+    discovery = select_pairs(all_pairs, cfg["neuron"]["split"], cfg["neuron"]["max_pairs"], "neuron.split")
     ranking = pd.read_csv(ranking_csv)
     k = settings["top_k"]
     rng = np.random.default_rng(settings["seed"])
     unit_sets = {
         "topk_neuron": [neuron.top_units(ranking, settings["metric"], "neuron", k)],
-        "topk_heads": [neuron.top_units(ranking, settings["metric"], "heads", k)],
+        "topk_attn_dims": [neuron.top_units(ranking, settings["metric"], "attn_dims", k)],
         "random_neuron": [sorted(rng.choice(engine.sites.d_mlp, k, replace=False).tolist())
                           for _ in range(settings["random_draws"])],
     }
-    means = neuron.benign_means(engine, discovery, ("neuron", "heads"), final)
+    means = neuron.benign_means(engine, discovery, UNIT_SITES, final)
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.gating_rows(
         engine, pair, runs, unit_sets, means), "gating")
     write_table(rows, GATING_COLUMNS, gating_csv)
@@ -309,7 +313,7 @@ def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     from .mediation import clean_runs
 
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"])
+    pairs = select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split")
     roles = token.pair_roles(tokenizer, pairs, token.pair_requests(pairs_path or cfg["prompts"]["pairs_file"]))
     rows: list[dict] = []
     total = sum(token.aligned_count(roles[p.pair_id]) for p in pairs)
@@ -335,7 +339,7 @@ def run_probe(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_
 
     probe = cfg["probe"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = select_pairs(read_inputs(inputs_path), probe["split"], probe["max_pairs"])
+    pairs = select_pairs(read_inputs(inputs_path), probe["split"], probe["max_pairs"], "probe.split")
     features, labels, groups = probe_features(engine, pairs)
     df = probe_accuracy_by_layer(features, labels, groups, probe["folds"], probe["C"], probe["seed"], threads)
     write_table(df, PROBE_COLUMNS, out_csv)
@@ -360,7 +364,7 @@ def generate_and_judge(cfg: dict, manifest: ManifestSource, inputs_path: str | P
     from .judge import judge_name, make_judge
 
     settings = cfg["generation"]
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_prompts"])
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_prompts"], "generation.split")
     if not pairs:
         raise ValueError(f"{inputs_path}: no pairs in split {settings['split']!r} to generate from")
     conditions = gen.conditions_from_gating(gen.read_gating(gating_json))
@@ -442,6 +446,9 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
                                            tmp / "claims.csv"))
     rows = []
     ran = digest == manifest["sha256"] == record["weights"]["sha256"]  # other weights cannot reproduce a row
+    if recorded_cfg["prompts"]["mode"] == "noise":
+        ran = False
+        checks.append(checks_of.Check("rows recomputed", False, "noise mode: the reference draws no embedding noise"))
     if ran:
         rows = checks_of.verify_rows(results, _recomputer(cfg, recorded_cfg, manifest, results, threads),
                                      cfg["verify"]["n_rows"], cfg["verify"]["seed"])

@@ -29,7 +29,7 @@ VERIFICATION_COLUMNS = ["table", "row_key", "quantity", "ours", "reference", "ab
 # table label -> (file, site filter): the neuron table is checked at both unit sites
 TABLES: dict[str, tuple[str, str | None]] = {
     "layer": ("layer.csv", None), "module": ("module.csv", None), "heatmap": ("heatmap.csv", None),
-    "severed": ("severed.csv", None), "neuron": ("neuron.csv", "neuron"), "neuron_heads": ("neuron.csv", "heads"),
+    "severed": ("severed.csv", None), "neuron": ("neuron.csv", "neuron"), "neuron_attn_dims": ("neuron.csv", "attn_dims"),
     "gating": ("gating.csv", None), "token": ("token.csv", None),
 }
 _LABEL_COLUMNS = ("y_benign", "y_harmful", "y_patched", "effect", "layer_effect", "role")
@@ -59,10 +59,18 @@ def sample_rows(frame: pd.DataFrame, n_rows: int, seed: int) -> pd.DataFrame:
     return frame.iloc[chosen]
 
 
-def position_set(pair: EncodedPair, name: str) -> tuple[int, ...]:
-    """Positions a row's ``positions`` label names: all / post / last, or one index."""
-    n = len(pair.harmful_ids)
-    sets = {"all": tuple(range(n)), "post": tuple(pair.post_positions), "last": (n - 1,)}
+def base_prompt(pair: EncodedPair, kind: str) -> list[int]:
+    """The prompt a row patches: the benign one for NIE, the harmful one for NDE and gating."""
+    return pair.benign_ids if kind == "NIE" else pair.harmful_ids
+
+
+def position_set(pair: EncodedPair, name: str, kind: str) -> tuple[int, ...]:
+    """Base-run positions a row's ``positions`` label names: all / post / last, or one index.
+    Post-instruction positions are counted from the end (right-aligned), so they name the base's
+    own template tokens when the two prompts differ in length."""
+    n = len(base_prompt(pair, kind))
+    shift = n - len(pair.harmful_ids)
+    sets = {"all": tuple(range(n)), "post": tuple(q + shift for q in pair.post_positions), "last": (n - 1,)}
     return sets[name] if name in sets else (int(name),)
 
 
@@ -82,7 +90,7 @@ def gating_unit_sets(cfg: Mapping[str, Any], ranking: pd.DataFrame, d_mlp: int) 
         return tuple(sorted(chosen.nsmallest(k, "rank")["unit"].astype(int).tolist()))
 
     rng = np.random.default_rng(gating["seed"])
-    return {"topk_neuron": [top("neuron")], "topk_heads": [top("heads")],
+    return {"topk_neuron": [top("neuron")], "topk_attn_dims": [top("attn_dims")],
             "random_neuron": [tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist()))
                               for _ in range(gating["random_draws"])]}
 
@@ -122,7 +130,7 @@ class RowRecomputer:
         """(base prompt: harmful or benign, the edits) that a row states."""
         layer = int(row["layer"]) if row.get("layer", "") != "" else self.n_layers - 1
         if table == "gating":
-            site = "heads" if row["units"].endswith("heads") else "neuron"
+            site = "attn_dims" if row["units"].endswith("attn_dims") else "neuron"
             draw = int(row["draw"]) if row["draw"] != "" else 0
             units = gating_unit_sets(self.cfg, self.ranking, self.patcher.sites.d_mlp)[row["units"]][draw]
             last = (len(pair.harmful_ids) - 1,)
@@ -131,8 +139,8 @@ class RowRecomputer:
                 return "harmful", (Edit(site, layer, last, units, values=tuple(mean[u] for u in units)),)
             return "harmful", (Edit(site, layer, last, units),)
         base = "benign" if row["kind"] == "NIE" else "harmful"
-        positions = position_set(pair, row["positions"])
-        if table in ("neuron", "neuron_heads"):
+        positions = position_set(pair, row["positions"], row["kind"])
+        if table in ("neuron", "neuron_attn_dims"):
             if row["neuron"] != "":
                 units = (int(row["neuron"]),)
             else:
@@ -144,7 +152,7 @@ class RowRecomputer:
                                                                                     self.n_layers))
         edits = [Edit(row["site"], layer, positions)]
         if table == "severed" and row["severed"] != "none":
-            everywhere = tuple(range(len(pair.harmful_ids) + len(pair.target_ids)))
+            everywhere = tuple(range(len(base_prompt(pair, "NIE")) + len(pair.target_ids)))
             edits += [Edit(row["severed"], k, everywhere, frozen=True) for k in range(layer + 1, self.n_layers)]
         return base, tuple(edits)
 

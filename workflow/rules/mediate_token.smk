@@ -1,6 +1,3 @@
-TOKEN_METRICS = ["harm", "refusal"]
-
-
 rule mediate_token:
     """NIE of the embedding output at each prompt position, labelled by the position's role
     (template, request before/after the differing span, span, post-instruction)."""
@@ -10,6 +7,8 @@ rule mediate_token:
         pairs=pairs_source,
     output:
         token="results/{model}/token.csv",
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["token"],
     log:
         "logs/mediate_token/{model}.log",
     benchmark:

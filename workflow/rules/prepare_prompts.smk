@@ -1,17 +1,15 @@
-PUBLIC = config["prompts"]["public"]
-
-
-def pairs_source(wildcards):
-    return "data/raw/unpaired_pairs.csv" if PUBLIC["enabled"] else config["prompts"]["pairs_file"]
-
-
 rule fetch_public_datasets:
     """Download the opted-in public prompt sets at pinned URLs, verify them against the lock file
     and sample unpaired harmful/benign pairs from them."""
     output:
         pairs="data/raw/unpaired_pairs.csv",
-    params:
+    params:  # every key the stage reads, so changing one reruns it (url_overrides only say where the pinned bytes are)
         raw_dir="data/raw",
+        harmful=PUBLIC["harmful"],
+        benign=PUBLIC["benign"],
+        n_pairs=PUBLIC["n_pairs"],
+        seed=PUBLIC["seed"],
+        lock_file=PUBLIC["lock_file"],
     log:
         "logs/fetch_public_datasets/all.log",
     benchmark:
@@ -31,6 +29,12 @@ rule prepare_prompts:
     output:
         inputs="results/{model}/inputs.jsonl",
         dropped="results/{model}/dropped_pairs.csv",
+    params:  # every config key the stage reads
+        mode=config["prompts"]["mode"],
+        split_seed=config["prompts"]["split_seed"],
+        discovery_fraction=config["prompts"]["discovery_fraction"],
+        request_span=PUBLIC["enabled"],
+        noise=config["noise"] if config["prompts"]["mode"] == "noise" else None,
     log:
         "logs/prepare_prompts/{model}.log",
     benchmark:
