@@ -21,8 +21,8 @@ TABLES = ["layer", "module", "heatmap", "severed", "neuron", "neuron_attn_dims",
 NO_TORCH = ("import runpy, sys\n"
             "for name in ('torch', 'transformers', 'safetensors', 'accelerate'):\n"
             "    sys.modules[name] = None  # any import of them now raises ImportError\n"
-            "sys.argv = ['harmmed.bundle', *sys.argv[1:]]\n"
-            "runpy.run_module('harmmed.bundle', run_name='__main__')\n")
+            "sys.argv = ['harmmed.redraw', *sys.argv[1:]]\n"
+            "runpy.run_module('harmmed.redraw', run_name='__main__')\n")
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_bundle_redraws_every_figure_without_torch(verified_run, tmp_path):
 
 
 def test_bundle_is_byte_reproducible(verified_run, tmp_path):
-    from harmmed.bundle import pack
+    from harmmed.redraw import pack
 
     workdir, _ = verified_run
     [bundle] = workdir.glob("results-tiny-*.tar.gz")

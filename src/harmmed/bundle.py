@@ -1,7 +1,7 @@
 """Results bundles: one model's tables, provenance and claims in one checksummed archive, from
 which a reviewer redraws every figure on a laptop (no model, no torch, no GPU).
 
-``python -m harmmed.bundle BUNDLE [OUT]`` (what ``make figures BUNDLE=...`` runs) checks the
+``python -m harmmed.redraw BUNDLE [OUT]`` (what ``make figures BUNDLE=...`` runs) checks the
 bundle against its ``.sha256`` file, unpacks it and regenerates the figures, ``claims.md`` and an
 HTML report. Archives are byte-reproducible: members sorted, owners and times zeroed.
 """
@@ -13,7 +13,6 @@ import hashlib
 import html
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -102,24 +101,3 @@ def write_report(figures_dir: Path, model: str) -> Path:
     out = figures_dir / "report.html"
     out.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return out
-
-
-def main(argv: list[str]) -> int:
-    if not 1 <= len(argv) <= 2:
-        print("usage: python -m harmmed.bundle BUNDLE.tar.gz [OUT_DIR]", file=sys.stderr)
-        return 2
-    from .stages import figures_from_bundle  # entry point, like a rule script
-
-    bundle = Path(argv[0])
-    out = Path(argv[1]) if len(argv) > 1 else bundle.parent / bundle.name.removesuffix(".tar.gz")
-    try:
-        root = figures_from_bundle(bundle, out)
-    except BundleError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"figures, claims.md and report.html regenerated under {root / 'figures'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
