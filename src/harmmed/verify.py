@@ -171,7 +171,6 @@ class RowRecomputer:
                 "y_patched": self._patched[key][metric]}
 
 
-
 def row_key(row: Mapping[str, str]) -> str:
     return ";".join(f"{c}={v}" for c, v in row.items() if c not in _LABEL_COLUMNS)
 
