@@ -273,21 +273,39 @@ def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], o
                               Path(out).with_suffix(""), **boot)
 
 
-def claims(cfg: dict, manifest_path: str, layer_csv: str, module_csv: str, severed_csv: str, sparsity_csv: str,
-           gating_csv: str, ranking_csv: str, probe_csv: str, claims_csv: str, claims_md: str) -> None:
-    from .claims import c3_rows, compute_claims, write_claims
+def claims(cfg: dict, manifest_path: str, patches_csv: str, probe_csv: str, claims_csv: str) -> None:
+    """Claims table of one model from its held-out claim patches and its probe (C4)."""
+    from .claims import Boot, compute_claims, write_claims_csv
     from .probe import c4_from_config
 
     manifest = _read_json(manifest_path)
-    effects, thresholds = cfg["effects"], cfg["claims"]["thresholds"]
-    boot = (effects["bootstrap_samples"], effects["ci"], effects["seed"])
-    c3 = c3_rows(pd.read_csv(sparsity_csv, keep_default_na=False), pd.read_csv(gating_csv, keep_default_na=False),
-                 pd.read_csv(ranking_csv), int(manifest["d_mlp"]), thresholds, *boot)
-    c4 = pd.DataFrame([c4_from_config(pd.read_csv(probe_csv), manifest, cfg)])
-    table = compute_claims(_read_rows(layer_csv), _read_rows(module_csv), _read_rows(severed_csv), manifest,
-                           thresholds, *boot, extra_rows=pd.concat([c3, c4], ignore_index=True))
-    with atomic_path(claims_csv) as tmp_csv, atomic_path(claims_md) as tmp_md:
-        write_claims(table, tmp_csv, tmp_md, title=f"Claims: {manifest['name']}")
+    effects = cfg["effects"]
+    boot = Boot(effects["bootstrap_samples"], effects["ci"], effects["seed"], effects["min_abs_te"])
+    patches = pd.read_csv(patches_csv, dtype={"positions": str, "layers": str}, keep_default_na=False)
+    table = compute_claims(patches, cfg["claims"]["thresholds"], boot,
+                           c4_from_config(pd.read_csv(probe_csv), manifest, cfg))
+    with atomic_path(claims_csv) as tmp:
+        write_claims_csv(table, tmp)
+
+
+def calibration(cfg: dict, claims_csvs: list[str], calibration_csv: str, figure_png: str,
+                claims_mds: list[str]) -> None:
+    """Compare every model's claims with its expected verdicts; mark each statistic calibrated
+    or not in every model's claims.md. Inputs follow the config's model order."""
+    from .calibration import calibrated_marks, calibration_table, plot_calibration, write_calibration
+    from .claims import claims_markdown, read_claims
+
+    names = [spec["name"] for spec in cfg["models"]]
+    tables = dict(zip(names, (read_claims(path) for path in claims_csvs)))
+    expected = {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]}
+    table = calibration_table(tables, expected, cfg["calibration"]["metric"])
+    marks = calibrated_marks(table)
+    with atomic_path(calibration_csv) as tmp:
+        write_calibration(table, tmp)
+    plot_calibration(table, names, figure_png)
+    for name, md in zip(names, claims_mds):
+        with atomic_path(md) as tmp:
+            tmp.write_text(claims_markdown(tables[name], f"Claims: {name}", marks), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- neuron and gating stages
@@ -359,6 +377,24 @@ def gating(cfg: dict, manifest: dict, inputs_path: str | Path, ranking_csv: str 
     with atomic_path(units_json) as tmp:
         neuron.gating_units_json(tmp, final, unit_sets["topk_neuron"][0], means["neuron"], unit_sets["random_neuron"][0])
     log.info("gating stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
+def mediate_claims(cfg: dict, manifest: dict, inputs_path: str | Path, module_csv: str | Path,
+                   ranking_csv: str | Path, patches_csv: str | Path, threads: int = 1) -> None:
+    """Held-out interventions of the C1-C3 statistics, with every component chosen on discovery."""
+    from . import claim_patches, neuron
+    from .claims import PATCH_COLUMNS
+
+    settings = cfg["claims"]
+    engine, _ = _engine(cfg, manifest, threads)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    plan = claim_patches.build_plan(cfg, manifest, _read_rows(module_csv), pd.read_csv(ranking_csv))
+    log.info("claim plan: %s", plan)
+    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: claim_patches.pair_rows(
+        engine, pair, runs, plan), "claims")
+    with atomic_path(patches_csv) as tmp:
+        neuron.write_table(rows, PATCH_COLUMNS, tmp)
+    log.info("claim patches: %d pairs, engine stats %s", len(pairs), engine.stats)
 
 
 def neuron_figures(cfg: dict, manifest_path: str, neuron_csv: str, ranking_csv: str, sparsity_csv: str,
