@@ -96,7 +96,7 @@ def _draw_calibration(calibration: pd.DataFrame, models: list[str], out: Path, s
     left, width, height = 3.6, 1.3 * max(len(models), 1), 0.3 * len(statistics)
     fig = Figure(figsize=(left + width + 0.3, height + 1.9))
     fig.subplots_adjust(left=left / (left + width + 0.3), right=1 - 0.3 / (left + width + 0.3),
-                        bottom=1.2 / (height + 1.9), top=1 - 0.7 / (height + 1.9))
+                        bottom=0.9 / (height + 1.9), top=1 - 0.75 / (height + 1.9))
     ax = fig.subplots()
     for i, statistic in enumerate(statistics):
         for j, model in enumerate(models):
@@ -112,6 +112,9 @@ def _draw_calibration(calibration: pd.DataFrame, models: list[str], out: Path, s
     ax.imshow(grid, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=7)
     ax.set_yticks(range(len(statistics)), statistics, fontsize=7)
-    ax.set_title("green: expected verdict, red: wrong, grey: no ground truth\n"
-                 "cell: verdict (expected); S supported, NS not supported, ? inconclusive", fontsize=8)
+    ax.grid(False)
+    fig.text(0.02, 1 - 0.15 / (height + 1.9), "calibration of the claim statistics\n"
+             "green: verdict = ground truth, red: wrong, grey: no ground truth\n"
+             "cell: verdict (expected); S supported, NS not supported, ? inconclusive, n/a no behaviour",
+             ha="left", va="top", fontsize=8)
     return save(fig, out.with_suffix(""))

@@ -253,9 +253,9 @@ def metric_rows(patches: pd.DataFrame, metric: str, thresholds: Mapping[str, Any
         gate_row(patches, metric, "NIE", float(thresholds["C3_gate_share"]), boot),
         gate_row(patches, metric, "NEC", float(thresholds["C3_gate_share"]), boot),
     ]
-    if present["verdict"] != "supported":
+    if present["verdict"] not in ("supported", NOT_RUN):
         for r in rows:
-            r["verdict"] = NOT_APPLICABLE if r["verdict"] != NOT_RUN else NOT_RUN
+            r["verdict"] = NOT_APPLICABLE
     return [present, *rows]
 
 
