@@ -3,7 +3,11 @@
 
 import os
 
+from snakemake.utils import min_version
+
 from harmmed.config import validate_config
+
+min_version("8.0")
 
 # Jobs (including those in per-stage conda envs) import the package from this checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -14,13 +18,10 @@ configfile: "config/config.yaml"
 
 config.update(validate_config(config))
 
-MODELS = [m["name"] for m in config["models"]]
+report: "workflow/report/workflow.rst"
 
 
-def results(path):
-    return expand(f"results/{{model}}/{path}", model=MODELS)
-
-
+include: "workflow/rules/common.smk"
 include: "workflow/rules/download_model.smk"
 include: "workflow/rules/prepare_prompts.smk"
 include: "workflow/rules/mediate_layer.smk"

@@ -17,11 +17,13 @@ import pandas as pd
 import pytest
 
 from harmmed import claims
+from harmmed.effects import Bootstrap
 
 N_LAYERS, D_MLP = 30, 256  # the default model's depth; k = ceil(0.01 x 256) = 3 units
 THRESHOLDS = {"behaviour_min_te": {"harm": 0.1, "refusal": 0.5}, "C1_late_minus_early": 0.0,
               "C2_mlp_minus_attn": 0.0, "C3_gate_share": 0.5}
-BOOT = claims.Boot(n_boot=400, ci=0.95, seed=0, min_abs_te=0.1)
+BOOT = Bootstrap(n_boot=400, ci=0.95, seed=0)
+MIN_ABS_TE = 0.1
 K = claims.top_k(D_MLP, 0.01)
 
 
@@ -112,11 +114,11 @@ def run_pattern(pattern: str, seed: int = 0, refusal_te: float = 2.0) -> tuple[p
     rng = np.random.default_rng(seed)
     discovery_te = rng.normal(refusal_te, 0.3, 12)
     windows = claims.select_c1_windows(module_table(weights(pattern), discovery_te, rng), "all", N_LAYERS,
-                                       BOOT.min_abs_te)
+                                       MIN_ABS_TE)
     held_out = {"refusal": rng.normal(refusal_te, 0.3, 16),
                 "harm": rng.normal(0.0, 0.05, 16)}  # no harm behaviour: its rows are not applicable
     held_out["refusal"][:2] = [0.05, -0.02]  # two pairs without an effect are left out
-    table = claims.compute_claims(patch_rows(pattern, held_out, windows, seed + 1), THRESHOLDS, BOOT)
+    table = claims.compute_claims(patch_rows(pattern, held_out, windows, seed + 1), THRESHOLDS, BOOT, MIN_ABS_TE)
     return table, windows
 
 
@@ -180,7 +182,7 @@ def test_metric_without_behaviour_is_not_applicable() -> None:
 
 
 def test_missing_rows_read_not_run_and_output_is_deterministic(tmp_path: Path) -> None:
-    empty = claims.compute_claims(pd.DataFrame(columns=claims.PATCH_COLUMNS), THRESHOLDS, BOOT)
+    empty = claims.compute_claims(pd.DataFrame(columns=claims.PATCH_COLUMNS), THRESHOLDS, BOOT, MIN_ABS_TE)
     assert set(empty["verdict"]) == {claims.NOT_RUN}
     assert list(empty.columns) == list(claims.CLAIM_COLUMNS)
     outputs = []

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .claims import Window, late_band, select_c1_windows, top_k
+from .constants import METRICS
 from .engine import MediationEngine, Patch, Run
 from .mediation import position_sets
-from .metrics import METRICS
 from .neuron import top_units
 from .prompts import EncodedPair
 

@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harmmed.effects import bootstrap_ci
+from harmmed.constants import METRICS
+from harmmed.effects import Bootstrap, bootstrap_ci
 
 CLAIM_COLUMNS: tuple[str, ...] = (
     "claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict", "n_pairs", "n_excluded",
@@ -54,7 +55,6 @@ CLAIM_COLUMNS: tuple[str, ...] = (
 # y_harmful - y_patched (how much of the outcome disappears).
 PATCH_COLUMNS: list[str] = ["pair_id", "metric", "role", "kind", "site", "layers", "positions", "units",
                             "draw", "y_benign", "y_harmful", "y_patched", "effect"]
-METRICS: tuple[str, ...] = ("harm", "refusal")
 NOT_RUN = "not run"
 NOT_APPLICABLE = "not applicable (no behaviour)"
 CLAIM_TEXT: dict[str, str] = {
@@ -179,16 +179,8 @@ def top_k(d_mlp: int, fraction: float) -> int:
 
 
 # ---------------------------------------------------------------- statistics on held-out rows
-@dataclass(frozen=True)
-class Boot:
-    n_boot: int
-    ci: float
-    seed: int
-    min_abs_te: float
-
-
 def row(claim: str, statistic: str, threshold: float, values: np.ndarray | None, n_excluded: int,
-        boot: Boot, above: bool = True) -> dict[str, Any]:
+        boot: Bootstrap, above: bool = True) -> dict[str, Any]:
     """One table row from per-pair values (None or empty: the statistic was not run)."""
     if values is None or len(values) == 0:
         return dict(claim=claim, statistic=statistic, value=np.nan, ci_low=np.nan, ci_high=np.nan,
@@ -215,7 +207,7 @@ def role_shares(patches: pd.DataFrame, metric: str, kind: str, roles: list[str],
     return wide[roles].dropna(how="any"), len(small)
 
 
-def behaviour_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Boot) -> dict[str, Any]:
+def behaviour_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootstrap) -> dict[str, Any]:
     """Held-out mean TE (every pair) with its CI against the behaviour threshold."""
     rows = patches[patches["metric"] == metric].sort_values("pair_id", kind="mergesort")
     first = rows.drop_duplicates("pair_id")
@@ -224,34 +216,35 @@ def behaviour_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bo
 
 
 def difference_row(claim: str, name: str, patches: pd.DataFrame, metric: str, roles: tuple[str, str],
-                   threshold: float, boot: Boot) -> dict[str, Any]:
+                   threshold: float, boot: Bootstrap, min_abs_te: float) -> dict[str, Any]:
     """Mean over pairs of (share of roles[0] - share of roles[1])."""
-    wide, excluded = role_shares(patches, metric, "NIE", list(roles), boot.min_abs_te)
+    wide, excluded = role_shares(patches, metric, "NIE", list(roles), min_abs_te)
     values = None if wide is None else (wide[roles[0]] - wide[roles[1]]).to_numpy()
     return row(claim, f"{name}[{metric}]", threshold, values, excluded, boot)
 
 
-def gate_row(patches: pd.DataFrame, metric: str, kind: str, threshold: float, boot: Boot) -> dict[str, Any]:
+def gate_row(patches: pd.DataFrame, metric: str, kind: str, threshold: float, boot: Bootstrap,
+             min_abs_te: float) -> dict[str, Any]:
     """C3: min(top-k share, whole-layer share) - mean random-k share, per pair."""
     roles = ["c3_topk", "c3_layer", "c3_random"]
-    wide, excluded = role_shares(patches, metric, kind, roles, boot.min_abs_te)
+    wide, excluded = role_shares(patches, metric, kind, roles, min_abs_te)
     values = None if wide is None else (
         np.minimum(wide["c3_topk"], wide["c3_layer"]) - wide["c3_random"]).to_numpy()
     name = "sufficiency" if kind == "NIE" else "necessity"
     return row("C3", f"final_layer_topk_gate_{name}[{metric}]", threshold, values, excluded, boot)
 
 
-def metric_rows(patches: pd.DataFrame, metric: str, thresholds: Mapping[str, Any], boot: Boot
-                ) -> list[dict[str, Any]]:
+def metric_rows(patches: pd.DataFrame, metric: str, thresholds: Mapping[str, Any], boot: Bootstrap,
+                min_abs_te: float) -> list[dict[str, Any]]:
     """The behaviour row and C1-C3 of one metric; C1-C3 are not applicable without behaviour."""
     present = behaviour_row(patches, metric, float(thresholds["behaviour_min_te"][metric]), boot)
     rows = [
         difference_row("C1", "late_minus_early_window_NIE_share", patches, metric, ("c1_late", "c1_early"),
-                       float(thresholds["C1_late_minus_early"]), boot),
+                       float(thresholds["C1_late_minus_early"]), boot, min_abs_te),
         difference_row("C2", "late_band_mlp_minus_attn_NIE_share", patches, metric, ("c2_mlp", "c2_attn"),
-                       float(thresholds["C2_mlp_minus_attn"]), boot),
-        gate_row(patches, metric, "NIE", float(thresholds["C3_gate_share"]), boot),
-        gate_row(patches, metric, "NEC", float(thresholds["C3_gate_share"]), boot),
+                       float(thresholds["C2_mlp_minus_attn"]), boot, min_abs_te),
+        gate_row(patches, metric, "NIE", float(thresholds["C3_gate_share"]), boot, min_abs_te),
+        gate_row(patches, metric, "NEC", float(thresholds["C3_gate_share"]), boot, min_abs_te),
     ]
     if present["verdict"] not in ("supported", NOT_RUN):
         for r in rows:
@@ -259,12 +252,12 @@ def metric_rows(patches: pd.DataFrame, metric: str, thresholds: Mapping[str, Any
     return [present, *rows]
 
 
-def compute_claims(patches: pd.DataFrame, thresholds: Mapping[str, Any], boot: Boot,
+def compute_claims(patches: pd.DataFrame, thresholds: Mapping[str, Any], boot: Bootstrap, min_abs_te: float,
                    c4_row: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Claims table (columns CLAIM_COLUMNS): per metric the behaviour row and C1-C3, then C4."""
     rows: list[dict[str, Any]] = []
     for metric in METRICS:
-        rows.extend(metric_rows(patches, metric, thresholds, boot))
+        rows.extend(metric_rows(patches, metric, thresholds, boot, min_abs_te))
     if c4_row is not None:
         rows.append({"n_pairs": np.nan, "n_excluded": np.nan, **dict(c4_row)})
     table = pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))

@@ -1,4 +1,3 @@
 from harmmed.stages import claims, run_stage
 
-run_stage(snakemake, lambda smk: claims(
-    smk.config, smk.input.manifest, smk.input.patches, smk.input.probe, smk.output.csv))
+run_stage(snakemake, lambda smk: claims(smk.config, dict(smk.input.items()), dict(smk.output.items())))
