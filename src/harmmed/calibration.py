@@ -70,8 +70,22 @@ def calibrated_marks(calibration: pd.DataFrame) -> dict[str, str]:
     return marks
 
 
-def write_calibration(calibration: pd.DataFrame, path: str | Path) -> None:
-    calibration.to_csv(path, index=False, float_format="%.6g", lineterminator="\n")
+def write_calibration_outputs(tables: Mapping[str, pd.DataFrame], expected: Mapping[str, Mapping[str, str]],
+                              metric: str, outputs: Mapping[str, Any]) -> pd.DataFrame:
+    """calibration.csv, the grid figure and every model's claims.md (``outputs``: csv, png, md
+    in the order of ``tables``), each written whole or not at all."""
+    from .claims import claims_markdown
+    from .storage import atomic_path
+
+    calibration = calibration_table(tables, expected, metric)
+    marks = calibrated_marks(calibration)
+    with atomic_path(outputs["csv"]) as tmp:
+        calibration.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+    plot_calibration(calibration, list(tables), outputs["png"])
+    for (name, table), md in zip(tables.items(), outputs["md"]):
+        with atomic_path(md) as tmp:
+            tmp.write_text(claims_markdown(table, f"Claims: {name}", marks), encoding="utf-8")
+    return calibration
 
 
 _SHORT = {"supported": "S", "not supported": "NS", "inconclusive": "?", "not run": "-",

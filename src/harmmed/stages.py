@@ -230,23 +230,15 @@ def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
 
 
 def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths) -> None:
-    """Every model's claims against its expected verdicts: calibration.csv, the grid figure, and
-    every model's claims.md with each statistic marked calibrated or not. ``claims_csvs`` follow
-    the config's model order; ``outputs``: csv, png, md (a list in model order)."""
-    from .calibration import calibrated_marks, calibration_table, plot_calibration, write_calibration
-    from .claims import claims_markdown, read_claims
+    """Every model's claims against its expected verdicts. ``claims_csvs`` follow the config's
+    model order; ``outputs``: csv, png, md (every model's claims.md, in model order)."""
+    from .calibration import write_calibration_outputs
+    from .claims import read_claims
 
     names = [spec["name"] for spec in cfg["models"]]
-    tables = dict(zip(names, (read_claims(path) for path in claims_csvs)))
-    expected = {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]}
-    table = calibration_table(tables, expected, cfg["calibration"]["metric"])
-    marks = calibrated_marks(table)
-    with atomic_path(outputs["csv"]) as tmp:
-        write_calibration(table, tmp)
-    plot_calibration(table, names, outputs["png"])
-    for name, md in zip(names, outputs["md"]):
-        with atomic_path(md) as tmp:
-            tmp.write_text(claims_markdown(tables[name], f"Claims: {name}", marks), encoding="utf-8")
+    write_calibration_outputs(dict(zip(names, (read_claims(path) for path in claims_csvs))),
+                              {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]},
+                              cfg["calibration"]["metric"], outputs)
 
 
 # ---------------------------------------------------------------- neuron and gating stages
