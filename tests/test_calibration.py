@@ -112,6 +112,48 @@ def test_planted_late_mlp_is_found_and_calibration_marks_it(calibrated_run):
     assert (workdir / "figures" / "calibration.png").stat().st_size > 5000
 
 
+@pytest.mark.parametrize("lengths", [(13, 12), (12, 15)])
+def test_unpaired_claim_patches_use_the_configured_positions(lengths):
+    """Issue 9, defect 6: unpaired prompts forbid "all", so the claim patches take the module
+    stage's positions ("post") in each direction's own base run, and C2 runs."""
+    from harmmed.claim_patches import build_plan, pair_rows
+    from harmmed.claims import PATCH_COLUMNS
+    from harmmed.engine import MediationEngine
+    from harmmed.mediation import clean_runs
+    from harmmed.prompts import EncodedPair
+    from tiny import tiny_model
+
+    torch.manual_seed(0)
+    engine = MediationEngine(tiny_model("llama"), [3, 5])
+    harmful_len, benign_len = lengths
+    pair = EncodedPair("p-000", "held_out", "c", list(range(10, 7 + harmful_len)) + [2, 3, 4],
+                       list(range(50, 47 + benign_len)) + [2, 3, 4], [40, 41, 42],
+                       list(range(harmful_len - 3, harmful_len)))
+    cfg = {"claims": {"top_fraction": 0.05, "random_draws": 3, "seed": 0},
+           "mediation": {"module_positions": ["post"]}, "effects": {"min_abs_te": 0.0}}
+    module = pd.DataFrame([dict(pair_id="d", metric=m, kind="NIE", site=site, layer=layer, window=1,
+                                positions="post", y_benign=0.0, y_harmful=1.0, y_patched=0.1, effect=0.1)
+                           for m in ("harm", "refusal") for site in ("mlp", "attn") for layer in range(4)])
+    ranking = pd.DataFrame([dict(metric=m, site="neuron", layer=3, unit=u, rank=u + 1)
+                            for m in ("harm", "refusal") for u in range(48)])
+    plan = build_plan(cfg, {"n_layers": 4, "d_mlp": 48}, module, ranking)
+    assert plan.positions == "post" and plan.top["refusal"] == (0, 1, 2)
+    rows = pd.DataFrame(pair_rows(engine, pair, clean_runs(engine, pair), plan), columns=PATCH_COLUMNS)
+    assert set(rows["positions"]) == {"post"} and {"c1_early", "c1_late", "c2_mlp", "c2_attn"} <= set(rows["role"])
+    # the final MLP's units at the post positions of each base run include its last prompt token,
+    # the only one whose final-layer units reach the refusal score: the same as patching that token
+    from harmmed.engine import Patch
+
+    harmful, benign = clean_runs(engine, pair)
+    layer = rows[(rows["role"] == "c3_layer") & (rows["metric"] == "refusal")].set_index("kind")
+    last_only = {kind: engine.patch(base, source, [(Patch("neuron", 3, (len(ids) - 1,)),)])[0][1]
+                 for kind, base, source, ids in (("NIE", benign, harmful, pair.benign_ids),
+                                                 ("NEC", harmful, benign, pair.harmful_ids))}
+    assert layer.loc["NIE", "y_patched"] == pytest.approx(last_only["NIE"], abs=1e-5)
+    assert layer.loc["NEC", "y_patched"] == pytest.approx(last_only["NEC"], abs=1e-5)
+    assert abs(layer.loc["NIE", "effect"]) > 1e-4 and abs(layer.loc["NEC", "effect"]) > 1e-4
+
+
 def test_calibration_table_and_marks():
     from harmmed.calibration import calibrated_marks, calibration_table
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .claims import Window, late_band, select_c1_windows, top_k
 from .constants import METRICS
-from .engine import MediationEngine, Patch, Run
+from .engine import MediationEngine, NoisedRuns, Patch, Run
 from .mediation import position_sets
 from .neuron import top_units
 from .prompts import EncodedPair
@@ -85,12 +85,15 @@ def _items(plan: ClaimPlan, positions: tuple[int, ...], kind: str) -> list[Item]
     return items
 
 
-def pair_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run], plan: ClaimPlan) -> list[dict]:
-    """Every claim patch of one held-out pair, both directions, as PATCH_COLUMNS rows."""
+def pair_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run | NoisedRuns], plan: ClaimPlan
+              ) -> list[dict]:
+    """Every claim patch of one held-out pair, both directions, as PATCH_COLUMNS rows. Positions
+    index each direction's base run (right-aligned for unpaired prompts); in noise mode the
+    corrupted runs play the benign role."""
     harmful, benign = runs
-    positions = position_sets(pair)[plan.positions]
     rows: list[dict] = []
     for kind, base, source in (("NIE", benign, harmful), ("NEC", harmful, benign)):
+        positions = position_sets(pair, "NIE" if kind == "NIE" else "NDE")[plan.positions]  # the base run's
         items = _items(plan, positions, kind)
         ys = engine.patch(base, source, [iv for _, _, iv in items])
         for (labels, metrics, _), y in zip(items, ys):

@@ -306,7 +306,7 @@ def mediate_claims(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
 
     settings, manifest = cfg["claims"], read_manifest(manifest)
     engine, _ = load_engine(cfg, manifest, threads)
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "claims.split")
     plan = claim_patches.build_plan(cfg, manifest, read_table(module_csv), pd.read_csv(ranking_csv))
     log.info("claim plan: %s", plan)
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: claim_patches.pair_rows(
