@@ -37,8 +37,10 @@ include: "workflow/rules/mediate_token.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/mediate_claims.smk"
 include: "workflow/rules/claims.smk"
 include: "workflow/rules/verify.smk"
+include: "workflow/rules/calibration.smk"
 
 
 rule all:
@@ -46,6 +48,8 @@ rule all:
         results("claims.csv"),
         results("provenance.json"),
         expand("figures/{model}/claims.md", model=MODELS),
+        "results/calibration.csv",
+        "figures/calibration.png",
         expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES + NEURON_FIGURES + [
             "token_heatmap_harm", "token_heatmap_refusal", "probe_accuracy", "generation_rates"]),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],

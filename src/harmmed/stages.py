@@ -217,21 +217,31 @@ def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], o
 
 
 def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
-    """claims.csv and claims.md. ``inputs``: manifest, layer, module, severed, sparsity, gating,
-    ranking, probe; ``outputs``: csv, md."""
-    from .claims import c3_rows, compute_claims, write_claims
+    """claims.csv of one model. ``inputs``: manifest, patches (claim_patches.csv), probe;
+    ``outputs``: csv. claims.md is written by the calibration stage, which knows every model."""
+    from .claims import compute_claims, write_claims_csv
+    from .effects import Bootstrap
     from .probe import c4_row
 
-    manifest = read_manifest(inputs["manifest"])
-    thresholds, boot = cfg["claims"]["thresholds"], tuple(_boot(cfg).values())
-    c3 = c3_rows(read_table(inputs["sparsity"], ()), read_table(inputs["gating"], ()),
-                 pd.read_csv(inputs["ranking"]), int(manifest["d_mlp"]), thresholds, *boot)
-    c4 = pd.DataFrame([c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
-                              float(thresholds["C4_probe_depth"]), *boot)])
-    table = compute_claims(read_table(inputs["layer"]), read_table(inputs["module"]), read_table(inputs["severed"]),
-                           manifest, thresholds, *boot, extra_rows=pd.concat([c3, c4], ignore_index=True))
-    with atomic_path(outputs["csv"]) as tmp_csv, atomic_path(outputs["md"]) as tmp_md:
-        write_claims(table, tmp_csv, tmp_md, title=f"Claims: {manifest['name']}")
+    manifest, thresholds, boot = read_manifest(inputs["manifest"]), cfg["claims"]["thresholds"], Bootstrap.from_config(cfg)
+    c4 = c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
+                float(thresholds["C4_probe_depth"]), *boot.kwargs().values())
+    patches = read_table(inputs["patches"], ("positions", "layers", "units", "draw"))
+    table = compute_claims(patches, thresholds, boot, float(cfg["effects"]["min_abs_te"]), c4)
+    with atomic_path(outputs["csv"]) as tmp:
+        write_claims_csv(table, tmp)
+
+
+def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths) -> None:
+    """Every model's claims against its expected verdicts. ``claims_csvs`` follow the config's
+    model order; ``outputs``: csv, png, md (every model's claims.md, in model order)."""
+    from .calibration import write_calibration_outputs
+    from .claims import read_claims
+
+    names = [spec["name"] for spec in cfg["models"]]
+    write_calibration_outputs(dict(zip(names, (read_claims(path) for path in claims_csvs))),
+                              {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]},
+                              cfg["calibration"]["metric"], outputs)
 
 
 # ---------------------------------------------------------------- neuron and gating stages
@@ -288,6 +298,23 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
     with atomic_path(units_json) as tmp:
         neuron.gating_units_json(tmp, final, unit_sets["topk_neuron"][0], means["neuron"], unit_sets["random_neuron"][0])
     log.info("gating stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
+def mediate_claims(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, module_csv: str | Path,
+                   ranking_csv: str | Path, patches_csv: str | Path, threads: int = 1) -> None:
+    """Held-out interventions of the C1-C3 statistics, every component chosen on discovery."""
+    from . import claim_patches, neuron
+    from .claims import PATCH_COLUMNS
+
+    settings, manifest = cfg["claims"], read_manifest(manifest)
+    engine, _ = load_engine(cfg, manifest, threads)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "claims.split")
+    plan = claim_patches.build_plan(cfg, manifest, read_table(module_csv), pd.read_csv(ranking_csv))
+    log.info("claim plan: %s", plan)
+    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: claim_patches.pair_rows(
+        engine, pair, runs, plan), "claims")
+    write_table(rows, PATCH_COLUMNS, patches_csv)
+    log.info("claim patches: %d pairs, engine stats %s", len(pairs), engine.stats)
 
 
 def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
