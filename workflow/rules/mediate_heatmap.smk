@@ -8,6 +8,9 @@ rule mediate_heatmap:
         heatmap="results/{model}/heatmap.csv",
         tokens="results/{model}/heatmap_tokens.json",
     priority: 50  # long jobs first, so the two CPU lanes stay busy
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "heatmap")},
+        mode=config["prompts"]["mode"],
     log:
         "logs/mediate_heatmap/{model}.log",
     benchmark:

@@ -9,6 +9,9 @@ rule mediate_neuron:
         ranking="results/{model}/neuron_ranking.csv",
         sparsity="results/{model}/sparsity.csv",
     priority: 55  # long jobs first, so the two CPU lanes stay busy
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["neuron"],
+        top_k=config["gating"]["top_k"],
     log:
         "logs/mediate_neuron/{model}.log",
     benchmark:
@@ -33,6 +36,9 @@ rule gating:
         gating="results/{model}/gating.csv",
         units="results/{model}/gating_units.json",
     priority: 45  # long jobs first, so the two CPU lanes stay busy
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["gating"],
+        discovery={k: config["neuron"][k] for k in ("split", "max_pairs")},
     log:
         "logs/gating/{model}.log",
     benchmark:

@@ -7,6 +7,8 @@ rule mediate_token:
         pairs=pairs_source,
     output:
         token="results/{model}/token.csv",
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["token"],
     log:
         "logs/mediate_token/{model}.log",
     benchmark:

@@ -7,8 +7,8 @@ rule screen_units:
         inputs="results/{model}/inputs.jsonl",
     output:
         screen="results/{model}/screen.csv",
-        report="results/{model}/screen_report.csv",
-        heldout="results/{model}/screen_heldout.csv",
+        screen_report="results/{model}/screen_report.csv",
+        screen_heldout="results/{model}/screen_heldout.csv",
     params:
         settings=lambda wildcards: {"screen": config["screen"], "min_abs_te": config["effects"]["min_abs_te"],
                                     "engine": config["engine"]},
@@ -32,8 +32,8 @@ rule screen_figures:
     input:
         manifest="results/{model}/manifest.json",
         screen="results/{model}/screen.csv",
-        report="results/{model}/screen_report.csv",
-        heldout="results/{model}/screen_heldout.csv",
+        screen_report="results/{model}/screen_report.csv",
+        screen_heldout="results/{model}/screen_heldout.csv",
     output:
         scatter=report("figures/{model}/screen_scatter.png", caption="../report/screen_scatter.rst",
                        category="{model}"),
