@@ -10,17 +10,17 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])
 )
 
+envvars:
+    "PYTHONPATH",
+
+
 configfile: "config/config.yaml"
+
 
 config.update(validate_config(config))
 
-MODELS = [m["name"] for m in config["models"]]
 
-
-def results(path):
-    return expand(f"results/{{model}}/{path}", model=MODELS)
-
-
+include: "workflow/rules/common.smk"
 include: "workflow/rules/download_model.smk"
 include: "workflow/rules/prepare_prompts.smk"
 include: "workflow/rules/mediate_layer.smk"

@@ -14,8 +14,8 @@ rule mediate_heatmap:
         "benchmarks/mediate_heatmap/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("mediate_heatmap"),
     script:
         "../scripts/mediate_heatmap.py"

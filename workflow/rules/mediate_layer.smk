@@ -15,8 +15,8 @@ rule mediate_layer:
         "benchmarks/mediate_layer/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("mediate_layer"),
     script:
         "../scripts/mediate_layer.py"

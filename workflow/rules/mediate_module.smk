@@ -12,8 +12,8 @@ rule mediate_module:
         "benchmarks/mediate_module/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("mediate_module"),
     script:
         "../scripts/mediate_module.py"

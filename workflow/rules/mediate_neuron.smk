@@ -1,6 +1,3 @@
-NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
-
-
 rule mediate_neuron:
     """Exact per-neuron NIE at the final layer (and neuron.extra_layers), blocks of B adjacent
     neurons in every layer, the discovery ranking and the top-k vs random-k sparsity curve."""
@@ -18,9 +15,9 @@ rule mediate_neuron:
         "benchmarks/mediate_neuron/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("mediate_neuron"),
     script:
         "../scripts/mediate_neuron.py"
 
@@ -42,9 +39,9 @@ rule gating:
         "benchmarks/gating/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("gating"),
     script:
         "../scripts/gating.py"
 

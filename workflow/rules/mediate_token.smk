@@ -1,6 +1,3 @@
-TOKEN_METRICS = ["harm", "refusal"]
-
-
 rule mediate_token:
     """NIE of the embedding output at each prompt position, labelled by the position's role
     (template, request before/after the differing span, span, post-instruction)."""
@@ -16,9 +13,9 @@ rule mediate_token:
         "benchmarks/mediate_token/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("mediate_token"),
     script:
         "../scripts/mediate_token.py"
 

