@@ -29,7 +29,7 @@ def test_a_job_larger_than_every_node_is_refused_with_the_setting_to_change():
     check_fits("mediate_layer", 8, 8000, 0, nodes)
     with pytest.raises(JobNeverFits, match=r"rule mediate_layer: asks for 8 CPUs, 20000 MB.*HARMMED_SLURM_CPUS"):
         check_fits("mediate_layer", 8, 20000, 0, nodes)  # each fits some node, both at once none
-    with pytest.raises(JobNeverFits, match=r"4 CPUs.*HARMMED_SLURM_CPUS"):
+    with pytest.raises(JobNeverFits, match=r"16 CPUs.*8 CPUs / 8000 MB.*HARMMED_SLURM_CPUS"):
         check_fits("probe", 16, 1000, 0, nodes)
     with pytest.raises(JobNeverFits, match="HARMMED_SLURM_GPUS=0"):
         check_fits("probe", 1, 1000, 1, nodes)
