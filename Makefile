@@ -5,7 +5,10 @@
 #   make replicate CORES=8 CONFIG=config/other.yaml
 #   make replicate SNAKEMAKE_ARGS="--sdm conda"   # per-stage conda envs (envs/*.yaml)
 #   make replicate SNAKEMAKE_ARGS="--forceall"    # any other snakemake flags
-#   make test PYTEST_ARGS="-k config"
+#   make test PYTEST_ARGS="-k config"   # pytest, then `make lint`
+#   make lint                           # snakemake --lint (0 findings) and snakefmt --check
+#   make format                         # snakefmt: rewrite the Snakefile and workflow/rules/*.smk
+#   make test-cluster                   # live single-node SLURM (root, Debian): tests/cluster/
 #   make venv PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 #                                       # CPU-only torch wheel on Linux (PyPI's is CUDA)
 
@@ -22,7 +25,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
 SMK_FLAGS = --cores $(CORES) --configfile $(CONFIG) --rerun-triggers mtime $(SNAKEMAKE_ARGS)
 
-.PHONY: venv replicate dryrun report test bench clean
+.PHONY: venv replicate dryrun report test lint format test-cluster bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +46,21 @@ report: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) lint
+
+# The lint must report nothing: snakemake prints "Congratulations" only then.
+lint: venv
+	@out=$$(PYTHONPATH=$(CURDIR)/src $(SNAKEMAKE) --lint --cores 1 2>&1); status=$$?; echo "$$out"; \
+	  test $$status -eq 0 && echo "$$out" | grep -q "Congratulations, your workflow is in a good condition"
+	$(VENV)/bin/snakefmt --check Snakefile workflow/
+
+format: venv
+	$(VENV)/bin/snakefmt Snakefile workflow/
+
+# Brings up SLURM on this machine (apt-get install when missing), installs the pinned plugin
+# (requirements-cluster.lock) into the venv, runs the tiny workflow locally and through SLURM.
+test-cluster: venv
+	bash tests/cluster/test_cluster.sh
 
 bench: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python bench/run_bench.py
