@@ -3,7 +3,11 @@
 
 import os
 
+from snakemake.utils import min_version
+
 from harmmed.config import validate_config
+
+min_version("8.0")
 
 # Jobs (including those in per-stage conda envs) import the package from this checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -18,6 +22,9 @@ configfile: "config/config.yaml"
 
 
 config.update(validate_config(config))
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

