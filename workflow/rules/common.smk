@@ -71,5 +71,3 @@ def download_mem_mb(wildcards, threads):
     else:
         mem_mb = DOWNLOAD_MEM_MB[spec["source"]]
     return _checked("download_model", threads, mem_mb)
-=======
->>>>>>> main
