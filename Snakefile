@@ -39,6 +39,7 @@ include: "workflow/rules/probe.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/claims.smk"
+include: "workflow/rules/merge_shards.smk"
 
 
 rule all:

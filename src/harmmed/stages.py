@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS,
                         UNIT_SITES)
 from .prompts import PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
+from .shards import WHOLE, Shard, concat_tables, merge_json_objects, take_shard
 from .storage import (atomic_path, load_engine, model_spec, read_json, read_jsonl, read_manifest, read_table,
                       write_json, write_table)
 
@@ -77,9 +78,17 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
 
 
 # ---------------------------------------------------------------- mediation stages
-def _pairs(cfg: dict, inputs_path: str | Path) -> list[EncodedPair]:
+def _pairs(cfg: dict, inputs_path: str | Path, shard: Shard = WHOLE) -> list[EncodedPair]:
     med = cfg["mediation"]
-    return select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"])
+    return take_shard(select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"]), shard)
+
+
+def merge_shards(shard_paths: list[str], out: str | Path) -> None:
+    """One table (or heatmap-token JSON) from a sharded stage's parts, in shard order."""
+    if Path(out).suffix == ".json":
+        merge_json_objects(shard_paths, out)
+    else:
+        log.info("merged %d shards, %d rows into %s", len(shard_paths), concat_tables(shard_paths, out), out)
 
 
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
@@ -97,7 +106,7 @@ def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: st
 
 
 def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
-                  severed_csv: str | Path, threads: int = 1) -> None:
+                  severed_csv: str | Path, threads: int = 1, shard: Shard = WHOLE) -> None:
     """Residual layer curves and the severed paths. The severed paths' ``none`` rows are the
     layer curves' NIE(all) interventions, so they share one stage and the engine computes each
     once."""
@@ -106,7 +115,7 @@ def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     med = cfg["mediation"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
     n_layers = engine.sites.n_layers
-    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.layer_cells(
+    rows = _sweep(engine, _pairs(cfg, inputs_path, shard), lambda i, pair: mediation.layer_cells(
         pair, n_layers, med["layer_positions"]) + mediation.severed_cells(pair, n_layers, med["severed_positions"]),
         "layer")
     write_table([row for row in rows if "severed" not in row], ROW_COLUMNS, out_csv)
@@ -115,19 +124,19 @@ def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
 
 
 def mediate_module(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, module_csv: str | Path,
-                   threads: int = 1) -> None:
+                   threads: int = 1, shard: Shard = WHOLE) -> None:
     from . import mediation
 
     med = cfg["mediation"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.module_cells(
+    rows = _sweep(engine, _pairs(cfg, inputs_path, shard), lambda i, pair: mediation.module_cells(
         pair, engine.sites.n_layers, med["module_positions"], med["windows"]), "module")
     write_table(rows, ROW_COLUMNS, module_csv)
     log.info("engine stats: %s", engine.stats)
 
 
 def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, heatmap_csv: str | Path,
-                    tokens_json: str | Path, threads: int = 1) -> None:
+                    tokens_json: str | Path, threads: int = 1, shard: Shard = WHOLE) -> None:
     """Layer x position NIE of the configured sites on the first heatmap pairs (Meng et al.'s
     three panels), and those pairs' tokens for the axis labels. Unpaired prompts have no
     position-aligned counterpart, so they get an empty table."""
@@ -135,7 +144,7 @@ def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
 
     med = cfg["mediation"]
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = _pairs(cfg, inputs_path)[: _heatmap_pairs(cfg)]
+    pairs = take_shard(_pairs(cfg, inputs_path)[: _heatmap_pairs(cfg)], shard)
     rows = _sweep(engine, pairs, lambda i, pair: mediation.heatmap_cells(
         pair, engine.sites.n_layers, med["heatmap"]["sites"]), "heatmap")
     write_table(rows, ROW_COLUMNS, heatmap_csv)
@@ -302,7 +311,7 @@ def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 # ---------------------------------------------------------------- token and probe stages
 def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
-                  threads: int = 1, pairs_path: str | Path | None = None) -> None:
+                  threads: int = 1, pairs_path: str | Path | None = None, shard: Shard = WHOLE) -> None:
     """token.csv for the configured split (ROW_COLUMNS plus ``role``). ``pairs_path`` supplies
     the request texts for the roles; it defaults to ``prompts.pairs_file`` (the workflow passes
     the file prepare_prompts read)."""
@@ -310,7 +319,7 @@ def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     from .mediation import clean_runs
 
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"])
+    pairs = take_shard(select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"]), shard)
     roles = token.pair_roles(tokenizer, pairs, token.pair_requests(pairs_path or cfg["prompts"]["pairs_file"]))
     rows: list[dict] = []
     total = sum(token.aligned_count(roles[p.pair_id]) for p in pairs)

@@ -3,6 +3,7 @@
 import os
 
 from harmmed.cluster import JobNeverFits, check_fits, model_mem_mb, slurm_nodes, weights_mb
+from harmmed.shards import shard_ids
 from harmmed.storage import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
@@ -13,6 +14,10 @@ MODEL_FIGURES = ["layer_curves", "module_curves", "severed_paths", "heatmap_harm
 NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
 TOKEN_METRICS = ["harm", "refusal"]
 
+# Tables of the model stages that split their pairs into `shards` jobs ({shard} = 0of4, ...).
+SHARDED_TABLES = ["layer", "severed", "module", "heatmap", "heatmap_tokens", "token"]
+SHARDS = shard_ids(config["shards"])
+
 
 def results(path):
     """``results/<model>/<path>`` for every configured model."""
@@ -22,6 +27,17 @@ def results(path):
 def model_figure(name, caption):
     return report(f"figures/{{model}}/{name}.png", caption=f"../report/{caption}.rst",
                   category="{model}", subcategory=name)
+
+
+def shard_parts(wildcards):
+    """The shard files merge_shards concatenates, in shard order."""
+    return expand(
+        "results/{model}/shards/{table}/{shard}.{ext}",
+        model=wildcards.model,
+        table=wildcards.table,
+        ext=wildcards.ext,
+        shard=SHARDS,
+    )
 
 
 def pairs_source(wildcards):

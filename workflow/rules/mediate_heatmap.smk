@@ -5,13 +5,13 @@ rule mediate_heatmap:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
-        heatmap="results/{model}/heatmap.csv",
-        tokens="results/{model}/heatmap_tokens.json",
+        heatmap="results/{model}/shards/heatmap/{shard}.csv",
+        tokens="results/{model}/shards/heatmap_tokens/{shard}.json",
     priority: 50  # long jobs first, so the two CPU lanes stay busy
     log:
-        "logs/mediate_heatmap/{model}.log",
+        "logs/mediate_heatmap/{model}.{shard}.log",
     benchmark:
-        "benchmarks/mediate_heatmap/{model}.tsv"
+        "benchmarks/mediate_heatmap/{model}.{shard}.tsv"
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS

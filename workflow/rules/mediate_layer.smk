@@ -6,13 +6,13 @@ rule mediate_layer:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
-        layer="results/{model}/layer.csv",
-        severed="results/{model}/severed.csv",
+        layer="results/{model}/shards/layer/{shard}.csv",
+        severed="results/{model}/shards/severed/{shard}.csv",
     priority: 60  # the longest job first, so the two CPU lanes stay busy
     log:
-        "logs/mediate_layer/{model}.log",
+        "logs/mediate_layer/{model}.{shard}.log",
     benchmark:
-        "benchmarks/mediate_layer/{model}.tsv"
+        "benchmarks/mediate_layer/{model}.{shard}.tsv"
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS

@@ -4,12 +4,12 @@ rule mediate_module:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
-        module="results/{model}/module.csv",
+        module="results/{model}/shards/module/{shard}.csv",
     priority: 35  # long jobs first, so the two CPU lanes stay busy
     log:
-        "logs/mediate_module/{model}.log",
+        "logs/mediate_module/{model}.{shard}.log",
     benchmark:
-        "benchmarks/mediate_module/{model}.tsv"
+        "benchmarks/mediate_module/{model}.{shard}.tsv"
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS

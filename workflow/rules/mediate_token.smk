@@ -6,11 +6,11 @@ rule mediate_token:
         inputs="results/{model}/inputs.jsonl",
         pairs=pairs_source,
     output:
-        token="results/{model}/token.csv",
+        token="results/{model}/shards/token/{shard}.csv",
     log:
-        "logs/mediate_token/{model}.log",
+        "logs/mediate_token/{model}.{shard}.log",
     benchmark:
-        "benchmarks/mediate_token/{model}.tsv"
+        "benchmarks/mediate_token/{model}.{shard}.tsv"
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
