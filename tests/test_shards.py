@@ -48,6 +48,9 @@ SHARDED = {  # stage -> (its output tables, how to call it)
         cfg, m, i, out["heatmap.csv"], out["heatmap_tokens.json"], shard=shard)),
     "token": (["token.csv"], lambda cfg, m, i, out, shard: stages.mediate_token(
         cfg, m, i, out["token.csv"], shard=shard)),
+    # every-layer blocks on the first pair only (block_max_pairs 1): a later shard must not add them
+    "neuron": (["neuron.csv"], lambda cfg, m, i, out, shard: stages.mediate_neuron(
+        cfg, m, i, out["neuron.csv"], shard=shard)),
 }
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS,
                         UNIT_SITES)
 from .prompts import PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
-from .shards import WHOLE, Shard, concat_tables, merge_json_objects, take_shard
+from .shards import WHOLE, Shard, concat_tables, merge_json_objects, shard_offset, take_shard
 from .storage import (atomic_path, load_engine, model_spec, read_json, read_jsonl, read_manifest, read_table,
                       write_json, write_table)
 
@@ -242,29 +242,41 @@ def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
 
 # ---------------------------------------------------------------- neuron and gating stages
 def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, neuron_csv: str | Path,
-                   ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
-    """Exact per-neuron NIE (final and extra layers), blocks, the discovery ranking and the
-    sparsity curve (joint top-k vs random-k at the final layer)."""
+                   threads: int = 1, shard: Shard = WHOLE) -> None:
+    """Exact per-neuron NIE (final and extra layers) and blocks of adjacent neurons, per pair:
+    the rows of ``shard``'s pairs (blocks at every layer on the first ``block_max_pairs``)."""
     from . import neuron
 
     settings = cfg["neuron"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    n_layers = engine.sites.n_layers
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
-    plan = neuron.NeuronPlan(neuron.final_and_extra_layers(n_layers, settings["extra_layers"]),
-                             settings["block_size"], settings["block_max_pairs"] or len(pairs))
+    all_pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    plan = neuron.NeuronPlan(neuron.final_and_extra_layers(engine.sites.n_layers, settings["extra_layers"]),
+                             settings["block_size"], settings["block_max_pairs"] or len(all_pairs))
+    offset, pairs = shard_offset(len(all_pairs), shard), take_shard(all_pairs, shard)
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
-        engine, pair, runs, plan, every_layer_blocks=i < plan.block_pairs), "neuron")
-    frame = pd.DataFrame(rows, columns=NEURON_COLUMNS)
-    ranking = pd.concat([neuron.rank_units(frame, site, n_layers - 1) for site in UNIT_SITES],
-                        ignore_index=True)
+        engine, pair, runs, plan, every_layer_blocks=offset + i < plan.block_pairs), "neuron")
+    write_table(rows, NEURON_COLUMNS, neuron_csv)
+    log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
+def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, neuron_csv: str | Path,
+                    ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
+    """The discovery ranking of final-layer units over every pair of neuron.csv, and the
+    sparsity curve (joint top-k vs random-k at the final layer) under that ranking."""
+    from . import neuron
+
+    settings = cfg["neuron"]
+    engine, _ = load_engine(cfg, read_manifest(manifest), threads)
+    final = engine.sites.n_layers - 1
+    frame = read_table(neuron_csv, ("positions", "block", "neuron"))
+    ranking = pd.concat([neuron.rank_units(frame, site, final) for site in UNIT_SITES], ignore_index=True)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
     grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
     sparsity = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
         engine, pair, runs, ranking, grid, settings["random_draws"], settings["seed"] + i), "sparsity")
-    write_table(rows, NEURON_COLUMNS, neuron_csv)
     write_table(ranking, list(ranking.columns), ranking_csv)
     write_table(sparsity, SPARSITY_COLUMNS, sparsity_csv)
-    log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+    log.info("sparsity: %d pairs, engine stats %s", len(pairs), engine.stats)
 
 
 def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking_csv: str | Path, gating_csv: str | Path,

@@ -15,7 +15,7 @@ NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
 TOKEN_METRICS = ["harm", "refusal"]
 
 # Tables of the model stages that split their pairs into `shards` jobs ({shard} = 0of4, ...).
-SHARDED_TABLES = ["layer", "severed", "module", "heatmap", "heatmap_tokens", "token"]
+SHARDED_TABLES = ["layer", "severed", "module", "heatmap", "heatmap_tokens", "token", "neuron"]
 SHARDS = shard_ids(config["shards"])
 
 

@@ -1,18 +1,16 @@
 rule mediate_neuron:
-    """Exact per-neuron NIE at the final layer (and neuron.extra_layers), blocks of B adjacent
-    neurons in every layer, the discovery ranking and the top-k vs random-k sparsity curve."""
+    """Exact per-neuron NIE at the final layer (and neuron.extra_layers) and blocks of B adjacent
+    neurons in every layer, for one shard of the pairs."""
     input:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
-        neuron="results/{model}/neuron.csv",
-        ranking="results/{model}/neuron_ranking.csv",
-        sparsity="results/{model}/sparsity.csv",
+        neuron="results/{model}/shards/neuron/{shard}.csv",
     priority: 55  # long jobs first, so the two CPU lanes stay busy
     log:
-        "logs/mediate_neuron/{model}.log",
+        "logs/mediate_neuron/{model}.{shard}.log",
     benchmark:
-        "benchmarks/mediate_neuron/{model}.tsv"
+        "benchmarks/mediate_neuron/{model}.{shard}.tsv"
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -20,6 +18,30 @@ rule mediate_neuron:
         mem_mb=model_job_mem_mb("mediate_neuron"),
     script:
         "../scripts/mediate_neuron.py"
+
+
+rule neuron_sparsity:
+    """The discovery ranking of final-layer units over all pairs (after the shards are merged)
+    and the top-k vs random-k sparsity curve under it."""
+    input:
+        manifest="results/{model}/manifest.json",
+        inputs="results/{model}/inputs.jsonl",
+        neuron="results/{model}/neuron.csv",
+    output:
+        ranking="results/{model}/neuron_ranking.csv",
+        sparsity="results/{model}/sparsity.csv",
+    priority: 50
+    log:
+        "logs/neuron_sparsity/{model}.log",
+    benchmark:
+        "benchmarks/neuron_sparsity/{model}.tsv"
+    conda:
+        "../../envs/mediate.yaml"
+    threads: MODEL_THREADS
+    resources:
+        mem_mb=model_job_mem_mb("neuron_sparsity"),
+    script:
+        "../scripts/neuron_sparsity.py"
 
 
 rule gating:
