@@ -60,23 +60,43 @@ def render_slurm_profile(**settings: str) -> dict:
 def test_slurm_profile_names_no_cluster_by_default():
     profile = render_slurm_profile()
     assert profile["executor"] == "slurm" and profile["max-threads"] == 4
-    assert "slurm_partition" not in profile["default-resources"]
-    assert "slurm_account" not in profile["default-resources"]
-    for rule, resources in profile["set-resources"].items():
-        assert set(resources) == {"runtime"}, rule  # no partition, no GPU, no memory
+    assert set(profile["default-resources"]) == {"runtime", "mem_mb"}  # no partition, no account
+    assert "set-resources" not in profile  # nothing for a command-line --set-resources to replace
 
 
 def test_slurm_profile_settings_reach_the_resources():
-    profile = render_slurm_profile(PARTITION="short", GPU_PARTITION="gpu", ACCOUNT="lab", GPUS="1", CPUS="16")
+    profile = render_slurm_profile(PARTITION="short", ACCOUNT="lab", CPUS="16")
     assert profile["default-resources"]["slurm_partition"] == "short"
     assert profile["default-resources"]["slurm_account"] == "lab"
     assert profile["max-threads"] == 16
-    assert profile["set-resources"]["mediate_layer"] == {"runtime": 720, "slurm_partition": "gpu", "gpu": 1}
 
 
-def test_model_rules_ask_for_their_threads_and_the_models_memory():
-    """Every rule that loads the model gets MODEL_THREADS CPUs and a memory request from the
-    model's size, and is listed in both GPU profiles."""
+def dry_run_resources(env: dict, *args: str) -> dict[str, str]:
+    """Rule name -> its resources line in a dry run of the default config."""
+    import re
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HARMMED_SLURM_")}, **env,
+           "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(REPO),
+                           "-n", "--forceall", "--cores", "2", *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", done.stdout, re.M))
+
+
+def test_model_job_settings_survive_a_command_line_set_resources():
+    """Snakemake replaces a profile's whole set-resources with the command line's; the model
+    jobs' GPU, partition and runtime are rule resources instead, so they stay."""
+    resources = dry_run_resources({"HARMMED_SLURM_GPUS": "1", "HARMMED_SLURM_GPU_PARTITION": "gpu"},
+                                  "--profile", str(REPO / "profiles" / "slurm"), "--executor", "local",
+                                  "--set-resources", "mediate_layer:runtime=5")
+    assert "runtime=5, gpu=1, slurm_partition=gpu" in resources["mediate_layer"]
+    assert "runtime=720, gpu=1, slurm_partition=gpu" in resources["mediate_module"]
+    assert "gpu" not in resources["claims"] and "runtime=60" in resources["claims"]
+
+
+def test_model_rules_ask_for_their_threads_memory_and_gpus():
+    """Every rule that loads the model gets MODEL_THREADS CPUs, memory from the model's size and
+    the model-job settings, and is listed in profiles/gpu-local."""
     import re
 
     model_rules = set()
@@ -86,7 +106,7 @@ def test_model_rules_ask_for_their_threads_and_the_models_memory():
                 model_rules.add(name)
                 assert "threads: MODEL_THREADS" in body, name
                 assert f'mem_mb=model_job_mem_mb("{name}")' in body, name
-    assert {"mediate_layer", "mediate_heatmap", "generate_and_judge"} <= model_rules
-    assert model_rules <= set(render_slurm_profile(GPUS="1")["set-resources"])
+                assert "gpu=MODEL_GPUS" in body and "slurm_partition=MODEL_PARTITION" in body, name
+    assert {"mediate_layer", "mediate_heatmap", "neuron_sparsity", "generate_and_judge"} <= model_rules
     listed = yaml.safe_load((REPO / "profiles" / "gpu-local" / "config.yaml").read_text())["set-resources"]
     assert model_rules <= set(listed), f"profiles/gpu-local: no GPU for {sorted(model_rules - set(listed))}"

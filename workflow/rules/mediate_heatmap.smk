@@ -17,5 +17,8 @@ rule mediate_heatmap:
     threads: MODEL_THREADS
     resources:
         mem_mb=model_job_mem_mb("mediate_heatmap"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/mediate_heatmap.py"

@@ -18,5 +18,8 @@ rule mediate_layer:
     threads: MODEL_THREADS
     resources:
         mem_mb=model_job_mem_mb("mediate_layer"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/mediate_layer.py"

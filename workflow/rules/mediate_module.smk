@@ -15,5 +15,8 @@ rule mediate_module:
     threads: MODEL_THREADS
     resources:
         mem_mb=model_job_mem_mb("mediate_module"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/mediate_module.py"

@@ -16,6 +16,9 @@ rule mediate_neuron:
     threads: MODEL_THREADS
     resources:
         mem_mb=model_job_mem_mb("mediate_neuron"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/mediate_neuron.py"
 
@@ -40,6 +43,9 @@ rule neuron_sparsity:
     threads: MODEL_THREADS
     resources:
         mem_mb=model_job_mem_mb("neuron_sparsity"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/neuron_sparsity.py"
 
@@ -64,6 +70,9 @@ rule gating:
     threads: MODEL_THREADS
     resources:
         mem_mb=model_job_mem_mb("gating"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/gating.py"
 

@@ -16,6 +16,9 @@ rule mediate_token:
     threads: MODEL_THREADS
     resources:
         mem_mb=model_job_mem_mb("mediate_token"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/mediate_token.py"
 

@@ -15,6 +15,9 @@ rule probe:
     threads: MODEL_THREADS
     resources:
         mem_mb=model_job_mem_mb("probe"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/probe.py"
 
