@@ -56,6 +56,8 @@ SelectTypeParameters=CR_CPU_Memory
 # Without a default memory per CPU one job is given the whole node.
 DefMemPerCPU=1000
 AccountingStorageType=accounting_storage/slurmdbd
+# The plugin names the rule in the job comment; keep it for sacct.
+AccountingStoreFlags=job_comment
 AccountingStorageHost=localhost
 AccountingStoragePort=${HARMMED_SLURMDBD_PORT:-6819}
 MpiDefault=none

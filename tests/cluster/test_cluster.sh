@@ -53,7 +53,7 @@ phase "local workflow"
 # The documented local settings: this node has 2 CPUs (profiles/README.md).
 HARMMED_SLURM_CPUS=2 $T 1200 "${SNAKEMAKE[@]}" --profile "$REPO/profiles/slurm" --directory "$WORK/slurm-run" \
     --slurm-init-seconds-before-status-checks 2 >"$WORK/slurm-run.log" 2>&1
-$T 10 sacct -X -n -o JobID,JobName%30,AllocCPUS,ReqMem,State | tee "$WORK/sacct.txt"
+$T 10 sacct -X -n -P -o JobID,Comment,AllocCPUS,ReqMem,State | tee "$WORK/sacct.txt"
 phase "slurm workflow"
 
 python - "$WORK/local" "$WORK/slurm-run" "$WORK/sacct.txt" <<'EOF'
@@ -66,10 +66,10 @@ other = sorted(str(p.relative_to(slurm)) for d in ("results", "figures") for p i
 assert names == other, f"different files: {sorted(set(names) ^ set(other))}"
 differ = [n for n in names if (local / n).read_bytes() != (slurm / n).read_bytes()]
 assert not differ, f"files differ between the local and the SLURM run: {differ}"
-jobs = [line.split() for line in sacct.read_text().splitlines() if line.strip()]
+jobs = [line.split("|") for line in sacct.read_text().splitlines() if line.strip()]
 assert jobs and all(j[-1] == "COMPLETED" for j in jobs), f"SLURM jobs not all COMPLETED: {jobs}"
-model = [j for j in jobs if j[1] == "mediate_layer"]
-assert model and model[0][2] == "2", f"mediate_layer should get 2 CPUs: {model}"
+model = [j for j in jobs if j[1].startswith("rule_mediate_layer")]
+assert model and model[0][2] == "2", f"mediate_layer should get 2 CPUs (HARMMED_SLURM_CPUS=2): {model}"
 print(f"test-cluster: {len(names)} result and figure files byte-identical, {len(jobs)} SLURM jobs COMPLETED")
 EOF
 phase "compare"
