@@ -73,4 +73,16 @@ assert model and model[0][2] == "2", f"mediate_layer should get 2 CPUs (HARMMED_
 print(f"test-cluster: {len(names)} result and figure files byte-identical, {len(jobs)} SLURM jobs COMPLETED")
 EOF
 phase "compare"
+
+# A job larger than every node must stop the run before anything is submitted, not pend.
+before=$($T 10 sacct -X -n -o JobID | wc -l)
+if HARMMED_SLURM_CPUS=8 $T 300 "${SNAKEMAKE[@]}" --profile "$REPO/profiles/slurm" --directory "$WORK/slurm-run" \
+        --forcerun mediate_layer --slurm-init-seconds-before-status-checks 2 >"$WORK/too-big.log" 2>&1; then
+    echo "test-cluster: a 4-CPU job on a 2-CPU node was not refused" >&2; exit 1
+fi
+grep -q "rule mediate_layer: asks for 4 CPUs.*it would pend for ever" "$WORK/too-big.log" \
+    || { tail -n 30 "$WORK/too-big.log" >&2; exit 1; }
+[ "$($T 10 sacct -X -n -o JobID | wc -l)" -eq "$before" ] || { echo "test-cluster: a job was submitted" >&2; exit 1; }
+grep -o "rule mediate_layer: asks.*" "$WORK/too-big.log" | head -n 1
+phase "fail fast"
 echo "== test-cluster: total $(( SECONDS - TOTAL ))s"
