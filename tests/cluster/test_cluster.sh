@@ -39,7 +39,7 @@ phase "setup"
 $T 300 "$VENV/bin/pip" install -q -r requirements-cluster.lock -c requirements.lock
 phase "plugin install"
 
-$T 60 python -c "
+$T 600 python -c "
 import sys; sys.path.insert(0, 'tests')
 from pathlib import Path
 from test_workflow import tiny_config
