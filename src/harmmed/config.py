@@ -187,8 +187,8 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
             seen[name] = i
     prompts = cfg.get("prompts") or {}
     mediation = cfg.get("mediation") or {}
-    if (prompts.get("public") or {}).get("enabled") and prompts.get("mode") != "unpaired":
-        problems.append("prompts.mode: public benchmark prompts are not minimal pairs; set mode: unpaired")
+    if (prompts.get("public") or {}).get("enabled") and prompts.get("mode") == "minimal":
+        problems.append("prompts.mode: public benchmark prompts are not minimal pairs; set mode: unpaired or noise")
     if prompts.get("mode") == "unpaired":
         for key in ("layer_positions", "module_positions"):
             if "all" in (mediation.get(key) or []):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .engine import Given, MediationEngine, Patch, Run
 from .constants import METRICS, UNIT_SITES
-from .mediation import clean_runs, position_sets
+from .mediation import clean_runs, joint_positions
 from .prompts import EncodedPair
 
 def blocks(width: int, size: int) -> list[tuple[int, int]]:
@@ -34,11 +34,12 @@ def k_grid(width: int, extra: list[int]) -> list[int]:
 
 def _rows(pair: EncodedPair, runs: tuple[Run, Run], labels: list[dict], ys: np.ndarray, kind: str = "NIE") -> list[dict]:
     harmful, benign = runs
+    positions = joint_positions(pair, kind)[0]
     rows = []
     for label, y in zip(labels, ys):
         for m_index, metric in enumerate(METRICS):
             rows.append({
-                "pair_id": pair.pair_id, "metric": metric, "kind": kind, "window": 1, "positions": "all",
+                "pair_id": pair.pair_id, "metric": metric, "kind": kind, "window": 1, "positions": positions,
                 "y_benign": benign.y[metric], "y_harmful": harmful.y[metric], "y_patched": float(y[m_index]),
                 "effect": float(y[m_index]) - benign.y[metric], **label,
             })
@@ -70,7 +71,7 @@ def pair_neuron_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run
     """All single-neuron, block and whole-layer NIE rows of one pair."""
     harmful, benign = runs
     sites = engine.sites
-    everywhere = position_sets(pair)["all"]
+    everywhere = joint_positions(pair, "NIE")[1]
     final = sites.n_layers - 1
     labels: list[dict] = []
     interventions: list[tuple[Patch, ...]] = []
@@ -125,7 +126,7 @@ def sparsity_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, R
     """Joint NIE of the top-k final-layer neurons (per metric's ranking) and of random k."""
     harmful, benign = runs
     final = engine.sites.n_layers - 1
-    everywhere = position_sets(pair)["all"]
+    everywhere = joint_positions(pair, "NIE")[1]
     rng = np.random.default_rng(seed)
     width = engine.sites.d_mlp
     random_sets = {k: [tuple(sorted(rng.choice(width, k, replace=False).tolist())) for _ in range(draws)] for k in grid}
@@ -158,8 +159,12 @@ def sparsity_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, R
 
 def benign_means(engine: MediationEngine, pairs: list[EncodedPair], sites: tuple[str, ...], layer: int
                  ) -> dict[str, np.ndarray]:
-    """Mean of each site's units over benign prompts at their last prompt position."""
-    runs = engine.runs([(p.benign_ids, p.target_ids) for p in pairs])
+    """Mean of each site's units over the benign-role runs at their last prompt position (noise
+    mode: over every corrupted draw)."""
+    runs = engine.runs([(p.benign_ids, p.target_ids) for p in pairs if p.noise_span is None])
+    for pair in pairs:
+        if pair.noise_span is not None:
+            runs += clean_runs(engine, pair)[1].samples
     return {site: np.mean([r.acts[(site, layer)][r.prompt_len - 1].float().cpu().numpy() for r in runs], axis=0)
             for site in sites}
 

@@ -66,7 +66,8 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
     rows = read_pairs(pairs_file)
     tokenizer = AutoTokenizer.from_pretrained(manifest["path"])
     split_of = split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"])
-    kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of)
+    kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of, cfg["noise"],
+                                 request_span=prompts["public"]["enabled"])
     log.info("prompt pairs: %d read, %d kept, %d dropped as not token-aligned under %s",
              len(rows), len(kept), len(dropped), manifest["name"])
     if not kept:
@@ -80,7 +81,7 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
 # ---------------------------------------------------------------- mediation stages
 def _pairs(cfg: dict, inputs_path: str | Path, shard: Shard = WHOLE) -> list[EncodedPair]:
     med = cfg["mediation"]
-    return take_shard(select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"]), shard)
+    return take_shard(select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split"), shard)
 
 
 def merge_shards(shard_paths: list[str], out: str | Path) -> None:
@@ -152,7 +153,7 @@ def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
     log.info("engine stats: %s", engine.stats)
 
 
-def _heatmap_pairs(cfg: dict) -> int:
+def _heatmap_pairs(cfg: dict) -> int:  # noise mode corrupts the harmful prompt itself: positions align
     return 0 if cfg["prompts"]["mode"] == "unpaired" else cfg["mediation"]["heatmap"]["n_pairs"]
 
 
@@ -186,7 +187,7 @@ def fetch_public_datasets(cfg: dict, raw_dir: str | Path, pairs_csv: str | Path)
     harmful = [p for name in public["harmful"] for p in load_prompts(name, paths[name])]
     benign = [p for name in public["benign"] for p in load_prompts(name, paths[name])]
     pairs = build_unpaired_pairs(harmful, benign, public["n_pairs"], public["seed"])
-    write_table(pairs, PAIR_COLUMNS, pairs_csv)
+    write_table(pairs, [*PAIR_COLUMNS, "harmful_target_source"], pairs_csv)
     log.info("unpaired pairs: %d sampled from %s", len(pairs), ", ".join(names))
     return len(pairs)
 
@@ -249,7 +250,7 @@ def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
 
     settings = cfg["neuron"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    all_pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    all_pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
     plan = neuron.NeuronPlan(neuron.final_and_extra_layers(engine.sites.n_layers, settings["extra_layers"]),
                              settings["block_size"], settings["block_max_pairs"] or len(all_pairs))
     offset, pairs = shard_offset(len(all_pairs), shard), take_shard(all_pairs, shard)
@@ -270,7 +271,7 @@ def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
     final = engine.sites.n_layers - 1
     frame = read_table(neuron_csv, ("positions", "block", "neuron"))
     ranking = pd.concat([neuron.rank_units(frame, site, final) for site in UNIT_SITES], ignore_index=True)
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
     grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
     sparsity = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
         engine, pair, runs, ranking, grid, settings["random_draws"], settings["seed"] + i), "sparsity")
@@ -288,8 +289,8 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
     final = engine.sites.n_layers - 1
     all_pairs = read_inputs(inputs_path)
-    pairs = select_pairs(all_pairs, settings["split"], settings["max_pairs"])
-    discovery = select_pairs(all_pairs, cfg["neuron"]["split"], cfg["neuron"]["max_pairs"])
+    pairs = select_pairs(all_pairs, settings["split"], settings["max_pairs"], "gating.split")
+    discovery = select_pairs(all_pairs, cfg["neuron"]["split"], cfg["neuron"]["max_pairs"], "neuron.split")
     ranking = pd.read_csv(ranking_csv)
     k = settings["top_k"]
     rng = np.random.default_rng(settings["seed"])
@@ -331,7 +332,7 @@ def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     from .mediation import clean_runs
 
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = take_shard(select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"]), shard)
+    pairs = take_shard(select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split"), shard)
     roles = token.pair_roles(tokenizer, pairs, token.pair_requests(pairs_path or cfg["prompts"]["pairs_file"]))
     rows: list[dict] = []
     total = sum(token.aligned_count(roles[p.pair_id]) for p in pairs)
@@ -357,7 +358,7 @@ def run_probe(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_
 
     probe = cfg["probe"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = select_pairs(read_inputs(inputs_path), probe["split"], probe["max_pairs"])
+    pairs = select_pairs(read_inputs(inputs_path), probe["split"], probe["max_pairs"], "probe.split")
     features, labels, groups = probe_features(engine, pairs)
     df = probe_accuracy_by_layer(features, labels, groups, probe["folds"], probe["C"], probe["seed"], threads)
     write_table(df, PROBE_COLUMNS, out_csv)
@@ -382,7 +383,7 @@ def generate_and_judge(cfg: dict, manifest: ManifestSource, inputs_path: str | P
     from .judge import judge_name, make_judge
 
     settings = cfg["generation"]
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_prompts"])
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_prompts"], "generation.split")
     if not pairs:
         raise ValueError(f"{inputs_path}: no pairs in split {settings['split']!r} to generate from")
     conditions = gen.conditions_from_gating(gen.read_gating(gating_json))

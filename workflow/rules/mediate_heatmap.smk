@@ -8,6 +8,9 @@ rule mediate_heatmap:
         heatmap="results/{model}/shards/heatmap/{shard}.csv",
         tokens="results/{model}/shards/heatmap_tokens/{shard}.json",
     priority: 50  # long jobs first, so the two CPU lanes stay busy
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "heatmap")},
+        mode=config["prompts"]["mode"],
     log:
         "logs/mediate_heatmap/{model}.{shard}.log",
     benchmark:

@@ -9,6 +9,8 @@ rule mediate_layer:
         layer="results/{model}/shards/layer/{shard}.csv",
         severed="results/{model}/shards/severed/{shard}.csv",
     priority: 60  # the longest job first, so the two CPU lanes stay busy
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "layer_positions", "severed_positions")},
     log:
         "logs/mediate_layer/{model}.{shard}.log",
     benchmark:

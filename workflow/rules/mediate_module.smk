@@ -6,6 +6,8 @@ rule mediate_module:
     output:
         module="results/{model}/shards/module/{shard}.csv",
     priority: 35  # long jobs first, so the two CPU lanes stay busy
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "module_positions", "windows")},
     log:
         "logs/mediate_module/{model}.{shard}.log",
     benchmark:

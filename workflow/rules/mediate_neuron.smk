@@ -7,6 +7,8 @@ rule mediate_neuron:
     output:
         neuron="results/{model}/shards/neuron/{shard}.csv",
     priority: 55  # long jobs first, so the two CPU lanes stay busy
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={k: config["neuron"][k] for k in ("split", "max_pairs", "extra_layers", "block_size", "block_max_pairs")},
     log:
         "logs/mediate_neuron/{model}.{shard}.log",
     benchmark:
@@ -34,6 +36,9 @@ rule neuron_sparsity:
         ranking="results/{model}/neuron_ranking.csv",
         sparsity="results/{model}/sparsity.csv",
     priority: 50
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["neuron"],
+        top_k=config["gating"]["top_k"],
     log:
         "logs/neuron_sparsity/{model}.log",
     benchmark:
@@ -61,6 +66,9 @@ rule gating:
         gating="results/{model}/gating.csv",
         units="results/{model}/gating_units.json",
     priority: 45  # long jobs first, so the two CPU lanes stay busy
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["gating"],
+        discovery={k: config["neuron"][k] for k in ("split", "max_pairs")},
     log:
         "logs/gating/{model}.log",
     benchmark:

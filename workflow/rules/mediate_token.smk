@@ -7,6 +7,8 @@ rule mediate_token:
         pairs=pairs_source,
     output:
         token="results/{model}/shards/token/{shard}.csv",
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["token"],
     log:
         "logs/mediate_token/{model}.{shard}.log",
     benchmark:
