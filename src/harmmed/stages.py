@@ -458,7 +458,8 @@ def _result_paths(results: Path) -> dict[str, str]:
     names = {"manifest": "manifest.json", "inputs": "inputs.jsonl", "layer": "layer.csv", "module": "module.csv",
              "severed": "severed.csv", "heatmap": "heatmap.csv", "tokens": "heatmap_tokens.json",
              "neuron": "neuron.csv", "ranking": "neuron_ranking.csv", "sparsity": "sparsity.csv",
-             "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv"}
+             "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv",
+             "patches": "claim_patches.csv"}
     return {key: str(results / name) for key, name in names.items()}
 
 
@@ -541,7 +542,7 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
     from .bundle import BundleError, unpack, write_report
 
     root = unpack(Path(bundle_path), Path(out_dir))
-    for results in sorted((root / "results").iterdir()):
+    for results in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
         cfg, paths = read_json(results / "provenance.json")["config"], _result_paths(results)
         figs = root / "figures" / results.name
         figures(cfg, paths, figs)
@@ -553,5 +554,20 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
         if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
             raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
         (figs / "claims.csv").unlink()
+        _claims_md_from_bundle(root, results, figs / "claims.md")
         write_report(figs, results.name)
     return root
+
+
+def _claims_md_from_bundle(root: Path, results: Path, out: Path) -> None:
+    """claims.md of a bundled model, with the calibration marks of the bundled calibration.csv
+    (every configured model's verdicts against its plant) when the bundle carries one."""
+    from .calibration import calibrated_marks
+    from .claims import claims_markdown, read_claims
+
+    calibration_csv = root / "results" / "calibration.csv"
+    marks = calibrated_marks(pd.read_csv(calibration_csv, keep_default_na=False, dtype=str)) \
+        if calibration_csv.is_file() else None
+    with atomic_path(out) as tmp:
+        tmp.write_text(claims_markdown(read_claims(results / "claims.csv"), f"Claims: {results.name}", marks),
+                       encoding="utf-8")
