@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .engine import Given, MediationEngine, Patch, Run
 from .constants import METRICS, UNIT_SITES
 from .mediation import clean_runs, joint_positions
 from .prompts import EncodedPair
+from .sweep import sweep
 
 def blocks(width: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, width)) for start in range(0, width, size)]
@@ -204,10 +204,8 @@ def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run
 
 
 def sweep_pairs(engine: MediationEngine, pairs: list[EncodedPair], per_pair, desc: str) -> list[dict]:
-    rows: list[dict] = []
-    for i, pair in enumerate(tqdm(pairs, desc=desc, unit="pair", mininterval=10, disable=False)):
-        rows.extend(per_pair(i, pair, clean_runs(engine, pair)))
-    return rows
+    """``sweep.sweep`` with a progress bar over pairs, for ``per_pair(index, pair, runs)``."""
+    return sweep(engine, pairs, lambda i, pair, runs, _bar: per_pair(i, pair, runs), desc)
 
 
 def gating_units_json(path: str | Path, layer: int, top: list[int], means: np.ndarray, random_units: list[int]) -> None:
