@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS,
                         UNIT_SITES)
@@ -95,17 +94,9 @@ def merge_shards(shard_paths: list[str], out: str | Path) -> None:
 
 
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
-    """Run ``cells_of(index, pair)`` for every pair with one progress bar over interventions."""
-    from . import mediation
+    from .sweep import sweep_cells
 
-    planned = [(pair, cells_of(i, pair)) for i, pair in enumerate(pairs)]
-    total = sum(len(cells) for _, cells in planned)
-    rows: list[dict] = []
-    with tqdm(total=total, desc=desc, unit="patch", mininterval=10, disable=False) as bar:
-        for pair, cells in planned:
-            runs = mediation.clean_runs(engine, pair)
-            rows.extend(mediation.run_cells(engine, pair, cells, runs, progress=bar))
-    return rows
+    return sweep_cells(engine, pairs, cells_of, desc)
 
 
 def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
@@ -358,16 +349,13 @@ def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     the request texts for the roles; it defaults to ``prompts.pairs_file`` (the workflow passes
     the file prepare_prompts read)."""
     from . import token
-    from .mediation import clean_runs
+    from .sweep import sweep
 
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
     pairs = take_shard(select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split"), shard)
     roles = token.pair_roles(tokenizer, pairs, token.pair_requests(pairs_path or cfg["prompts"]["pairs_file"]))
-    rows: list[dict] = []
-    total = sum(token.aligned_count(roles[p.pair_id]) for p in pairs)
-    with tqdm(total=total, desc="token", unit="patch", mininterval=10, disable=False) as bar:
-        for pair in pairs:
-            rows += token.token_rows(engine, pair, roles[pair.pair_id], clean_runs(engine, pair), bar)
+    rows = sweep(engine, pairs, lambda i, pair, runs, bar: token.token_rows(engine, pair, roles[pair.pair_id], runs, bar),
+                 "token", [token.aligned_count(roles[p.pair_id]) for p in pairs])
     write_table(rows, ROW_COLUMNS + ["role"], out_csv)
     log.info("token: %d pairs, %d rows; engine stats: %s", len(pairs), len(rows), engine.stats)
 
