@@ -160,7 +160,7 @@ def test_bundle_redraws_every_figure_without_torch(verified_run, tmp_path):
 
 
 def test_bundle_is_byte_reproducible(verified_run, tmp_path):
-    from harmmed.redraw import pack
+    from harmmed.bundle import pack
 
     workdir, _ = verified_run
     [bundle] = workdir.glob("results-tiny-*.tar.gz")
