@@ -14,7 +14,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])
 )
 
+envvars:
+    "PYTHONPATH",
+
+
 configfile: "config/config.yaml"
+
 
 config.update(validate_config(config))
 
@@ -37,8 +42,11 @@ include: "workflow/rules/mediate_token.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/mediate_claims.smk"
 include: "workflow/rules/claims.smk"
 include: "workflow/rules/verify.smk"
+include: "workflow/rules/calibration.smk"
+include: "workflow/rules/merge_shards.smk"
 
 
 rule all:
@@ -46,6 +54,8 @@ rule all:
         results("claims.csv"),
         results("provenance.json"),
         expand("figures/{model}/claims.md", model=MODELS),
+        "results/calibration.csv",
+        "figures/calibration.png",
         expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES + NEURON_FIGURES + [
             "token_heatmap_harm", "token_heatmap_refusal", "probe_accuracy", "generation_rates"]),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],

@@ -23,6 +23,7 @@ from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUM
                         UNIT_SITES)
 from .prompts import (DROPPED_COLUMNS, PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs,
                       split_pairs, write_inputs)
+from .shards import WHOLE, Shard, concat_tables, merge_json_objects, shard_offset, take_shard
 from .storage import (atomic_path, load_engine, model_spec, read_json, read_jsonl, read_manifest, read_table,
                       write_json, write_table)
 
@@ -80,9 +81,17 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
 
 
 # ---------------------------------------------------------------- mediation stages
-def _pairs(cfg: dict, inputs_path: str | Path) -> list[EncodedPair]:
+def _pairs(cfg: dict, inputs_path: str | Path, shard: Shard = WHOLE) -> list[EncodedPair]:
     med = cfg["mediation"]
-    return select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split")
+    return take_shard(select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split"), shard)
+
+
+def merge_shards(shard_paths: list[str], out: str | Path) -> None:
+    """One table (or heatmap-token JSON) from a sharded stage's parts, in shard order."""
+    if Path(out).suffix == ".json":
+        merge_json_objects(shard_paths, out)
+    else:
+        log.info("merged %d shards, %d rows into %s", len(shard_paths), concat_tables(shard_paths, out), out)
 
 
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
@@ -100,7 +109,7 @@ def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: st
 
 
 def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
-                  severed_csv: str | Path, threads: int = 1) -> None:
+                  severed_csv: str | Path, threads: int = 1, shard: Shard = WHOLE) -> None:
     """Residual layer curves and the severed paths. The severed paths' ``none`` rows are the
     layer curves' NIE(all) interventions, so they share one stage and the engine computes each
     once."""
@@ -109,7 +118,7 @@ def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     med = cfg["mediation"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
     n_layers = engine.sites.n_layers
-    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.layer_cells(
+    rows = _sweep(engine, _pairs(cfg, inputs_path, shard), lambda i, pair: mediation.layer_cells(
         pair, n_layers, med["layer_positions"]) + mediation.severed_cells(pair, n_layers, med["severed_positions"]),
         "layer")
     write_table([row for row in rows if "severed" not in row], ROW_COLUMNS, out_csv)
@@ -118,19 +127,19 @@ def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
 
 
 def mediate_module(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, module_csv: str | Path,
-                   threads: int = 1) -> None:
+                   threads: int = 1, shard: Shard = WHOLE) -> None:
     from . import mediation
 
     med = cfg["mediation"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.module_cells(
+    rows = _sweep(engine, _pairs(cfg, inputs_path, shard), lambda i, pair: mediation.module_cells(
         pair, engine.sites.n_layers, med["module_positions"], med["windows"]), "module")
     write_table(rows, ROW_COLUMNS, module_csv)
     log.info("engine stats: %s", engine.stats)
 
 
 def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, heatmap_csv: str | Path,
-                    tokens_json: str | Path, threads: int = 1) -> None:
+                    tokens_json: str | Path, threads: int = 1, shard: Shard = WHOLE) -> None:
     """Layer x position NIE of the configured sites on the first heatmap pairs (Meng et al.'s
     three panels), and those pairs' tokens for the axis labels. Unpaired prompts have no
     position-aligned counterpart, so they get an empty table."""
@@ -138,7 +147,7 @@ def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
 
     med = cfg["mediation"]
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = _pairs(cfg, inputs_path)[: _heatmap_pairs(cfg)]
+    pairs = take_shard(_pairs(cfg, inputs_path)[: _heatmap_pairs(cfg)], shard)
     rows = _sweep(engine, pairs, lambda i, pair: mediation.heatmap_cells(
         pair, engine.sites.n_layers, med["heatmap"]["sites"]), "heatmap")
     write_table(rows, ROW_COLUMNS, heatmap_csv)
@@ -217,48 +226,70 @@ def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], o
 
 
 def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
-    """claims.csv and claims.md. ``inputs``: manifest, layer, module, severed, sparsity, gating,
-    ranking, probe; ``outputs``: csv, md."""
-    from .claims import c3_rows, compute_claims, write_claims
+    """claims.csv of one model. ``inputs``: manifest, patches (claim_patches.csv), probe;
+    ``outputs``: csv. claims.md is written by the calibration stage, which knows every model."""
+    from .claims import compute_claims, write_claims_csv
+    from .effects import Bootstrap
     from .probe import c4_row
 
-    manifest = read_manifest(inputs["manifest"])
-    thresholds, boot = cfg["claims"]["thresholds"], tuple(_boot(cfg).values())
-    c3 = c3_rows(read_table(inputs["sparsity"], ()), read_table(inputs["gating"], ()),
-                 pd.read_csv(inputs["ranking"]), int(manifest["d_mlp"]), thresholds, *boot)
-    c4 = pd.DataFrame([c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
-                              float(thresholds["C4_probe_depth"]), *boot)])
-    table = compute_claims(read_table(inputs["layer"]), read_table(inputs["module"]), read_table(inputs["severed"]),
-                           manifest, thresholds, *boot, extra_rows=pd.concat([c3, c4], ignore_index=True))
-    with atomic_path(outputs["csv"]) as tmp_csv, atomic_path(outputs["md"]) as tmp_md:
-        write_claims(table, tmp_csv, tmp_md, title=f"Claims: {manifest['name']}")
+    manifest, thresholds, boot = read_manifest(inputs["manifest"]), cfg["claims"]["thresholds"], Bootstrap.from_config(cfg)
+    c4 = c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
+                float(thresholds["C4_probe_depth"]), *boot.kwargs().values())
+    patches = read_table(inputs["patches"], ("positions", "layers", "units", "draw"))
+    table = compute_claims(patches, thresholds, boot, float(cfg["effects"]["min_abs_te"]), c4)
+    with atomic_path(outputs["csv"]) as tmp:
+        write_claims_csv(table, tmp)
+
+
+def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths) -> None:
+    """Every model's claims against its expected verdicts. ``claims_csvs`` follow the config's
+    model order; ``outputs``: csv, png, md (every model's claims.md, in model order)."""
+    from .calibration import write_calibration_outputs
+    from .claims import read_claims
+
+    names = [spec["name"] for spec in cfg["models"]]
+    write_calibration_outputs(dict(zip(names, (read_claims(path) for path in claims_csvs))),
+                              {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]},
+                              cfg["calibration"]["metric"], outputs)
 
 
 # ---------------------------------------------------------------- neuron and gating stages
 def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, neuron_csv: str | Path,
-                   ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
-    """Exact per-neuron NIE (final and extra layers), blocks, the discovery ranking and the
-    sparsity curve (joint top-k vs random-k at the final layer)."""
+                   threads: int = 1, shard: Shard = WHOLE) -> None:
+    """Exact per-neuron NIE (final and extra layers) and blocks of adjacent neurons, per pair:
+    the rows of ``shard``'s pairs (blocks at every layer on the first ``block_max_pairs``)."""
     from . import neuron
 
     settings = cfg["neuron"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    n_layers = engine.sites.n_layers
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
-    plan = neuron.NeuronPlan(neuron.final_and_extra_layers(n_layers, settings["extra_layers"]),
-                             settings["block_size"], settings["block_max_pairs"] or len(pairs))
+    all_pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
+    plan = neuron.NeuronPlan(neuron.final_and_extra_layers(engine.sites.n_layers, settings["extra_layers"]),
+                             settings["block_size"], settings["block_max_pairs"] or len(all_pairs))
+    offset, pairs = shard_offset(len(all_pairs), shard), take_shard(all_pairs, shard)
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
-        engine, pair, runs, plan, every_layer_blocks=i < plan.block_pairs), "neuron")
-    frame = pd.DataFrame(rows, columns=NEURON_COLUMNS)
-    ranking = pd.concat([neuron.rank_units(frame, site, n_layers - 1) for site in UNIT_SITES],
-                        ignore_index=True)
+        engine, pair, runs, plan, every_layer_blocks=offset + i < plan.block_pairs), "neuron")
+    write_table(rows, NEURON_COLUMNS, neuron_csv)
+    log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
+def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, neuron_csv: str | Path,
+                    ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
+    """The discovery ranking of final-layer units over every pair of neuron.csv, and the
+    sparsity curve (joint top-k vs random-k at the final layer) under that ranking."""
+    from . import neuron
+
+    settings = cfg["neuron"]
+    engine, _ = load_engine(cfg, read_manifest(manifest), threads)
+    final = engine.sites.n_layers - 1
+    frame = read_table(neuron_csv, ("positions", "block", "neuron"))
+    ranking = pd.concat([neuron.rank_units(frame, site, final) for site in UNIT_SITES], ignore_index=True)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
     grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
     sparsity = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
         engine, pair, runs, ranking, grid, settings["random_draws"], settings["seed"] + i), "sparsity")
-    write_table(rows, NEURON_COLUMNS, neuron_csv)
     write_table(ranking, list(ranking.columns), ranking_csv)
     write_table(sparsity, SPARSITY_COLUMNS, sparsity_csv)
-    log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+    log.info("sparsity: %d pairs, engine stats %s", len(pairs), engine.stats)
 
 
 def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking_csv: str | Path, gating_csv: str | Path,
@@ -290,6 +321,23 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
     log.info("gating stage: %d pairs, engine stats %s", len(pairs), engine.stats)
 
 
+def mediate_claims(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, module_csv: str | Path,
+                   ranking_csv: str | Path, patches_csv: str | Path, threads: int = 1) -> None:
+    """Held-out interventions of the C1-C3 statistics, every component chosen on discovery."""
+    from . import claim_patches, neuron
+    from .claims import PATCH_COLUMNS
+
+    settings, manifest = cfg["claims"], read_manifest(manifest)
+    engine, _ = load_engine(cfg, manifest, threads)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "claims.split")
+    plan = claim_patches.build_plan(cfg, manifest, read_table(module_csv), pd.read_csv(ranking_csv))
+    log.info("claim plan: %s", plan)
+    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: claim_patches.pair_rows(
+        engine, pair, runs, plan), "claims")
+    write_table(rows, PATCH_COLUMNS, patches_csv)
+    log.info("claim patches: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
 def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
     """Neuron distribution, sparsity, block-vs-sum and gating figures. ``inputs``: manifest,
     neuron, ranking, sparsity, gating."""
@@ -305,7 +353,7 @@ def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 # ---------------------------------------------------------------- token and probe stages
 def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
-                  threads: int = 1, pairs_path: str | Path | None = None) -> None:
+                  threads: int = 1, pairs_path: str | Path | None = None, shard: Shard = WHOLE) -> None:
     """token.csv for the configured split (ROW_COLUMNS plus ``role``). ``pairs_path`` supplies
     the request texts for the roles; it defaults to ``prompts.pairs_file`` (the workflow passes
     the file prepare_prompts read)."""
@@ -313,7 +361,7 @@ def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     from .mediation import clean_runs
 
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split")
+    pairs = take_shard(select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split"), shard)
     roles = token.pair_roles(tokenizer, pairs, token.pair_requests(pairs_path or cfg["prompts"]["pairs_file"]))
     rows: list[dict] = []
     total = sum(token.aligned_count(roles[p.pair_id]) for p in pairs)
