@@ -458,7 +458,8 @@ def _result_paths(results: Path) -> dict[str, str]:
     names = {"manifest": "manifest.json", "inputs": "inputs.jsonl", "layer": "layer.csv", "module": "module.csv",
              "severed": "severed.csv", "heatmap": "heatmap.csv", "tokens": "heatmap_tokens.json",
              "neuron": "neuron.csv", "ranking": "neuron_ranking.csv", "sparsity": "sparsity.csv",
-             "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv"}
+             "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv",
+             "patches": "claim_patches.csv"}
     return {key: str(results / name) for key, name in names.items()}
 
 
@@ -489,7 +490,7 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
         prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
         checks.append(checks_of.same_bytes("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
                                            tmp / "inputs.jsonl"))
-        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv", "md": tmp / "claims.md"})
+        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv"})
         checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
                                            tmp / "claims.csv"))
     rows = []
@@ -549,9 +550,14 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
         token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
         probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
         generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
-        claims(cfg, paths, {"csv": figs / "claims.csv", "md": figs / "claims.md"})
+        claims(cfg, paths, {"csv": figs / "claims.csv"})
         if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
             raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
+        one_model = {**cfg, "models": [model_spec(cfg, results.name)]}  # claims.md, marked against its plant
+        with tempfile.TemporaryDirectory() as grid:  # the cross-model grid needs every model: not redrawn
+            calibration(one_model, [str(figs / "claims.csv")], {"csv": Path(grid) / "calibration.csv",
+                                                                "png": Path(grid) / "calibration.png",
+                                                                "md": [figs / "claims.md"]})
         (figs / "claims.csv").unlink()
         write_report(figs, results.name)
     return root

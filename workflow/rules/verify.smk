@@ -5,7 +5,7 @@ from harmmed.provenance import config_digest, git_state, short_commit
 RESULT_FILES = ["manifest.json", "inputs.jsonl", "dropped_pairs.csv", "layer.csv", "severed.csv", "module.csv",
                 "heatmap.csv", "heatmap_tokens.json", "neuron.csv", "neuron_ranking.csv", "sparsity.csv",
                 "gating.csv", "gating_units.json", "token.csv", "probe.csv", "generations.jsonl",
-                "generation_rates.csv", "claims.csv"]
+                "generation_rates.csv", "claim_patches.csv", "claims.csv"]
 COMMIT = short_commit(git_state(workflow.basedir))
 
 
