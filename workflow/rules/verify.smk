@@ -7,6 +7,9 @@ RESULT_FILES = ["manifest.json", "inputs.jsonl", "dropped_pairs.csv", "layer.csv
                 "gating.csv", "gating_units.json", "token.csv", "probe.csv", "generations.jsonl",
                 "generation_rates.csv", "claim_patches.csv", "claims.csv"]
 COMMIT = short_commit(git_state(workflow.basedir))
+# the threads a model stage runs with: MODEL_THREADS, scaled down to --cores on one machine
+_cores = getattr(workflow, "cores", None)
+MODEL_STAGE_THREADS = min(MODEL_THREADS, _cores) if isinstance(_cores, int) and not workflow.non_local_exec else MODEL_THREADS
 
 
 def dataset_files(wildcards):
@@ -26,7 +29,7 @@ rule provenance:
         provenance="results/{model}/provenance.json",
     params:
         repo=workflow.basedir,
-        threads=getattr(workflow.get_rule("mediate_layer").resources.get("_cores"), "value", None),  # model stages' threads
+        threads=MODEL_STAGE_THREADS,
         config_hash=lambda wildcards: config_digest(config),  # a config change rewrites the record
     log:
         "logs/provenance/{model}.log",
@@ -44,6 +47,7 @@ rule verify:
     inputs.jsonl and recompute claims.csv; exits non-zero on any FAIL."""
     input:
         provenance="results/{model}/provenance.json",
+        manifest="results/{model}/manifest.json",
         results=expand("results/{{model}}/{name}", name=RESULT_FILES),
     output:
         csv="results/{model}/verification.csv",
@@ -56,9 +60,12 @@ rule verify:
         "benchmarks/verify/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("verify"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/verify.py"
 
