@@ -478,7 +478,7 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
         prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
         checks.append(checks_of.same_bytes("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
                                            tmp / "inputs.jsonl"))
-        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv", "md": tmp / "claims.md"})
+        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv"})
         checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
                                            tmp / "claims.csv"))
     rows = []
@@ -538,9 +538,14 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
         token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
         probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
         generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
-        claims(cfg, paths, {"csv": figs / "claims.csv", "md": figs / "claims.md"})
+        claims(cfg, paths, {"csv": figs / "claims.csv"})
         if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
             raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
+        one_model = {**cfg, "models": [model_spec(cfg, results.name)]}  # claims.md, marked against its plant
+        with tempfile.TemporaryDirectory() as grid:  # the cross-model grid needs every model: not redrawn
+            calibration(one_model, [str(figs / "claims.csv")], {"csv": Path(grid) / "calibration.csv",
+                                                                "png": Path(grid) / "calibration.png",
+                                                                "md": [figs / "claims.md"]})
         (figs / "claims.csv").unlink()
         _claims_md_from_bundle(root, results, figs / "claims.md")
         write_report(figs, results.name)

@@ -100,6 +100,9 @@ RESULT_FILES = ["manifest.json", "inputs.jsonl", "dropped_pairs.csv", "layer.csv
                 "gating.csv", "gating_units.json", "token.csv", "probe.csv", "generations.jsonl",
                 "generation_rates.csv", "claim_patches.csv", "claims.csv"]
 COMMIT = short_commit(git_state(workflow.basedir))
+# the threads a model stage runs with: MODEL_THREADS, scaled down to --cores on one machine
+_cores = getattr(workflow, "cores", None)
+MODEL_STAGE_THREADS = min(MODEL_THREADS, _cores) if isinstance(_cores, int) and not workflow.non_local_exec else MODEL_THREADS
 
 
 def dataset_files(wildcards):

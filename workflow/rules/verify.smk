@@ -14,7 +14,7 @@ rule provenance:
         provenance="results/{model}/provenance.json",
     params:
         repo=workflow.basedir,
-        threads=getattr(workflow.get_rule("mediate_layer").resources.get("_cores"), "value", None),  # model stages' threads
+        threads=MODEL_STAGE_THREADS,
         config_hash=lambda wildcards: config_digest(config),  # a config change rewrites the record
     log:
         "logs/provenance/{model}.log",
