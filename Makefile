@@ -8,7 +8,10 @@
 #   make verify                         # recompute sampled rows independently, check every sha256
 #   make bundle                         # results-<model>-<commit>.tar.gz (+ .sha256) per model
 #   make figures BUNDLE=results-m-c.tar.gz   # redraw figures, claims.md, report from a bundle (no torch)
-#   make test PYTEST_ARGS="-k config"
+#   make test PYTEST_ARGS="-k config"   # pytest, then `make lint`
+#   make lint                           # snakemake --lint (0 findings) and snakefmt --check
+#   make format                         # snakefmt: rewrite the Snakefile and workflow/rules/*.smk
+#   make test-cluster                   # live single-node SLURM (root, Debian): tests/cluster/
 #   make venv PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 #                                       # CPU-only torch wheel on Linux (PyPI's is CUDA)
 
@@ -25,7 +28,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
 SMK_FLAGS = --cores $(CORES) --configfile $(CONFIG) --rerun-triggers mtime $(SNAKEMAKE_ARGS)
 
-.PHONY: venv replicate dryrun report test bench clean verify bundle figures
+.PHONY: venv replicate dryrun report test lint format test-cluster bench clean verify bundle figures
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +61,21 @@ figures:
 
 test: venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) lint
+
+# The lint must report nothing: snakemake prints "Congratulations" only then.
+lint: venv
+	@out=$$(PYTHONPATH=$(CURDIR)/src $(SNAKEMAKE) --lint --cores 1 2>&1); status=$$?; echo "$$out"; \
+	  test $$status -eq 0 && echo "$$out" | grep -q "Congratulations, your workflow is in a good condition"
+	$(VENV)/bin/snakefmt --check Snakefile workflow/
+
+format: venv
+	$(VENV)/bin/snakefmt Snakefile workflow/
+
+# Brings up SLURM on this machine (apt-get install when missing), installs the pinned plugin
+# (requirements-cluster.lock) into the venv, runs the tiny workflow locally and through SLURM.
+test-cluster: venv
+	bash tests/cluster/test_cluster.sh
 
 bench: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python bench/run_bench.py

@@ -14,7 +14,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])
 )
 
+envvars:
+    "PYTHONPATH",
+
+
 configfile: "config/config.yaml"
+
 
 config.update(validate_config(config))
 
@@ -42,6 +47,7 @@ include: "workflow/rules/mediate_claims.smk"
 include: "workflow/rules/claims.smk"
 include: "workflow/rules/verify.smk"
 include: "workflow/rules/calibration.smk"
+include: "workflow/rules/merge_shards.smk"
 
 
 rule all:

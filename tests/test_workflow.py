@@ -172,19 +172,3 @@ def test_cross_model_figure_from_two_manifests(tiny_run, tmp_path):
     cross_model_figure(load_config(config), [str(results / "manifest.json"), str(tmp_path / "manifest.json")],
                        [str(results / "layer.csv")] * 2, out)
     assert out.stat().st_size > 1000 and out.with_suffix(".pdf").exists()
-
-
-def test_gpu_profiles_give_every_model_rule_a_gpu():
-    """A model rule missing from a profile would run on a CPU node (SLURM) or beside another
-    GPU job (one machine): every rule that loads the model must be listed in both."""
-    import re
-
-    model_rules = set()
-    for path in (REPO / "workflow" / "rules").glob("*.smk"):
-        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", path.read_text(), re.M | re.S):
-            if "envs/mediate.yaml" in body:
-                model_rules.add(name)
-    assert {"mediate_layer", "mediate_heatmap", "generate_and_judge"} <= model_rules
-    for profile in ("slurm", "gpu-local"):
-        listed = yaml.safe_load((REPO / "profiles" / profile / "config.yaml").read_text())["set-resources"]
-        assert model_rules <= set(listed), f"profiles/{profile}: no GPU for {sorted(model_rules - set(listed))}"

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS,
                         UNIT_SITES)
 from .prompts import (DROPPED_COLUMNS, PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs,
                       split_pairs, write_inputs)
+from .shards import WHOLE, Shard, concat_tables, merge_json_objects, shard_offset, take_shard
 from .storage import (atomic_path, load_engine, model_spec, read_json, read_jsonl, read_manifest, read_table,
                       write_json, write_table)
 
@@ -80,27 +80,27 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
 
 
 # ---------------------------------------------------------------- mediation stages
-def _pairs(cfg: dict, inputs_path: str | Path) -> list[EncodedPair]:
+def _pairs(cfg: dict, inputs_path: str | Path, shard: Shard = WHOLE) -> list[EncodedPair]:
     med = cfg["mediation"]
-    return select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split")
+    return take_shard(select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split"), shard)
+
+
+def merge_shards(shard_paths: list[str], out: str | Path) -> None:
+    """One table (or heatmap-token JSON) from a sharded stage's parts, in shard order."""
+    if Path(out).suffix == ".json":
+        merge_json_objects(shard_paths, out)
+    else:
+        log.info("merged %d shards, %d rows into %s", len(shard_paths), concat_tables(shard_paths, out), out)
 
 
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
-    """Run ``cells_of(index, pair)`` for every pair with one progress bar over interventions."""
-    from . import mediation
+    from .sweep import sweep_cells
 
-    planned = [(pair, cells_of(i, pair)) for i, pair in enumerate(pairs)]
-    total = sum(len(cells) for _, cells in planned)
-    rows: list[dict] = []
-    with tqdm(total=total, desc=desc, unit="patch", mininterval=10, disable=False) as bar:
-        for pair, cells in planned:
-            runs = mediation.clean_runs(engine, pair)
-            rows.extend(mediation.run_cells(engine, pair, cells, runs, progress=bar))
-    return rows
+    return sweep_cells(engine, pairs, cells_of, desc)
 
 
 def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
-                  severed_csv: str | Path, threads: int = 1) -> None:
+                  severed_csv: str | Path, threads: int = 1, shard: Shard = WHOLE) -> None:
     """Residual layer curves and the severed paths. The severed paths' ``none`` rows are the
     layer curves' NIE(all) interventions, so they share one stage and the engine computes each
     once."""
@@ -109,7 +109,7 @@ def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     med = cfg["mediation"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
     n_layers = engine.sites.n_layers
-    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.layer_cells(
+    rows = _sweep(engine, _pairs(cfg, inputs_path, shard), lambda i, pair: mediation.layer_cells(
         pair, n_layers, med["layer_positions"]) + mediation.severed_cells(pair, n_layers, med["severed_positions"]),
         "layer")
     write_table([row for row in rows if "severed" not in row], ROW_COLUMNS, out_csv)
@@ -118,19 +118,19 @@ def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
 
 
 def mediate_module(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, module_csv: str | Path,
-                   threads: int = 1) -> None:
+                   threads: int = 1, shard: Shard = WHOLE) -> None:
     from . import mediation
 
     med = cfg["mediation"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.module_cells(
+    rows = _sweep(engine, _pairs(cfg, inputs_path, shard), lambda i, pair: mediation.module_cells(
         pair, engine.sites.n_layers, med["module_positions"], med["windows"]), "module")
     write_table(rows, ROW_COLUMNS, module_csv)
     log.info("engine stats: %s", engine.stats)
 
 
 def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, heatmap_csv: str | Path,
-                    tokens_json: str | Path, threads: int = 1) -> None:
+                    tokens_json: str | Path, threads: int = 1, shard: Shard = WHOLE) -> None:
     """Layer x position NIE of the configured sites on the first heatmap pairs (Meng et al.'s
     three panels), and those pairs' tokens for the axis labels. Unpaired prompts have no
     position-aligned counterpart, so they get an empty table."""
@@ -138,7 +138,7 @@ def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
 
     med = cfg["mediation"]
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = _pairs(cfg, inputs_path)[: _heatmap_pairs(cfg)]
+    pairs = take_shard(_pairs(cfg, inputs_path)[: _heatmap_pairs(cfg)], shard)
     rows = _sweep(engine, pairs, lambda i, pair: mediation.heatmap_cells(
         pair, engine.sites.n_layers, med["heatmap"]["sites"]), "heatmap")
     write_table(rows, ROW_COLUMNS, heatmap_csv)
@@ -246,29 +246,41 @@ def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths) -> None:
 
 # ---------------------------------------------------------------- neuron and gating stages
 def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, neuron_csv: str | Path,
-                   ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
-    """Exact per-neuron NIE (final and extra layers), blocks, the discovery ranking and the
-    sparsity curve (joint top-k vs random-k at the final layer)."""
+                   threads: int = 1, shard: Shard = WHOLE) -> None:
+    """Exact per-neuron NIE (final and extra layers) and blocks of adjacent neurons, per pair:
+    the rows of ``shard``'s pairs (blocks at every layer on the first ``block_max_pairs``)."""
     from . import neuron
 
     settings = cfg["neuron"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    n_layers = engine.sites.n_layers
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
-    plan = neuron.NeuronPlan(neuron.final_and_extra_layers(n_layers, settings["extra_layers"]),
-                             settings["block_size"], settings["block_max_pairs"] or len(pairs))
+    all_pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
+    plan = neuron.NeuronPlan(neuron.final_and_extra_layers(engine.sites.n_layers, settings["extra_layers"]),
+                             settings["block_size"], settings["block_max_pairs"] or len(all_pairs))
+    offset, pairs = shard_offset(len(all_pairs), shard), take_shard(all_pairs, shard)
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
-        engine, pair, runs, plan, every_layer_blocks=i < plan.block_pairs), "neuron")
-    frame = pd.DataFrame(rows, columns=NEURON_COLUMNS)
-    ranking = pd.concat([neuron.rank_units(frame, site, n_layers - 1) for site in UNIT_SITES],
-                        ignore_index=True)
+        engine, pair, runs, plan, every_layer_blocks=offset + i < plan.block_pairs), "neuron")
+    write_table(rows, NEURON_COLUMNS, neuron_csv)
+    log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
+def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, neuron_csv: str | Path,
+                    ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
+    """The discovery ranking of final-layer units over every pair of neuron.csv, and the
+    sparsity curve (joint top-k vs random-k at the final layer) under that ranking."""
+    from . import neuron
+
+    settings = cfg["neuron"]
+    engine, _ = load_engine(cfg, read_manifest(manifest), threads)
+    final = engine.sites.n_layers - 1
+    frame = read_table(neuron_csv, ("positions", "block", "neuron"))
+    ranking = pd.concat([neuron.rank_units(frame, site, final) for site in UNIT_SITES], ignore_index=True)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
     grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
     sparsity = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
         engine, pair, runs, ranking, grid, settings["random_draws"], settings["seed"] + i), "sparsity")
-    write_table(rows, NEURON_COLUMNS, neuron_csv)
     write_table(ranking, list(ranking.columns), ranking_csv)
     write_table(sparsity, SPARSITY_COLUMNS, sparsity_csv)
-    log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+    log.info("sparsity: %d pairs, engine stats %s", len(pairs), engine.stats)
 
 
 def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking_csv: str | Path, gating_csv: str | Path,
@@ -332,21 +344,18 @@ def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 # ---------------------------------------------------------------- token and probe stages
 def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
-                  threads: int = 1, pairs_path: str | Path | None = None) -> None:
+                  threads: int = 1, pairs_path: str | Path | None = None, shard: Shard = WHOLE) -> None:
     """token.csv for the configured split (ROW_COLUMNS plus ``role``). ``pairs_path`` supplies
     the request texts for the roles; it defaults to ``prompts.pairs_file`` (the workflow passes
     the file prepare_prompts read)."""
     from . import token
-    from .mediation import clean_runs
+    from .sweep import sweep
 
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split")
+    pairs = take_shard(select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split"), shard)
     roles = token.pair_roles(tokenizer, pairs, token.pair_requests(pairs_path or cfg["prompts"]["pairs_file"]))
-    rows: list[dict] = []
-    total = sum(token.aligned_count(roles[p.pair_id]) for p in pairs)
-    with tqdm(total=total, desc="token", unit="patch", mininterval=10, disable=False) as bar:
-        for pair in pairs:
-            rows += token.token_rows(engine, pair, roles[pair.pair_id], clean_runs(engine, pair), bar)
+    rows = sweep(engine, pairs, lambda i, pair, runs, bar: token.token_rows(engine, pair, roles[pair.pair_id], runs, bar),
+                 "token", [token.aligned_count(roles[p.pair_id]) for p in pairs])
     write_table(rows, ROW_COLUMNS + ["role"], out_csv)
     log.info("token: %d pairs, %d rows; engine stats: %s", len(pairs), len(rows), engine.stats)
 
@@ -438,6 +447,7 @@ def _result_paths(results: Path) -> dict[str, str]:
              "severed": "severed.csv", "heatmap": "heatmap.csv", "tokens": "heatmap_tokens.json",
              "neuron": "neuron.csv", "ranking": "neuron_ranking.csv", "sparsity": "sparsity.csv",
              "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv",
+             "patches": "claim_patches.csv",
              "screen": "screen.csv", "screen_report": "screen_report.csv", "screen_heldout": "screen_heldout.csv"}
     return {key: str(results / name) for key, name in names.items()}
 
@@ -469,7 +479,7 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
         prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
         checks.append(checks_of.same_bytes("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
                                            tmp / "inputs.jsonl"))
-        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv", "md": tmp / "claims.md"})
+        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv"})
         checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
                                            tmp / "claims.csv"))
     rows = []
@@ -521,7 +531,7 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
     from .bundle import BundleError, unpack, write_report
 
     root = unpack(Path(bundle_path), Path(out_dir))
-    for results in sorted((root / "results").iterdir()):
+    for results in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
         cfg, paths = read_json(results / "provenance.json")["config"], _result_paths(results)
         figs = root / "figures" / results.name
         figures(cfg, paths, figs)
@@ -530,12 +540,32 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
         token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
         probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
         generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
-        claims(cfg, paths, {"csv": figs / "claims.csv", "md": figs / "claims.md"})
+        claims(cfg, paths, {"csv": figs / "claims.csv"})
         if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
             raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
+        one_model = {**cfg, "models": [model_spec(cfg, results.name)]}  # claims.md, marked against its plant
+        with tempfile.TemporaryDirectory() as grid:  # the cross-model grid needs every model: not redrawn
+            calibration(one_model, [str(figs / "claims.csv")], {"csv": Path(grid) / "calibration.csv",
+                                                                "png": Path(grid) / "calibration.png",
+                                                                "md": [figs / "claims.md"]})
         (figs / "claims.csv").unlink()
+        _claims_md_from_bundle(root, results, figs / "claims.md")
         write_report(figs, results.name)
     return root
+
+
+def _claims_md_from_bundle(root: Path, results: Path, out: Path) -> None:
+    """claims.md of a bundled model, with the calibration marks of the bundled calibration.csv
+    (every configured model's verdicts against its plant) when the bundle carries one."""
+    from .calibration import calibrated_marks
+    from .claims import claims_markdown, read_claims
+
+    calibration_csv = root / "results" / "calibration.csv"
+    marks = calibrated_marks(pd.read_csv(calibration_csv, keep_default_na=False, dtype=str)) \
+        if calibration_csv.is_file() else None
+    with atomic_path(out) as tmp:
+        tmp.write_text(claims_markdown(read_claims(results / "claims.csv"), f"Claims: {results.name}", marks),
+                       encoding="utf-8")
 
 
 # ---------------------------------------------------------------- screen_units

@@ -1,17 +1,5 @@
 # Reviewer verification: provenance of every result, an independent recomputation of sampled
 # rows (make verify), and a checksummed results bundle (make bundle).
-from harmmed.provenance import config_digest, git_state, short_commit
-
-RESULT_FILES = ["manifest.json", "inputs.jsonl", "dropped_pairs.csv", "layer.csv", "severed.csv", "module.csv",
-                "heatmap.csv", "heatmap_tokens.json", "neuron.csv", "neuron_ranking.csv", "sparsity.csv",
-                "gating.csv", "gating_units.json", "token.csv", "probe.csv", "generations.jsonl",
-                "generation_rates.csv", "claims.csv", "screen.csv", "screen_report.csv", "screen_heldout.csv"]
-COMMIT = short_commit(git_state(workflow.basedir))
-
-
-def dataset_files(wildcards):
-    """Files the prompt pairs were built from, besides the pairs file itself."""
-    return [PUBLIC["lock_file"]] if PUBLIC["enabled"] else []
 
 
 rule provenance:
@@ -26,7 +14,7 @@ rule provenance:
         provenance="results/{model}/provenance.json",
     params:
         repo=workflow.basedir,
-        threads=getattr(workflow.get_rule("mediate_layer").resources.get("_cores"), "value", None),  # model stages' threads
+        threads=MODEL_STAGE_THREADS,
         config_hash=lambda wildcards: config_digest(config),  # a config change rewrites the record
     log:
         "logs/provenance/{model}.log",
@@ -43,6 +31,7 @@ rule verify:
     implementation, check the weights' and files' sha256 against the provenance, re-encode
     inputs.jsonl and recompute claims.csv; exits non-zero on any FAIL."""
     input:
+        manifest="results/{model}/manifest.json",
         provenance="results/{model}/provenance.json",
         results=expand("results/{{model}}/{name}", name=RESULT_FILES),
     output:
@@ -56,9 +45,12 @@ rule verify:
         "benchmarks/verify/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("verify"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/verify.py"
 
