@@ -15,12 +15,19 @@ configfile: "config/config.yaml"
 config.update(validate_config(config))
 
 MODELS = [m["name"] for m in config["models"]]
+SKIPPED = {m["name"]: set(m["skip_stages"]) for m in config["models"]}
 
 
 def results(path):
     return expand(f"results/{{model}}/{path}", model=MODELS)
 
 
+def per_model(pattern, stage, **wildcards):
+    """``pattern`` for every model that runs ``stage`` (a model's skip_stages leave it out)."""
+    return expand(pattern, model=[m for m in MODELS if stage not in SKIPPED[m]], **wildcards)
+
+
+include: "workflow/rules/finetune_model.smk"
 include: "workflow/rules/download_model.smk"
 include: "workflow/rules/prepare_prompts.smk"
 include: "workflow/rules/mediate_layer.smk"
@@ -32,12 +39,15 @@ include: "workflow/rules/probe.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/claims.smk"
+include: "workflow/rules/recovery.smk"
 
 
 rule all:
     input:
         results("claims.csv"),
         expand("figures/{model}/claims.md", model=MODELS),
-        expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES + NEURON_FIGURES + [
-            "token_heatmap_harm", "token_heatmap_refusal", "probe_accuracy", "generation_rates"]),
+        per_model("figures/{model}/{figure}.png", "figures", figure=MODEL_FIGURES + NEURON_FIGURES + ["probe_accuracy"]),
+        per_model("figures/{model}/{figure}.png", "mediate_token", figure=["token_heatmap_harm", "token_heatmap_refusal"]),
+        per_model("figures/{model}/generation_rates.png", "generate"),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],
+        ["figures/recovery.png"] if any(m.get("trainable", "all") != "all" for m in FINETUNED.values()) else [],

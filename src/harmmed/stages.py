@@ -373,3 +373,141 @@ def neuron_figures(cfg: dict, manifest_path: str, neuron_csv: str, ranking_csv: 
     plotting.plot_sparsity(pd.read_csv(sparsity_csv, keep_default_na=False), manifest, out_dir / "sparsity", **boot)
     plotting.plot_block_vs_sum(neuron_df, manifest, out_dir / "block_vs_sum")
     plotting.plot_gating(pd.read_csv(gating_csv, keep_default_na=False), manifest, out_dir / "gating", **boot)
+
+
+# ---------------------------------------------------------------- finetune_model
+def _describe_model(model, tokenizer, spec: dict, phrases: list[str]) -> dict:
+    """The manifest fields every model stage reads, whatever the model's source."""
+    from .arch import resolve_sites
+    from .metrics import refusal_token_ids
+
+    sites = resolve_sites(model)
+    refusal_ids = refusal_token_ids(tokenizer, phrases)
+    return {
+        "architecture": model.config.model_type, "n_layers": sites.n_layers, "d_model": sites.d_model,
+        "d_mlp": sites.d_mlp, "vocab_size": model.get_output_embeddings().weight.shape[0],
+        "dtype": spec["dtype"], "device": spec["device"], "chat_template": tokenizer.chat_template,
+        "refusal_phrases": phrases, "refusal_token_ids": refusal_ids,
+        "refusal_tokens": [tokenizer.convert_ids_to_tokens(i) for i in refusal_ids],
+    }
+
+
+def _held_out_pairs(cfg: dict, tokenizer, split: str) -> list[EncodedPair]:
+    """The configured prompt pairs under this tokenizer, split as prepare_prompts splits them."""
+    prompts = cfg["prompts"]
+    rows = read_pairs(prompts["pairs_file"])
+    kept, _ = encode_pairs(tokenizer, rows, prompts["mode"],
+                           split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"]))
+    return select_pairs(kept, split, None)
+
+
+def finetune_model(cfg: dict, name: str, base_manifest_path: str | Path, models_dir: str | Path,
+                   manifest_path: str | Path, threads: int = 1) -> dict:
+    """Train a copy of the base's chosen components to refuse, save it as safetensors, check its
+    behaviour on held-out pairs and write its manifest. A model failing the check is never
+    silently used: with ``finetune.on_failure: error`` the stage fails (its figures are kept in
+    ``<manifest>.failed.json``); with ``mark`` the manifest says ``behaviour.passed: false``."""
+    import shutil
+    import time
+
+    import torch
+
+    from .behaviour import BehaviourCheckError, behaviour_check, describe_failure
+    from .components import parse_trainable
+    from .fetch import sha256_file
+    from .finetune import TrainSettings, encode_examples, read_training_rows, resolve_trainable, train
+    from .models import load_model, safetensors_digest
+
+    torch.set_num_threads(max(1, threads))
+    index = next(i for i, m in enumerate(cfg["models"]) if m["name"] == name)
+    spec, settings = model_spec(cfg, name), cfg["finetune"]
+    base = json.loads(Path(base_manifest_path).read_text(encoding="utf-8"))
+    model, tokenizer = load_model(base["path"], "float32", "cpu", spec.get("trust_remote_code", False))
+    component = parse_trainable(spec["trainable"], f"models[{index}].trainable")
+    plan = resolve_trainable(model, component, spec["seed"], f"models[{index}].trainable")
+    examples = encode_examples(tokenizer, read_training_rows(spec["data"]))
+    run = TrainSettings(spec["epochs"], spec["lr"], spec["batch_size"], spec["seed"])
+    start = time.perf_counter()
+    losses = train(model, plan, examples, run, tokenizer.pad_token_id)
+    seconds = time.perf_counter() - start
+    log.info("%s: trained %d parameters in %.1f s, loss per epoch %s", name, plan.count(model), seconds, losses)
+
+    out_dir = Path(models_dir) / name / "hf"
+    staged = out_dir.with_name(".hf-staged")
+    shutil.rmtree(staged, ignore_errors=True)
+    model.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(staged, out_dir)
+
+    model.eval()
+    manifest = {
+        "name": name, "source": "finetune", "path": str(out_dir), "revision": None,
+        "sha256": safetensors_digest(out_dir), **_describe_model(model, tokenizer, spec, cfg["metrics"]["refusal_phrases"]),
+        "base": spec["base"], "base_sha256": base["sha256"], "data": str(spec["data"]),
+        "data_sha256": sha256_file(spec["data"]), "trainable": spec["trainable"],
+        "trainable_parameters": plan.names, "trainable_count": plan.count(model),
+        "planted": None if component.planted() is None else {**component.planted(), "unit_ids": plan.units},
+        "seed": spec["seed"], "epochs": spec["epochs"], "lr": spec["lr"], "batch_size": spec["batch_size"],
+        "threads": max(1, threads), "torch": torch.__version__, "loss_per_epoch": losses,
+        "training_seconds": round(seconds, 3),
+    }
+    if manifest["planted"] is not None and plan.units is None:
+        del manifest["planted"]["unit_ids"]
+    pairs = _held_out_pairs(cfg, tokenizer, settings["check_split"])
+    manifest["behaviour"] = behaviour_check(model, tokenizer, pairs, manifest["refusal_token_ids"],
+                                            cfg["generation"]["judge"]["phrases"], settings["generate_pairs"],
+                                            settings["max_new_tokens"], settings["thresholds"])
+    log.info("%s behaviour: %s", name, {k: v for k, v in manifest["behaviour"].items() if k != "thresholds"})
+    if not manifest["behaviour"]["passed"] and settings["on_failure"] == "error":
+        write_json(manifest, f"{manifest_path}.failed.json")
+        raise BehaviourCheckError(describe_failure(name, manifest["behaviour"]))
+    write_json(manifest, manifest_path)
+    return manifest
+
+
+# ---------------------------------------------------------------- recovery
+def recovery(cfg: dict, manifest_path: str | Path, inputs_path: str | Path, ranking_csv: str | Path,
+             recovery_csv: str | Path, threads: int = 1) -> pd.DataFrame:
+    """Recovery statistics of one model: against its own plant (with targets), or, for a model
+    without one, against every configured plant (the null)."""
+    from . import recovery as rec
+    from .components import ComponentSpec
+
+    settings = cfg["recovery"]
+    manifest = _read_json(manifest_path)
+    plants = rec.configured_plants(cfg["models"], int(manifest["d_mlp"]))
+    own = manifest.get("planted")
+    if own is not None:  # the manifest is the ground truth: the units it trained
+        layers = (own["layer"], own["layer"]) if own["site"] == "neuron" else tuple(own["layers"])
+        plants = [rec.Plant(manifest["name"], ComponentSpec(own["site"], layers, own.get("units")),
+                            tuple(own.get("unit_ids") or ()))]
+    ranking = pd.read_csv(ranking_csv)
+    rankings = {p.name: rec.ranked_units(ranking, cfg["gating"]["metric"], p.band[0])
+                for p in plants if p.spec.site == "neuron"}
+    engine, _ = _engine(cfg, manifest, threads)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    effects = pd.DataFrame([rec.pair_effects(engine, pair, plants, rankings)
+                            for pair in tqdm(pairs, desc="recovery", unit="pair", mininterval=10)])
+    effects = effects.reindex(sorted(effects.columns), axis=1)
+    boot = (cfg["effects"]["bootstrap_samples"], cfg["effects"]["ci"], cfg["effects"]["seed"])
+    rows = rec.recovery_rows(manifest["name"], effects, plants, manifest["name"] if own else None, rankings,
+                             engine.sites.n_layers, rec.Targets(**settings["targets"]), cfg["effects"]["min_abs_te"],
+                             boot)
+    if "behaviour" in manifest:
+        rows.append({"model": manifest["name"], "plant": manifest["name"] if own else "", "statistic": "behaviour_check",
+                     "value": float(manifest["behaviour"]["passed"]), "ci_low": float("nan"), "ci_high": float("nan"),
+                     "target": "1", "pass": bool(manifest["behaviour"]["passed"]), "n_pairs": len(pairs)})
+    with atomic_path(recovery_csv) as tmp:
+        rec.write_recovery(rows, tmp)
+    log.info("recovery of %s on %d pairs:\n%s", manifest["name"], len(pairs), pd.DataFrame(rows).to_string(index=False))
+    return pd.DataFrame(rows)
+
+
+def recovery_figure(recovery_csvs: list[str], out: str | Path) -> None:
+    from .recovery import plot_recovery
+
+    plot_recovery([pd.read_csv(p, keep_default_na=False, dtype={"pass": str}).replace("", np.nan)
+                   .assign(ci_low=lambda d: pd.to_numeric(d["ci_low"]), ci_high=lambda d: pd.to_numeric(d["ci_high"]),
+                           value=lambda d: pd.to_numeric(d["value"]))
+                   for p in recovery_csvs], Path(out).with_suffix(""))
