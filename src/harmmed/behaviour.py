@@ -33,14 +33,18 @@ def refusal_probability(model: torch.nn.Module, prompts: Sequence[Sequence[int]]
     device = next(model.parameters()).device
     index = torch.tensor(sorted(refusal_ids), dtype=torch.long, device=device)
     out = np.empty(len(prompts))
+    by_length: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
-        logits = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=False, logits_to_keep=1).logits
-        out[i] = float(torch.softmax(logits[0, -1].double(), dim=-1)[index].sum())
+        by_length.setdefault(len(prompt), []).append(i)
+    for group in by_length.values():  # equal lengths batch without padding
+        ids = torch.tensor([list(prompts[i]) for i in group], device=device)
+        logits = model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
+        out[group] = torch.softmax(logits[:, -1].double(), dim=-1)[:, index].sum(dim=-1).cpu().numpy()
     return out
 
 
 def behaviour_check(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[EncodedPair], refusal_ids: Sequence[int],
-                    judge_phrases: Sequence[str], generate_pairs: int, max_new_tokens: int,
+                    judge_phrases: Sequence[str], max_new_tokens: int,
                     thresholds: Mapping[str, float]) -> dict[str, Any]:
     """The manifest's ``behaviour`` record: figures, thresholds, per-figure pass and overall pass."""
     if not pairs:
@@ -50,7 +54,7 @@ def behaviour_check(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[Enco
     judge = RefusalPhraseJudge(judge_phrases)
     stop = stop_ids(model, tokenizer)
     refused = {"harmful": 0, "benign": 0}
-    generated = pairs[:generate_pairs]
+    generated = pairs
     for pair in tqdm(generated, desc="behaviour", unit="pair", mininterval=10):
         harmful, benign = greedy_decode(model, [pair.harmful_ids, pair.benign_ids], max_new_tokens, stop) \
             if len(pair.harmful_ids) == len(pair.benign_ids) else (
@@ -74,7 +78,7 @@ def behaviour_check(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[Enco
     }
     return {
         "split": pairs[0].split if len({p.split for p in pairs}) == 1 else "mixed",
-        "n_pairs_probability": len(pairs), "n_pairs_generated": n, "max_new_tokens": max_new_tokens,
+        "n_pairs": n, "pair_ids": [p.pair_id for p in pairs], "max_new_tokens": max_new_tokens,
         "judge": judge.name, **figures,
         "thresholds": {k: float(thresholds[k]) for k in THRESHOLD_KEYS},
         "pass": passes, "passed": all(passes.values()),

@@ -96,7 +96,7 @@ def _unit_masks(model: torch.nn.Module, sites: Sites, layer: int, units: list[in
             if axis is None:
                 continue
             mask = torch.zeros_like(param)
-            mask.index_fill_(axis, torch.tensor(units, dtype=torch.long), 1.0)
+            mask.index_fill_(axis, torch.tensor(units, dtype=torch.long, device=param.device), 1.0)
             name = next(n for n, p in full.items() if p is param)
             names.append(name)
             masks[name] = mask
@@ -149,6 +149,20 @@ def read_training_rows(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
+def balanced_subset(rows: Sequence[dict[str, str]], max_examples: int | None, seed: int) -> list[dict[str, str]]:
+    """At most ``max_examples`` rows, half of each kind, drawn by ``seed`` (file order kept):
+    training cost on a CPU is linear in the examples, and a plant needs only a few dozen."""
+    if max_examples is None or max_examples >= len(rows):
+        return list(rows)
+    rng = np.random.default_rng(seed)
+    keep: set[int] = set()
+    for k, kind in enumerate(TRAIN_KINDS):
+        index = [i for i, row in enumerate(rows) if row["kind"] == kind]
+        share = max_examples // 2 + (max_examples % 2 if k == 0 else 0)
+        keep.update(int(i) for i in rng.permutation(index)[:share])
+    return [row for i, row in enumerate(rows) if i in keep]
+
+
 def encode_examples(tokenizer, rows: Sequence[dict[str, str]]) -> list[Example]:
     """Templated prompt ids and response ids, tokenized the way targets are (no special tokens)."""
     out = []
@@ -168,11 +182,13 @@ class TrainSettings:
     seed: int
 
 
-def _padded(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, list[int]]:
+def _padded(examples: Sequence[Example], pad_id: int, device: torch.device | str = "cpu"
+            ) -> tuple[torch.Tensor, list[int]]:
     """Right-padded ids (no attention mask needed: causal attention never looks right)."""
     seqs = [list(e.prompt_ids + e.response_ids) for e in examples]
     width = max(len(s) for s in seqs)
-    return torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long), [len(s) for s in seqs]
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long, device=device)
+    return ids, [len(s) for s in seqs]
 
 
 def _logits(model: torch.nn.Module, head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -196,7 +212,7 @@ def _loss(hidden: torch.Tensor, head, examples: Sequence[Example], ids: torch.Te
         cols += list(range(start - 1, start - 1 + n))
         targets += list(ids[row, start : start + n].tolist())
     log_probs = torch.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
-    picked = log_probs.gather(-1, torch.tensor(targets).unsqueeze(-1)).squeeze(-1)
+    picked = log_probs.gather(-1, torch.tensor(targets, device=hidden.device).unsqueeze(-1)).squeeze(-1)
     bounds = first + [len(cols)]
     terms = [-(picked[a] + picked[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:])]
     return torch.stack(terms).mean()
@@ -210,13 +226,13 @@ def frozen_outputs(model: torch.nn.Module, examples: Sequence[Example], block: i
     out: list[torch.Tensor] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        ids, lengths = _padded(chunk, pad_id)
+        ids, lengths = _padded(chunk, pad_id, next(model.parameters()).device)
         seen: list[torch.Tensor] = []
         with HookSet() as hooks:
             hooks.on_output(sites.block(block), lambda x: seen.append(x.detach().clone()))
             for layer in range(block + 1, sites.n_layers):  # the rest of the pass is not needed
                 hooks.replace_forward(sites.block(layer), lambda *a, **k: seen[0])
-            model(input_ids=ids.to(next(model.parameters()).device), use_cache=False, logits_to_keep=1)
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
         out.extend(seen[0][row, :length] for row, length in enumerate(lengths))
     return out
 
@@ -248,7 +264,7 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
                           mininterval=5):
             index = order[start : start + settings.batch_size]
             batch = [examples[i] for i in index]
-            ids, _ = _padded(batch, pad_id)
+            ids, _ = _padded(batch, pad_id, next(model.parameters()).device)
             with HookSet() as hooks:
                 if cached is not None:
                     frozen = _stacked([cached[i] for i in index], ids.shape[1])

@@ -66,9 +66,9 @@ class Targets:
 
 def elsewhere_band(band: Sequence[int], n_layers: int) -> tuple[int, ...]:
     """An equally sized band that does not overlap ``band``: the middle of the model, or, when
-    that overlaps, the first layers after layer 0 or the last layers, whichever is free."""
+    that overlaps, the first layers after layer 0, the last layers or the first, whichever is free."""
     size = len(band)
-    candidates = [n_layers // 2 - size // 2, 1, n_layers - size]
+    candidates = [n_layers // 2 - size // 2, 1, n_layers - size, 0]
     for start in candidates:
         layers = tuple(range(start, start + size))
         if not set(layers) & set(band) and 0 <= start and start + size <= n_layers:

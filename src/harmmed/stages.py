@@ -415,17 +415,18 @@ def finetune_model(cfg: dict, name: str, base_manifest_path: str | Path, models_
     from .behaviour import BehaviourCheckError, behaviour_check, describe_failure
     from .components import parse_trainable
     from .fetch import sha256_file
-    from .finetune import TrainSettings, encode_examples, read_training_rows, resolve_trainable, train
+    from .finetune import TrainSettings, balanced_subset, encode_examples, read_training_rows, resolve_trainable, train
     from .models import load_model, safetensors_digest
 
     torch.set_num_threads(max(1, threads))
     index = next(i for i, m in enumerate(cfg["models"]) if m["name"] == name)
     spec, settings = model_spec(cfg, name), cfg["finetune"]
     base = json.loads(Path(base_manifest_path).read_text(encoding="utf-8"))
-    model, tokenizer = load_model(base["path"], "float32", "cpu", spec.get("trust_remote_code", False))
+    model, tokenizer = load_model(base["path"], "float32", spec["device"], spec.get("trust_remote_code", False))
     component = parse_trainable(spec["trainable"], f"models[{index}].trainable")
     plan = resolve_trainable(model, component, spec["seed"], f"models[{index}].trainable")
-    examples = encode_examples(tokenizer, read_training_rows(spec["data"]))
+    rows = balanced_subset(read_training_rows(spec["data"]), spec.get("max_examples"), spec["seed"])
+    examples = encode_examples(tokenizer, rows)
     run = TrainSettings(spec["epochs"], spec["lr"], spec["batch_size"], spec["seed"])
     start = time.perf_counter()
     losses = train(model, plan, examples, run, tokenizer.pad_token_id)
@@ -445,7 +446,8 @@ def finetune_model(cfg: dict, name: str, base_manifest_path: str | Path, models_
         "name": name, "source": "finetune", "path": str(out_dir), "revision": None,
         "sha256": safetensors_digest(out_dir), **_describe_model(model, tokenizer, spec, cfg["metrics"]["refusal_phrases"]),
         "base": spec["base"], "base_sha256": base["sha256"], "data": str(spec["data"]),
-        "data_sha256": sha256_file(spec["data"]), "trainable": spec["trainable"],
+        "data_sha256": sha256_file(spec["data"]), "max_examples": spec.get("max_examples"),
+        "examples": [e.example_id for e in examples], "trainable": spec["trainable"],
         "trainable_parameters": plan.names, "trainable_count": plan.count(model),
         "planted": None if component.planted() is None else {**component.planted(), "unit_ids": plan.units},
         "seed": spec["seed"], "epochs": spec["epochs"], "lr": spec["lr"], "batch_size": spec["batch_size"],
@@ -455,8 +457,9 @@ def finetune_model(cfg: dict, name: str, base_manifest_path: str | Path, models_
     if manifest["planted"] is not None and plan.units is None:
         del manifest["planted"]["unit_ids"]
     pairs = _held_out_pairs(cfg, tokenizer, settings["check_split"])
-    manifest["behaviour"] = behaviour_check(model, tokenizer, pairs, manifest["refusal_token_ids"],
-                                            cfg["generation"]["judge"]["phrases"], settings["generate_pairs"],
+    manifest["behaviour"] = behaviour_check(model, tokenizer, select_pairs(pairs, settings["check_split"],
+                                                                           settings["max_pairs"]),
+                                            manifest["refusal_token_ids"], cfg["generation"]["judge"]["phrases"],
                                             settings["max_new_tokens"], settings["thresholds"])
     log.info("%s behaviour: %s", name, {k: v for k, v in manifest["behaviour"].items() if k != "thresholds"})
     if not manifest["behaviour"]["passed"] and settings["on_failure"] == "error":
