@@ -13,6 +13,15 @@ from tiny import FAMILIES, VOCAB, tiny_model
 SETTINGS = TrainSettings(epochs=2, lr=1e-2, batch_size=3, seed=0)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bit-identical reruns need a fixed thread count; one keeps the shared CPU free."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _examples(n: int = 7) -> list[Example]:
     g = torch.Generator().manual_seed(1)
     out = []
@@ -119,3 +128,37 @@ def test_bad_specs_name_the_key(value, key: str) -> None:
 def test_specs_out_of_range_name_the_key(value, key: str) -> None:
     with pytest.raises(ComponentSpecError, match=key):
         resolve_trainable(tiny_model("llama"), parse_trainable(value), 0)
+
+
+def _config_with(**plant) -> dict:
+    return {"models": [{"name": "base", "source": "local", "path": "/nowhere"},
+                       {"name": "plant", "source": "finetune", "base": "base", "trainable": "all", "epochs": 1,
+                        "lr": 1e-3, "batch_size": 2, "seed": 0, "data": "train.csv", **plant}]}
+
+
+@pytest.mark.parametrize("plant, message", [
+    ({"base": "missing"}, "models[1].base: no model named 'missing'"),
+    ({"base": "plant"}, "models[1].base: 'plant' is itself a fine-tune"),
+    ({"trainable": {"site": "mlp", "layers": [4]}}, "models[1].trainable.layers: must be [first, last]"),
+    ({"trainable": {"site": "heads", "layers": [1, 2]}}, "models[1].trainable"),
+    ({"package": "x==1"}, "models[1].package: not allowed when source is 'finetune'"),
+    ({"expected_verdicts": {"C2": "maybe"}}, "models[1].expected_verdicts.C2"),
+    ({"skip_stages": ["claims"]}, "models[1].skip_stages[0]"),
+    ({"epochs": 0}, "models[1].epochs"),
+])
+def test_finetune_config_errors_name_the_key(plant: dict, message: str) -> None:
+    from harmmed.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        validate_config(_config_with(**plant))
+
+
+def test_finetune_keys_are_refused_on_other_sources() -> None:
+    from harmmed.config import ConfigError, validate_config
+
+    cfg = _config_with()
+    cfg["models"][0]["trainable"] = "all"
+    with pytest.raises(ConfigError, match=r"models\[0\]\.trainable: not allowed when source is 'local'"):
+        validate_config(cfg)
+    ok = validate_config(_config_with(expected_verdicts={"C1": "supported", "C3": "not supported"}))
+    assert ok["finetune"]["thresholds"]["harmful_refusal_prob"] == 0.6 and ok["models"][1]["skip_stages"] == []

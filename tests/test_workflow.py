@@ -114,7 +114,8 @@ def test_default_config_dry_run():
     assert done.returncode == 0, done.stderr[-4000:]
     for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "mediate_heatmap",
                  "mediate_neuron", "gating",
-                 "generate_and_judge", "mediate_token", "probe", "figures", "neuron_figures", "claims"):
+                 "generate_and_judge", "mediate_token", "probe", "figures", "neuron_figures", "claims",
+                 "finetune_model", "recovery", "recovery_figure"):
         assert rule in done.stdout
 
 
