@@ -401,13 +401,25 @@ def _held_out_pairs(cfg: dict, tokenizer, split: str) -> list[EncodedPair]:
     return select_pairs(kept, split, None)
 
 
+def _save_model(model, tokenizer, out_dir: Path) -> Path:
+    """Safetensors weights and the tokenizer, staged beside ``out_dir`` and moved in whole."""
+    import shutil
+
+    staged = out_dir.with_name(f".{out_dir.name}-staged")
+    shutil.rmtree(staged, ignore_errors=True)
+    model.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(staged, out_dir)
+    return out_dir
+
+
 def finetune_model(cfg: dict, name: str, base_manifest_path: str | Path, models_dir: str | Path,
                    manifest_path: str | Path, threads: int = 1) -> dict:
     """Train a copy of the base's chosen components to refuse, save it as safetensors, check its
     behaviour on held-out pairs and write its manifest. A model failing the check is never
     silently used: with ``finetune.on_failure: error`` the stage fails (its figures are kept in
     ``<manifest>.failed.json``); with ``mark`` the manifest says ``behaviour.passed: false``."""
-    import shutil
     import time
 
     import torch
@@ -433,15 +445,7 @@ def finetune_model(cfg: dict, name: str, base_manifest_path: str | Path, models_
     seconds = time.perf_counter() - start
     log.info("%s: trained %d parameters in %.1f s, loss per epoch %s", name, plan.count(model), seconds, losses)
 
-    out_dir = Path(models_dir) / name / "hf"
-    staged = out_dir.with_name(".hf-staged")
-    shutil.rmtree(staged, ignore_errors=True)
-    model.save_pretrained(staged)
-    tokenizer.save_pretrained(staged)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(staged, out_dir)
-
-    model.eval()
+    out_dir = _save_model(model, tokenizer, Path(models_dir) / name / "hf")
     manifest = {
         "name": name, "source": "finetune", "path": str(out_dir), "revision": None,
         "sha256": safetensors_digest(out_dir), **_describe_model(model, tokenizer, spec, cfg["metrics"]["refusal_phrases"]),
