@@ -3,7 +3,11 @@
 
 import os
 
+from snakemake.utils import min_version
+
 from harmmed.config import validate_config
+
+min_version("8.0")
 
 # Jobs (including those in per-stage conda envs) import the package from this checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -14,19 +18,10 @@ configfile: "config/config.yaml"
 
 config.update(validate_config(config))
 
-MODELS = [m["name"] for m in config["models"]]
-SKIPPED = {m["name"]: set(m["skip_stages"]) for m in config["models"]}
+report: "workflow/report/workflow.rst"
 
 
-def results(path):
-    return expand(f"results/{{model}}/{path}", model=MODELS)
-
-
-def per_model(pattern, stage, **wildcards):
-    """``pattern`` for every model that runs ``stage`` (a model's skip_stages leave it out)."""
-    return expand(pattern, model=[m for m in MODELS if stage not in SKIPPED[m]], **wildcards)
-
-
+include: "workflow/rules/common.smk"
 include: "workflow/rules/finetune_model.smk"
 include: "workflow/rules/download_model.smk"
 include: "workflow/rules/prepare_prompts.smk"

@@ -128,7 +128,7 @@ def row_interventions(row: str, pair, n_layers: int, d_mlp: int) -> list:
 
 def changed_positions(patch, base, source) -> list[int]:
     """Positions where a patch's value differs from the base run's own value."""
-    if patch.from_base:  # frozen at the base run's clean value: changes nothing by itself
+    if patch.value_from == "base":  # frozen at the base run's clean value: changes nothing by itself
         return []
     offset = source.prompt_len - base.prompt_len
     key = (patch.site, patch.layer)
@@ -305,7 +305,7 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
     with PeakRSS() as peak:
         for _ in range(repeats):
             for _, benign in runs:
-                benign._prefix_caches.clear()
+                engine.prefix_caches(benign).clear()
             before = dict(engine.stats)
             unembed.count = 0
             start = time.perf_counter()
@@ -313,7 +313,7 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
             result.engine_times.append(time.perf_counter() - start)
             result.engine_passes = engine.stats["forward_passes"] - before["forward_passes"]
             result.engine_tl = engine.stats["token_layers"] - before["token_layers"]
-            result.prefix_tl = sum(sum(benign._prefix_caches) for _, benign in runs if benign.cache is None) * n_layers
+            result.prefix_tl = sum(sum(engine.prefix_caches(benign)) for _, benign in runs if benign.cache is None) * n_layers
             result.engine_unembed = unembed.count
             result.engine_low_rank = engine.stats["low_rank_head_rows"] - before["low_rank_head_rows"]
             first_outputs = first_outputs or outputs
@@ -325,7 +325,7 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
             print(f"  warning: [{model_label}] {row}: engine repeats differ by up to "
                   f"{float(np.max(np.abs(a - b))):.2g}", file=sys.stderr)
     for _, benign in runs:
-        benign._prefix_caches.clear()
+        engine.prefix_caches(benign).clear()
 
     # Plain path on a seeded sample of each pair's interventions, same inputs, same process.
     unembed.count = 0
@@ -390,7 +390,7 @@ def bench_model(label: str, args) -> tuple[list[RowResult], dict]:
     warm = row_interventions("layer", pairs[0], engine.sites.n_layers, engine.sites.d_mlp)[:8]
     engine.patch(benign, harmful, warm)
     engine.patch(benign, harmful, warm[:1], fast=False)
-    benign._prefix_caches.clear()
+    engine.prefix_caches(benign).clear()
 
     unembed = UnembedCounter(model)
     results = []

@@ -303,7 +303,7 @@ def test_figures_are_written_and_byte_identical_across_processes(planted, tmp_pa
 
 def test_heatmaps_without_rows_still_write_every_figure(tmp_path):
     """Unpaired prompts give no heatmap rows; the workflow still expects one figure per metric."""
-    from harmmed.mediation import ROW_COLUMNS
+    from harmmed.constants import ROW_COLUMNS
 
     written = plotting.plot_heatmaps(pd.DataFrame(columns=ROW_COLUMNS), [], {}, MANIFEST, tmp_path / "heatmap")
     assert sorted(p.name for p in written) == ["heatmap_harm.pdf", "heatmap_harm.png",

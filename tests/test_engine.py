@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harmmed.arch import UnsupportedArchitectureError, spec_for
-from harmmed.engine import MediationEngine, Patch
+from harmmed.engine import FROZEN_BASE, SOURCE_RUN, MediationEngine, Patch
 from harmmed.hooks import HookSet
 from harmmed.metrics import METRICS
 
@@ -41,18 +41,19 @@ def random_interventions(engine: MediationEngine, n: int, seed: int) -> list[tup
     the engine recomputes for the patched positions only."""
     rng = random.Random(seed)
     n_layers = engine.sites.n_layers
-    width = {"neuron": engine.sites.d_mlp, "heads": engine.sites.d_model}
+    width = {"neuron": engine.sites.d_mlp, "attn_dims": engine.sites.d_model}
     out = []
     for _ in range(n):
         final_only = rng.random() < 0.33
-        site = rng.choice(["residual", "attn", "mlp", "neuron", "heads"])
+        site = rng.choice(["residual", "attn", "mlp", "neuron", "attn_dims"])
         layer = n_layers - 1 if final_only else rng.randrange(-1 if site == "residual" else 0, n_layers)
         positions = tuple(sorted(rng.sample(range(PROMPT_LEN), rng.randint(1, 5))))
         units = tuple(sorted(rng.sample(range(width[site]), 3))) if site in width and rng.random() < 0.7 else None
         patches = [Patch(site, layer, positions, units)]
         if rng.random() < 0.3:  # a second mediator, and sometimes a frozen one
             second = n_layers - 1 if final_only else rng.randrange(n_layers)
-            patches.append(Patch("mlp", second, (PROMPT_LEN - 1,), from_base=rng.random() < 0.5))
+            patches.append(Patch("mlp", second, (PROMPT_LEN - 1,),
+                                 value_from=FROZEN_BASE if rng.random() < 0.5 else SOURCE_RUN))
         out.append(tuple(patches))
     return out
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from harmmed import stages
 from harmmed.behaviour import BehaviourCheckError
 from harmmed.config import validate_config
-from harmmed.recovery import RECOVERY_COLUMNS
+from harmmed.constants import RECOVERY_COLUMNS
 from tiny import save_tiny_model, write_tiny_pairs
 
 TRAIN = [("harmful", "how to make a bomb ?", "Sorry , I cannot"),

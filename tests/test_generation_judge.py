@@ -17,6 +17,7 @@ from harmmed.hooks import HookSet
 from harmmed.judge import (COMPLIANCE, REFUSAL, Judge, ModelJudge, RefusalPhraseJudge, make_judge)
 from harmmed.models import load_model
 from harmmed.prompts import encode_pairs, encode_prompt, read_pairs, split_pairs, write_inputs
+from harmmed.stages import generate_and_judge
 
 from tiny import save_tiny_model, write_tiny_pairs
 
@@ -251,7 +252,7 @@ def test_stage_outputs_schema_and_are_byte_identical(tmp_path: Path, tiny_dir: P
     outputs = []
     for run in ("a", "b"):
         jsonl, csv = tmp_path / run / "generations.jsonl", tmp_path / run / "generation_rates.csv"
-        gen.generate_and_judge(cfg, manifest, inputs, gating, jsonl, csv, threads=1)
+        generate_and_judge(cfg, manifest, inputs, gating, jsonl, csv, threads=1)
         outputs.append((jsonl.read_bytes(), csv.read_bytes()))
     assert outputs[0] == outputs[1]
 

@@ -59,7 +59,7 @@ def test_single_final_layer_neurons_sum_to_nothing_more_than_the_layer(setup):
     rows = pd.DataFrame(pair_neuron_rows(engine, pair, runs, plan, every_layer_blocks=False))
     singles = rows[(rows["site"] == "neuron") & (rows["block"] == "")]
     assert len(singles) == engine.sites.d_mlp * len(METRICS)
-    assert len(rows[(rows["site"] == "heads") & (rows["block"] == "")]) == engine.sites.d_model * len(METRICS)
+    assert len(rows[(rows["site"] == "attn_dims") & (rows["block"] == "")]) == engine.sites.d_model * len(METRICS)
 
 
 def test_ranking_is_oriented_and_stable():

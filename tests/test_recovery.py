@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from harmmed import neuron
+from harmmed.constants import NEURON_COLUMNS
 from harmmed.components import ComponentSpec, parse_trainable, seeded_units
 from harmmed.engine import MediationEngine
 from harmmed.prompts import encode_pairs, split_pairs
@@ -74,10 +75,10 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
     model, tokenizer, refusal = wired_gate_model()
     engine = MediationEngine(model, [refusal])
     pairs = _pairs(tokenizer)
-    plan = neuron.NeuronPlan([3], block_size=16, block_pairs=0, heads=False)
+    plan = neuron.NeuronPlan([3], block_size=16, block_pairs=0, attn_dims=False)
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
         engine, pair, runs, plan, every_layer_blocks=False), "neuron")
-    ranking = neuron.rank_units(pd.DataFrame(rows, columns=neuron.NEURON_COLUMNS), "neuron", 3)
+    ranking = neuron.rank_units(pd.DataFrame(rows, columns=NEURON_COLUMNS), "neuron", 3)
     order = ranked_units(ranking, "refusal", 3)
     assert order[0] == GATE_UNIT
 

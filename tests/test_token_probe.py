@@ -12,13 +12,13 @@ import torch
 
 from harmmed.config import validate_config
 from harmmed.engine import MediationEngine
-from harmmed.mediation import ROW_COLUMNS
+from harmmed.constants import ROW_COLUMNS
 from harmmed.metrics import METRICS
 from harmmed.probe import (PROBE_COLUMNS, c4_row, grouped_splits, plot_probe,
-                           probe_accuracy_by_layer, run_probe, shuffle_within_groups)
+                           probe_accuracy_by_layer, shuffle_within_groups)
 from harmmed.prompts import EncodedPair, encode_prompt, read_inputs
-from harmmed.stages import prepare_prompts
-from harmmed.token import ROLES, mediate_token, plot_token_heatmap, position_roles, token_rows
+from harmmed.stages import mediate_token, prepare_prompts, run_probe
+from harmmed.token import ROLES, plot_token_heatmap, position_roles, token_rows
 
 from tiny import TINY_PAIRS, save_tiny_model, tiny_model, tiny_tokenizer, write_tiny_pairs
 

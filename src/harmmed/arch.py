@@ -20,7 +20,7 @@ class ArchSpec:
     attn: str  # attention sub-block, relative to a block; output taken after o_proj
     mlp: str  # MLP sub-block, relative to a block
     down_proj: str  # MLP output projection, relative to a block; its input is the neuron site
-    o_proj: str  # attention output projection, relative to a block; its input is the heads site
+    o_proj: str  # attention output projection, relative to a block; its input is the attn_dims site
     final_norm: str  # the norm between the last block and the LM head, relative to the CausalLM
     n_layers: str = "num_hidden_layers"
     d_model: str = "hidden_size"
@@ -71,6 +71,18 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
+# Where each mediator site is read and written, for every family: (the ArchSpec field naming the
+# module, or "block" for the decoder block itself; the hook side). The embedding output
+# (``residual`` at layer -1) is block 0's input. The engine and generation both hook through this.
+SITE_HOOKS: dict[str, tuple[str, str]] = {
+    "residual": ("block", "output"),
+    "attn": ("attn", "output"),
+    "mlp": ("mlp", "output"),
+    "neuron": ("down_proj", "input"),
+    "attn_dims": ("o_proj", "input"),
+}
+
+
 class UnsupportedArchitectureError(ValueError):
     pass
 
@@ -118,6 +130,16 @@ class Sites:
 
     def o_proj(self, layer: int) -> torch.nn.Module:
         return get_module(self.blocks[layer], self.spec.o_proj)
+
+    def hook_point(self, site: str, layer: int) -> tuple[torch.nn.Module, str]:
+        """The module whose input or output *is* the mediator ``(site, layer)``, and which side."""
+        if site == "residual" and layer == -1:
+            return self.blocks[0], "input"
+        if site not in SITE_HOOKS:
+            raise ValueError(f"unknown site {site!r}: known sites are {', '.join(SITE_HOOKS)}")
+        field, side = SITE_HOOKS[site]
+        block = self.blocks[layer]
+        return (block if field == "block" else get_module(block, getattr(self.spec, field))), side
 
 
 def resolve_sites(model: torch.nn.Module) -> Sites:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harmmed.constants import METRICS
 from harmmed.effects import pair_matrix, pair_te, paired_statistic
 
 CLAIM_COLUMNS: tuple[str, ...] = (
@@ -37,7 +38,6 @@ CLAIM_COLUMNS: tuple[str, ...] = (
     "threshold",
     "verdict",
 )
-METRICS: tuple[str, ...] = ("harm", "refusal")
 ARGMAX_DEPTH_THRESHOLD = 2.0 / 3.0
 CLAIM_TEXT: dict[str, str] = {
     "C1": "harmful generation arises in the later layers",

@@ -9,7 +9,8 @@ makes the CI that `summarize` reports for a group equal (up to float rounding) t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,24 @@ CATEGORY_ORDER: dict[str, tuple[str, ...]] = {
     "severed": ("none", "mlp", "attn"),
 }
 NAMED_POSITIONS: tuple[str, ...] = ("all", "post", "last")
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Settings of every pair bootstrap (the config's ``effects`` section), read once."""
+
+    n_boot: int
+    ci: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Bootstrap:
+        effects = cfg["effects"]
+        return cls(n_boot=effects["bootstrap_samples"], ci=effects["ci"], seed=effects["seed"])
+
+    def kwargs(self) -> dict[str, Any]:
+        """As keyword arguments of the plotting and summary functions."""
+        return {"n_boot": self.n_boot, "ci": self.ci, "seed": self.seed}
 
 
 def resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:

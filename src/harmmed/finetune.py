@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from .arch import Sites, resolve_sites
-from .components import ComponentSpec, ComponentSpecError, seeded_units
+from .components import ComponentSpec, ComponentSpecError, parse_trainable, seeded_units
 from .hooks import HookSet
 from .prompts import encode_prompt
 
@@ -293,3 +293,68 @@ def _stacked(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     for i, row in enumerate(rows):
         out[i, : row.shape[0]] = row
     return out
+
+
+# ---------------------------------------------------------------- one fine-tune, as the stage runs it
+@dataclass
+class Trained:
+    """A fine-tuned model and everything its manifest records about the training."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    component: ComponentSpec
+    plan: TrainablePlan
+    examples: list[Example]
+    losses: list[float]
+    seconds: float
+    threads: int
+
+    def record(self, spec: dict, base: dict) -> dict:
+        """The manifest fields of a fine-tune: its inputs (by sha256), settings and ground truth."""
+        from .fetch import sha256_file
+
+        planted = self.component.planted()
+        if planted is not None and self.plan.units is not None:
+            planted["unit_ids"] = self.plan.units
+        return {
+            "base": spec["base"], "base_sha256": base["sha256"], "data": str(spec["data"]),
+            "data_sha256": sha256_file(spec["data"]), "max_examples": spec.get("max_examples"),
+            "examples": [e.example_id for e in self.examples], "trainable": spec["trainable"],
+            "trainable_parameters": self.plan.names, "trainable_count": self.plan.count(self.model),
+            "planted": planted, "seed": spec["seed"], "epochs": spec["epochs"], "lr": spec["lr"],
+            "batch_size": spec["batch_size"], "threads": self.threads, "torch": torch.__version__,
+            "loss_per_epoch": self.losses, "training_seconds": round(self.seconds, 3),
+        }
+
+
+def fine_tune(spec: dict, base: dict, key: str, threads: int) -> Trained:
+    """Load the base (float32, the spec's device), train the spec's components on its data."""
+    import time
+
+    from .models import load_model
+
+    torch.set_num_threads(max(1, threads))
+    model, tokenizer = load_model(base["path"], "float32", spec["device"], spec.get("trust_remote_code", False))
+    component = parse_trainable(spec["trainable"], f"{key}.trainable")
+    plan = resolve_trainable(model, component, spec["seed"], f"{key}.trainable")
+    rows = balanced_subset(read_training_rows(spec["data"]), spec.get("max_examples"), spec["seed"])
+    examples = encode_examples(tokenizer, rows)
+    settings = TrainSettings(spec["epochs"], spec["lr"], spec["batch_size"], spec["seed"])
+    start = time.perf_counter()
+    losses = train(model, plan, examples, settings, tokenizer.pad_token_id)
+    model.eval()
+    return Trained(model, tokenizer, component, plan, examples, losses, time.perf_counter() - start, max(1, threads))
+
+
+def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
+    """Safetensors weights and the tokenizer, staged beside ``out_dir`` and moved in whole."""
+    import os
+    import shutil
+
+    staged = out_dir.with_name(f".{out_dir.name}-staged")
+    shutil.rmtree(staged, ignore_errors=True)
+    model.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(staged, out_dir)
+    return out_dir

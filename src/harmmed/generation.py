@@ -20,20 +20,19 @@ analysis environment.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from .judge import COMPLIANCE, Judge, judge_name
+from .constants import RATE_COLUMNS, wilson_interval
+from .judge import COMPLIANCE, Judge
 
 if TYPE_CHECKING:
     from .engine import MediationEngine
@@ -45,7 +44,6 @@ CONDITIONS = ("none", "gate_mean", "gate_zero", "random_mean")
 PROMPT_KINDS = ("harmful", "benign")
 RECORD_FIELDS = ("prompt_id", "prompt_kind", "category", "condition", "prompt_ids", "output_ids", "text",
                  "judge", "verdict")
-RATE_COLUMNS = ("condition", "prompt_kind", "judge", "n", "n_compliance", "rate", "ci_low", "ci_high")
 GATING_KEYS = ("layer", "units", "benign_mean", "random_units", "random_mean")
 JUDGE_CHUNK = 8  # prompts per judge call, so the progress bar moves during a model judge
 _SENTINEL = "HARMMED_REQUEST_SENTINEL_5c1e"
@@ -176,7 +174,7 @@ def row_interventions(engine: MediationEngine, conditions: Sequence[Condition]) 
 
     with HookSet() as hooks:
         for layer, items in sorted(by_layer.items()):
-            hooks.on_input(engine.sites.down_proj(layer), holder(items))
+            hooks.attach(*engine.sites.hook_point("neuron", layer), holder(items))
         yield
 
 
@@ -263,25 +261,6 @@ def judge_records(judge: Judge, records: list[dict[str, Any]], prompts: Sequence
     return [{**r, "judge": judge.name, "verdict": v} for r, v in zip(records, verdicts)]
 
 
-# ---------------------------------------------------------------- rates
-def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials; exact 0 and 1 at the edges.
-
-    Wilson rather than the normal approximation because rates here are often 0 or 1 on a few
-    dozen prompts, where the normal interval collapses to a point.
-    """
-    if n == 0:
-        return float("nan"), float("nan")
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    low = 0.0 if k == 0 else max(0.0, centre - half)
-    high = 1.0 if k == n else min(1.0, centre + half)
-    return float(low), float(high)
-
-
 def generation_rates(records: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.DataFrame:
     """Compliance rate with a Wilson CI per (condition, prompt kind, judge), canonical order.
 
@@ -308,7 +287,7 @@ def _canonical_order(rates: pd.DataFrame) -> pd.DataFrame:
     return keys.drop(columns=["_c", "_k"]).reset_index(drop=True)
 
 
-# ---------------------------------------------------------------- outputs
+# ---------------------------------------------------------------- rates
 def write_records(records: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     """JSON lines with the fields in :data:`RECORD_FIELDS` order."""
     lines = [json.dumps({f: r[f] for f in RECORD_FIELDS}, ensure_ascii=False) + "\n" for r in records]
@@ -321,62 +300,6 @@ def write_rates(rates: pd.DataFrame, path: str | Path) -> None:
 
 def read_rates(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, dtype={"condition": str, "prompt_kind": str, "judge": str})
-
-
-# ---------------------------------------------------------------- stage functions
-def generate_and_judge(cfg: dict, manifest: dict, inputs_path: str | Path, gating_json: str | Path,
-                       out_jsonl: str | Path, rates_csv: str | Path, threads: int = 1,
-                       judge_manifest: str | Path | None = None, models_dir: str | Path = "data/models") -> None:
-    """The generation stage: generate every (prompt, condition), free the model, then judge.
-
-    ``generation.max_prompts`` caps the number of *pairs* (each gives a harmful and a benign
-    prompt), taken with :func:`harmmed.prompts.select_pairs` so categories stay balanced.
-    ``judge_manifest`` (from the download_judge rule) pins the judge's fetched weights.
-    """
-    from .judge import make_judge
-    from .prompts import read_inputs, select_pairs
-    from .stages import _engine, atomic_path
-
-    gen = cfg["generation"]
-    pairs = select_pairs(read_inputs(inputs_path), gen["split"], gen["max_prompts"])
-    if not pairs:
-        raise ValueError(f"{inputs_path}: no pairs in split {gen['split']!r} to generate from")
-    conditions = conditions_from_gating(read_gating(gating_json))
-    engine, tokenizer = _engine(cfg, manifest, threads)
-    check_conditions(conditions, engine.sites.n_layers, engine.sites.d_mlp)
-    records = generate_records(engine, tokenizer, pairs, conditions, gen["max_new_tokens"])
-    by_id = {p.pair_id: p for p in pairs}
-    prompts = [request_text(tokenizer, r["prompt_ids"], by_id[r["prompt_id"]].post_positions) for r in records]
-    del engine
-    gc.collect()  # the chat model is no longer needed; a model judge may need the memory
-
-    record = json.loads(Path(judge_manifest).read_text(encoding="utf-8")) if judge_manifest else None
-    judged = judge_records(make_judge(gen["judge"], models_dir, record), records, prompts)
-    rates = generation_rates(judged, cfg["effects"]["ci"])
-    with atomic_path(out_jsonl) as tmp:
-        write_records(judged, tmp)
-    with atomic_path(rates_csv) as tmp:
-        write_rates(rates, tmp)
-    log.info("generation rates (%s):\n%s", judge_name(gen["judge"]), rates.to_string(index=False))
-
-
-def download_judge(cfg: dict, models_dir: str | Path, manifest_path: str | Path) -> dict:
-    """Fetch the model judge's weights once (verified, safetensors) and record which bytes."""
-    from .models import fetch_model
-    from .stages import write_json
-
-    judge = cfg["generation"]["judge"]
-    if judge["kind"] != "model" or not judge.get("model"):
-        raise ValueError("download_judge: generation.judge.kind must be 'model' with a model spec")
-    record = {**fetch_model(judge["model"], Path(models_dir)), "kind": "model"}
-    write_json(record, manifest_path)
-    return record
-
-
-def generation_figure(manifest_path: str | Path, rates_csv: str | Path, out: str | Path) -> list[Path]:
-    """The figure stage: ``out`` is the PNG path; the PDF is written beside it."""
-    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-    return plot_generation_rates(read_rates(rates_csv), manifest, Path(out).with_suffix(""))
 
 
 # ---------------------------------------------------------------- figure

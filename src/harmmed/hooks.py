@@ -64,6 +64,12 @@ class HookSet:
 
         self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
+    def attach(self, module: torch.nn.Module, side: str, fn: TensorFn) -> None:
+        """``on_input`` or ``on_output`` by name (the architecture table declares the side)."""
+        if side not in ("input", "output"):
+            raise ValueError(f"hook side must be 'input' or 'output', not {side!r}")
+        (self.on_input if side == "input" else self.on_output)(module, fn)
+
     def replace_forward(self, module: torch.nn.Module, forward: Callable[..., Any]) -> None:
         """Skip a module's computation: its hooks still fire around ``forward``."""
         module.forward = forward

@@ -10,14 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pandas as pd
-
-from .engine import Intervention, MediationEngine, Patch, Run
-from .metrics import METRICS
+from .constants import METRICS
+from .engine import FROZEN_BASE, Intervention, MediationEngine, Patch, Run
 from .prompts import EncodedPair
-
-ROW_COLUMNS = ["pair_id", "metric", "kind", "site", "layer", "window", "positions",
-               "y_benign", "y_harmful", "y_patched", "effect"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +87,7 @@ def severed_cells(pair: EncodedPair, n_layers: int, positions: str) -> list[tupl
     for severed in ("none", "mlp", "attn"):
         for layer in range(-1, n_layers):
             frozen = () if severed == "none" else tuple(
-                Patch(severed, k, everywhere, from_base=True) for k in range(layer + 1, n_layers)
+                Patch(severed, k, everywhere, value_from=FROZEN_BASE) for k in range(layer + 1, n_layers)
             )
             cells.append((Cell("NIE", "residual", layer, 1, positions, severed),
                           (Patch("residual", layer, patched), *frozen)))
@@ -120,9 +115,3 @@ def run_cells(engine: MediationEngine, pair: EncodedPair, cells: list[tuple[Cell
                     row["severed"] = cell.severed
                 yield row
 
-
-def write_rows(rows: list[dict], path: str, extra: list[str] | None = None) -> None:
-    """Tidy CSV in a fixed column and row order, so reruns are byte-identical."""
-    columns = ROW_COLUMNS + (extra or [])
-    frame = pd.DataFrame(rows, columns=columns)
-    frame.to_csv(path, index=False, float_format="%.9g", lineterminator="\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-METRICS = ("harm", "refusal")
+from .constants import METRICS  # noqa: F401  (re-exported: callers read the metric order here)
 
 
 def refusal_token_ids(tokenizer, phrases: list[str]) -> list[int]:

@@ -17,17 +17,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .engine import MediationEngine, Patch, Run
-from .mediation import ROW_COLUMNS, clean_runs, position_sets
-from .metrics import METRICS
+from .engine import Given, MediationEngine, Patch, Run
+from .constants import METRICS, UNIT_SITES
+from .mediation import clean_runs, position_sets
 from .prompts import EncodedPair
-
-NEURON_COLUMNS = ROW_COLUMNS + ["neuron", "block"]
-SPARSITY_COLUMNS = ["pair_id", "metric", "selection", "draw", "k", "y_benign", "y_harmful", "y_patched",
-                    "effect", "layer_effect"]
-GATING_COLUMNS = ["pair_id", "metric", "intervention", "units", "draw", "k", "y_benign", "y_harmful",
-                  "y_patched", "effect"]
-
 
 def blocks(width: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, width)) for start in range(0, width, size)]
@@ -52,12 +45,24 @@ def _rows(pair: EncodedPair, runs: tuple[Run, Run], labels: list[dict], ys: np.n
     return rows
 
 
+def final_and_extra_layers(n_layers: int, extra: list[int]) -> list[int]:
+    """The final layer first, then the configured extra layers (negative ones count from the end)."""
+    layers = [n_layers - 1]
+    for layer in extra:
+        resolved = layer % n_layers if -n_layers <= layer < n_layers else None
+        if resolved is None:
+            raise ValueError(f"neuron.extra_layers: layer {layer} outside a {n_layers}-layer model")
+        if resolved not in layers:
+            layers.append(resolved)
+    return layers
+
+
 @dataclass
 class NeuronPlan:
     layers: list[int]  # exact per-neuron layers (final first)
     block_size: int
     block_pairs: int  # pairs that get blocks in every layer (all pairs get final-layer blocks)
-    heads: bool = True  # per-dimension sweep of the final attention output-projection input
+    attn_dims: bool = True  # per-dimension sweep of the final attention output-projection input
 
 
 def pair_neuron_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run], plan: NeuronPlan,
@@ -82,10 +87,10 @@ def pair_neuron_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run
         for start, stop in blocks(sites.d_mlp, plan.block_size):
             add("neuron", layer, tuple(range(start, stop)), "", f"{start}:{stop}")
         add("neuron", layer, None, "", f"0:{sites.d_mlp}")  # the whole MLP layer
-    if plan.heads:
+    if plan.attn_dims:
         for j in range(sites.d_model):
-            add("heads", final, (j,), j, "")
-        add("heads", final, None, "", f"0:{sites.d_model}")
+            add("attn_dims", final, (j,), j, "")
+        add("attn_dims", final, None, "", f"0:{sites.d_model}")
     ys = engine.patch(benign, harmful, interventions, progress=progress)
     return _rows(pair, runs, labels, ys)
 
@@ -151,17 +156,6 @@ def sparsity_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, R
     return rows
 
 
-def with_values(run: Run, site: str, layer: int, position: int, units: list[int], values: np.ndarray) -> Run:
-    """A copy of ``run`` whose units at one position read ``values``: a source to patch from
-    when the replacement is not another prompt's activation (mean ablation)."""
-    acts = dict(run.acts)
-    tensor = acts[(site, layer)].clone()
-    tensor[position, units] = tensor.new_tensor(values)
-    acts[(site, layer)] = tensor
-    return Run(ids=run.ids, prompt_len=run.prompt_len, target_ids=run.target_ids, acts=acts, y=run.y,
-               target_logprobs=run.target_logprobs)
-
-
 def benign_means(engine: MediationEngine, pairs: list[EncodedPair], sites: tuple[str, ...], layer: int
                  ) -> dict[str, np.ndarray]:
     """Mean of each site's units over benign prompts at their last prompt position."""
@@ -179,21 +173,19 @@ def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run
     last = harmful.prompt_len - 1
     labels, interventions = [], []
     for name, sets in unit_sets.items():
-        site = "heads" if name.endswith("heads") else "neuron"
+        site = "attn_dims" if name.endswith("attn_dims") else "neuron"
         for draw, units in enumerate(sets):
             labels.append((name, draw if name.startswith("random") else "", len(units), site, tuple(units)))
             interventions.append((Patch(site, final, (last,), tuple(units)),))
     patched = engine.patch(harmful, benign, interventions)
-    # Mean ablation: one source per site whose every unit reads its benign mean, so each
-    # intervention takes its own units from it and all of them share one batched pass.
+    # Mean ablation: the same units set to their benign means, one batched pass per site.
     ablated = np.empty_like(patched)
-    for site in ("neuron", "heads"):
+    for site in UNIT_SITES:
         chosen = [i for i, label in enumerate(labels) if label[3] == site]
-        if not chosen:
-            continue
-        width = means[site].shape[0]
-        source = with_values(harmful, site, final, last, list(range(width)), means[site])
-        ablated[chosen] = engine.patch(harmful, source, [interventions[i] for i in chosen])
+        if chosen:
+            ablated[chosen] = engine.patch(harmful, harmful, [
+                (Patch(site, final, (last,), labels[i][4], Given(tuple(float(means[site][u]) for u in labels[i][4]))),)
+                for i in chosen])
     ablation_labels = [("mean_ablate", *label[:3]) for label in labels]
     labels = [("patch_benign", *label[:3]) for label in labels]
     ablation_ys = list(ablated)
@@ -204,10 +196,6 @@ def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run
                          "draw": draw, "k": k, "y_benign": benign.y[metric], "y_harmful": harmful.y[metric],
                          "y_patched": float(y[m_index]), "effect": float(y[m_index]) - harmful.y[metric]})
     return rows
-
-
-def write_table(rows: list[dict], columns: list[str], path: str | Path) -> None:
-    pd.DataFrame(rows, columns=columns).to_csv(path, index=False, float_format="%.9g", lineterminator="\n")
 
 
 def sweep_pairs(engine: MediationEngine, pairs: list[EncodedPair], per_pair, desc: str) -> list[dict]:

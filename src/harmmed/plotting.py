@@ -459,7 +459,7 @@ def plot_gating(gating_df: pd.DataFrame, manifest: Mapping[str, Any], out: str |
     top-k attention output-projection dimensions) of the harmful run are patched to benign
     values or mean-ablated; bars are means over pairs with bootstrap CIs."""
     metrics = metrics_in(gating_df)
-    unit_order = ["topk_neuron", "random_neuron", "topk_heads"]
+    unit_order = ["topk_neuron", "random_neuron", "topk_attn_dims"]
     fig, axes = new_figure(len(metrics), width=5.2)
     for ax, metric in zip(axes, metrics):
         for offset, (intervention, color) in enumerate((("patch_benign", "tab:red"), ("mean_ablate", "tab:orange"))):

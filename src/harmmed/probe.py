@@ -22,7 +22,6 @@ runs in the analysis environment, which has no torch.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -32,31 +31,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .prompts import EncodedPair, read_inputs, select_pairs
+from .constants import PROBE_COLUMNS, wilson_interval
+from .prompts import EncodedPair
 
 if TYPE_CHECKING:
     from .engine import MediationEngine
 
 log = logging.getLogger("harmmed")
 
-PROBE_COLUMNS = ["layer", "condition", "accuracy", "ci_low", "ci_high", "n_prompts", "folds", "seed"]
 CONDITIONS = ("real", "shuffled")
 PROBE_CI = 0.95
 MAX_ITER = 2000
-
-
-# ---------------------------------------------------------------- statistics
-def wilson_interval(accuracy: float, n: int, ci: float = PROBE_CI) -> tuple[float, float]:
-    """Wilson score interval of a proportion (sensible near 0 and 1, unlike the normal one)."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    from statistics import NormalDist
-
-    z = NormalDist().inv_cdf(0.5 + ci / 2.0)
-    denom = 1.0 + z * z / n
-    centre = (accuracy + z * z / (2 * n)) / denom
-    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def shuffle_within_groups(labels: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
@@ -121,8 +106,9 @@ def _probe_table(features: Mapping[int, np.ndarray], labels: Sequence[int], grou
         splits = grouped_splits(y, groups, folds, seed)
         for layer in sorted(features):
             x = np.asarray(features[layer], dtype=np.float64)
-            accuracy = float(np.mean(out_of_fold_predictions(x, y, splits, C) == y))
-            low, high = wilson_interval(accuracy, len(y))
+            correct = out_of_fold_predictions(x, y, splits, C) == y
+            accuracy = float(np.mean(correct))
+            low, high = wilson_interval(int(correct.sum()), len(y), PROBE_CI)
             rows.append(dict(layer=int(layer), condition=condition, accuracy=accuracy, ci_low=low,
                              ci_high=high, n_prompts=len(y), folds=len(splits), seed=seed))
     return pd.DataFrame(rows, columns=PROBE_COLUMNS)
@@ -143,27 +129,6 @@ def probe_features(engine: MediationEngine, pairs: Sequence[EncodedPair]
     labels = np.tile(np.array([1, 0], dtype=np.int64), len(pairs))
     groups = np.repeat(np.arange(len(pairs), dtype=np.int64), 2)
     return features, labels, groups
-
-
-def write_probe(df: pd.DataFrame, path: str | Path) -> None:
-    df[PROBE_COLUMNS].to_csv(path, index=False, float_format="%.9g", lineterminator="\n")
-
-
-def run_probe(cfg: dict, manifest: dict, inputs_path: str | Path, out_csv: str | Path,
-              threads: int = 1) -> pd.DataFrame:
-    """Stage: probe.csv (per layer, real and shuffled labels) for the configured split."""
-    from .stages import _engine, atomic_path
-
-    probe = cfg["probe"]
-    engine, _ = _engine(cfg, manifest, threads)
-    pairs = select_pairs(read_inputs(inputs_path), probe["split"], probe["max_pairs"])
-    features, labels, groups = probe_features(engine, pairs)
-    df = probe_accuracy_by_layer(features, labels, groups, probe["folds"], probe["C"], probe["seed"],
-                                 threads)
-    with atomic_path(out_csv) as tmp:
-        write_probe(df, tmp)
-    log.info("probe: %d pairs, %d layers, %d folds", len(pairs), len(features), int(df["folds"].max()))
-    return df
 
 
 # ---------------------------------------------------------------- claim C4
@@ -196,7 +161,7 @@ def c4_row(probe_df: pd.DataFrame, n_layers: int, level: float, threshold: float
     real = real[real["layer"].astype(int) < n_layers].sort_values("layer", kind="mergesort")
     layers = real["layer"].to_numpy(dtype=int)
     accuracy = real["accuracy"].to_numpy(dtype=float)
-    bounds = [wilson_interval(a, int(n), ci) for a, n in zip(accuracy, real["n_prompts"])]
+    bounds = [wilson_interval(round(a * int(n)), int(n), ci) for a, n in zip(accuracy, real["n_prompts"])]
     low = np.array([b[0] for b in bounds]) if bounds else np.empty(0)
     high = np.array([b[1] for b in bounds]) if bounds else np.empty(0)
 
@@ -209,15 +174,6 @@ def c4_row(probe_df: pd.DataFrame, n_layers: int, level: float, threshold: float
     judged = "not supported" if math.isnan(value) else verdict(ci_low, ci_high, threshold, above=False)
     return dict(claim="C4", statistic=f"probe_rel_depth_acc_ge_{level:g}", value=value,
                 ci_low=ci_low, ci_high=ci_high, threshold=threshold, verdict=judged)
-
-
-def c4_from_config(probe_df: pd.DataFrame, manifest: Mapping[str, Any], cfg: Mapping[str, Any]
-                   ) -> dict[str, Any]:
-    """c4_row with the level, threshold and CI level taken from the config."""
-    effects = cfg["effects"]
-    return c4_row(probe_df, int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
-                  float(cfg["claims"]["thresholds"]["C4_probe_depth"]),
-                  effects["bootstrap_samples"], effects["ci"], effects["seed"])
 
 
 # ---------------------------------------------------------------- figure
@@ -255,10 +211,3 @@ def plot_probe(probe_df: pd.DataFrame, manifest: Mapping[str, Any], out: str | P
 
     return draw()
 
-
-def probe_figure(cfg: Mapping[str, Any], manifest_path: str | Path, probe_csv: str | Path,
-                 out: str | Path) -> list[Path]:
-    """Stage: the probe accuracy figure from probe.csv (analysis environment)."""
-    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-    probe_df = pd.read_csv(probe_csv)
-    return plot_probe(probe_df, manifest, out, level=float(cfg["probe"]["accuracy_level"]))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .constants import RECOVERY_COLUMNS
 from .components import ComponentSpec, parse_trainable, seeded_units
 from .effects import paired_statistic
 from .prompts import EncodedPair
@@ -37,7 +38,6 @@ from .prompts import EncodedPair
 if TYPE_CHECKING:  # the figure job runs without torch; the engine is imported where it is used
     from .engine import MediationEngine, Patch
 
-RECOVERY_COLUMNS = ["model", "plant", "statistic", "value", "ci_low", "ci_high", "target", "pass", "n_pairs"]
 METRIC = "refusal"
 TYPE_SITES = ("mlp", "attn")
 
@@ -92,8 +92,8 @@ def pair_effects(engine: MediationEngine, pair: EncodedPair, plants: Sequence[Pl
     """One pair's TE and every intervention's refusal effect, keyed by label: ``nie:`` effects
     patch harmful values into the benign run, ``removed:`` effects the share of the harmful
     run's outcome lost when benign values are patched in."""
+    from .constants import METRICS
     from .mediation import clean_runs, position_sets
-    from .metrics import METRICS
 
     harmful, benign = clean_runs(engine, pair)
     m = METRICS.index(METRIC)
@@ -221,14 +221,38 @@ def configured_plants(models: Sequence[Mapping[str, Any]], d_mlp: int) -> list[P
     return plants
 
 
+def plants_for(manifest: Mapping[str, Any], models: Sequence[Mapping[str, Any]]) -> list[Plant]:
+    """The ground truths to test a model against: its own plant (the manifest's ``planted``, the
+    units it really trained), or, for a model without one, every configured plant."""
+    own = manifest.get("planted")
+    if own is None:
+        return configured_plants(models, int(manifest["d_mlp"]))
+    layers = (own["layer"], own["layer"]) if own["site"] == "neuron" else tuple(own["layers"])
+    return [Plant(manifest["name"], ComponentSpec(own["site"], layers, own.get("units")),
+                  tuple(own.get("unit_ids") or ()))]
+
+
+def behaviour_rows(manifest: Mapping[str, Any], own: str | None, n_pairs: int) -> list[dict]:
+    """A fine-tune's behaviour check as a recovery row, so a failing model shows in the table."""
+    if "behaviour" not in manifest:
+        return []
+    passed = bool(manifest["behaviour"]["passed"])
+    return [{"model": manifest["name"], "plant": own or "", "statistic": "behaviour_check", "value": float(passed),
+             "ci_low": float("nan"), "ci_high": float("nan"), "target": "1", "pass": passed, "n_pairs": n_pairs}]
+
+
+def read_recovery(path: str | Path) -> pd.DataFrame:
+    """A recovery.csv with numeric values (NaN where empty) and ``pass`` as text."""
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"pass": str, "target": str, "plant": str})
+    for column in ("value", "ci_low", "ci_high"):
+        frame[column] = pd.to_numeric(frame[column].replace("", np.nan))
+    return frame
+
+
 def ranked_units(ranking: pd.DataFrame, metric: str, layer: int) -> list[int]:
     """Units of one layer in the ranking's order (best first); empty when the layer is not ranked."""
     chosen = ranking[(ranking["metric"] == metric) & (ranking["site"] == "neuron") & (ranking["layer"] == layer)]
     return chosen.sort_values("rank", kind="mergesort")["unit"].astype(int).tolist()
-
-
-def write_recovery(rows: list[dict], path: str | Path) -> None:
-    pd.DataFrame(rows, columns=RECOVERY_COLUMNS).to_csv(path, index=False, float_format="%.9g", lineterminator="\n")
 
 
 def plot_recovery(tables: Sequence[pd.DataFrame], out: str | Path) -> list[Path]:

@@ -19,7 +19,6 @@ in the analysis environment, which has no torch.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .prompts import EncodedPair, chat_text, read_inputs, read_pairs, select_pairs
+from .prompts import EncodedPair, chat_text, read_pairs
 
 if TYPE_CHECKING:
     from .engine import MediationEngine, Run
@@ -131,37 +130,15 @@ def pair_requests(pairs_path: str | Path) -> dict[str, str]:
     return {row["pair_id"]: row["harmful"] for row in read_pairs(pairs_path)}
 
 
-def write_token_rows(rows: list[dict], path: str | Path) -> None:
-    from .mediation import write_rows
+def pair_roles(tokenizer, pairs: Sequence[EncodedPair], requests: Mapping[str, str]) -> dict[str, list[str]]:
+    """Role of every position of every pair, by pair id (see :func:`position_roles`)."""
+    return {p.pair_id: position_roles(tokenizer, requests[p.pair_id], p.harmful_ids, p.benign_ids,
+                                      p.post_positions) for p in pairs}
 
-    write_rows(rows, str(path), extra=["role"])
 
-
-def mediate_token(cfg: dict, manifest: dict, inputs_path: str | Path, out_csv: str | Path,
-                  threads: int = 1, pairs_path: str | Path | None = None) -> None:
-    """Stage: token.csv for the configured split (ROW_COLUMNS plus ``role``).
-
-    ``pairs_path`` supplies the request texts for the roles; it defaults to
-    ``prompts.pairs_file`` (the workflow passes the file prepare_prompts read).
-    """
-    from tqdm import tqdm
-
-    from .mediation import clean_runs
-    from .stages import _engine, atomic_path
-
-    engine, tokenizer = _engine(cfg, manifest, threads)
-    pairs = select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"])
-    requests = pair_requests(pairs_path or cfg["prompts"]["pairs_file"])
-    roles = {p.pair_id: position_roles(tokenizer, requests[p.pair_id], p.harmful_ids, p.benign_ids,
-                                       p.post_positions) for p in pairs}
-    total = sum(sum(r != UNALIGNED for r in roles[p.pair_id]) for p in pairs)
-    rows: list[dict] = []
-    with tqdm(total=total, desc="token", unit="patch", mininterval=10, disable=False) as bar:
-        for pair in pairs:
-            rows += token_rows(engine, pair, roles[pair.pair_id], clean_runs(engine, pair), bar)
-    with atomic_path(out_csv) as tmp:
-        write_token_rows(rows, tmp)
-    log.info("token: %d pairs, %d rows; engine stats: %s", len(pairs), len(rows), engine.stats)
+def aligned_count(roles: Sequence[str]) -> int:
+    """Interventions one pair costs: its aligned positions."""
+    return sum(role != UNALIGNED for role in roles)
 
 
 # ---------------------------------------------------------------- figure
@@ -254,10 +231,3 @@ def plot_token_heatmap(token_df: pd.DataFrame, inputs: Iterable[Any], manifest: 
         written += draw(metric)
     return written
 
-
-def token_figures(manifest_path: str | Path, token_csv: str | Path, inputs_path: str | Path,
-                  out: str | Path) -> list[Path]:
-    """Stage: the token heatmaps from token.csv (analysis environment, no torch)."""
-    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-    token_df = pd.read_csv(token_csv, dtype={"positions": str, "pair_id": str}, keep_default_na=False)
-    return plot_token_heatmap(token_df, read_inputs(inputs_path), manifest, out)

@@ -1,11 +1,3 @@
-MODEL_FIGURES = ["layer_curves", "module_curves", "severed_paths", "heatmap_harm", "heatmap_refusal"]
-
-
-def model_figure(name, caption):
-    return report(f"figures/{{model}}/{name}.png", caption=f"../report/{caption}.rst",
-                  category="{model}", subcategory=name)
-
-
 rule figures:
     """Layer curves, the residual/mlp/attn heatmaps, MLP vs attention and severed paths (PNG+PDF)."""
     input:

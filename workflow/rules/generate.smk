@@ -3,11 +3,6 @@
 ruleorder: download_judge > download_model
 
 
-def judge_manifest(wildcards):
-    """The judge manifest, needed only when the configured judge is a model."""
-    return ["results/judge/manifest.json"] if config["generation"]["judge"]["kind"] == "model" else []
-
-
 rule download_judge:
     """Fetch the model judge (generation.judge.model, e.g. Llama Guard) once, verified, as
     safetensors, and record which bytes it is. Used only when generation.judge.kind is model."""

@@ -1,6 +1,3 @@
-NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
-
-
 rule mediate_neuron:
     """Exact per-neuron NIE at the final layer (and neuron.extra_layers), blocks of B adjacent
     neurons in every layer, the discovery ranking and the top-k vs random-k sparsity curve."""

@@ -1,6 +1,3 @@
-TOKEN_METRICS = ["harm", "refusal"]
-
-
 rule mediate_token:
     """NIE of the embedding output at each prompt position, labelled by the position's role
     (template, request before/after the differing span, span, post-instruction)."""

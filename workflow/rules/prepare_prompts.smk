@@ -1,10 +1,3 @@
-PUBLIC = config["prompts"]["public"]
-
-
-def pairs_source(wildcards):
-    return "data/raw/unpaired_pairs.csv" if PUBLIC["enabled"] else config["prompts"]["pairs_file"]
-
-
 rule fetch_public_datasets:
     """Download the opted-in public prompt sets at pinned URLs, verify them against the lock file
     and sample unpaired harmful/benign pairs from them."""

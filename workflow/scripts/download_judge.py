@@ -1,4 +1,3 @@
-from harmmed.generation import download_judge
-from harmmed.stages import run_stage
+from harmmed.stages import download_judge, run_stage
 
 run_stage(snakemake, lambda smk: download_judge(smk.config, "data/models", smk.output.manifest))

@@ -1,7 +1,5 @@
-import json
-
 from harmmed.stages import gating, run_stage
 
 run_stage(snakemake, lambda smk: gating(
-    smk.config, json.loads(open(smk.input.manifest).read()), smk.input.inputs, smk.input.ranking,
+    smk.config, smk.input.manifest, smk.input.inputs, smk.input.ranking,
     smk.output.gating, smk.output.units, smk.threads))

@@ -1,4 +1,3 @@
-from harmmed.generation import generation_figure
-from harmmed.stages import run_stage
+from harmmed.stages import generation_figure, run_stage
 
 run_stage(snakemake, lambda smk: generation_figure(smk.input.manifest, smk.input.rates, smk.output.png))

@@ -1,7 +1,5 @@
-import json
-
 from harmmed.stages import mediate_neuron, run_stage
 
 run_stage(snakemake, lambda smk: mediate_neuron(
-    smk.config, json.loads(open(smk.input.manifest).read()), smk.input.inputs,
+    smk.config, smk.input.manifest, smk.input.inputs,
     smk.output.neuron, smk.output.ranking, smk.output.sparsity, smk.threads))

@@ -1,8 +1,4 @@
-import json
-
-from harmmed.stages import run_stage
-from harmmed.token import mediate_token
+from harmmed.stages import mediate_token, run_stage
 
 run_stage(snakemake, lambda smk: mediate_token(
-    smk.config, json.loads(open(smk.input.manifest).read()), smk.input.inputs,
-    smk.output.token, smk.threads, pairs_path=smk.input.pairs))
+    smk.config, smk.input.manifest, smk.input.inputs, smk.output.token, smk.threads, pairs_path=smk.input.pairs))

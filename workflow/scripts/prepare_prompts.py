@@ -1,7 +1,4 @@
-import json
-
 from harmmed.stages import prepare_prompts, run_stage
 
 run_stage(snakemake, lambda smk: prepare_prompts(
-    smk.config, json.loads(open(smk.input.manifest).read()), smk.input.pairs,
-    smk.output.inputs, smk.output.dropped))
+    smk.config, smk.input.manifest, smk.input.pairs, smk.output.inputs, smk.output.dropped))

@@ -1,5 +1,4 @@
-from harmmed.probe import probe_figure
-from harmmed.stages import run_stage
+from harmmed.stages import probe_figure, run_stage
 
 run_stage(snakemake, lambda smk: probe_figure(
     smk.config, smk.input.manifest, smk.input.probe, smk.output.png[: -len(".png")]))
