@@ -53,16 +53,16 @@ def behaviour_check(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[Enco
     p_benign = refusal_probability(model, [p.benign_ids for p in pairs], refusal_ids)
     judge = RefusalPhraseJudge(judge_phrases)
     stop = stop_ids(model, tokenizer)
-    refused = {"harmful": 0, "benign": 0}
     generated = pairs
-    for pair in tqdm(generated, desc="behaviour", unit="pair", mininterval=10):
-        harmful, benign = greedy_decode(model, [pair.harmful_ids, pair.benign_ids], max_new_tokens, stop) \
-            if len(pair.harmful_ids) == len(pair.benign_ids) else (
-                greedy_decode(model, [pair.harmful_ids], max_new_tokens, stop)[0],
-                greedy_decode(model, [pair.benign_ids], max_new_tokens, stop)[0])
-        for kind, ids in (("harmful", harmful), ("benign", benign)):
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            refused[kind] += judge.verdict(text) == REFUSAL
+    prompts = [(kind, ids) for p in generated for kind, ids in (("harmful", p.harmful_ids), ("benign", p.benign_ids))]
+    by_length: dict[int, list[int]] = {}
+    for i, (_, ids) in enumerate(prompts):
+        by_length.setdefault(len(ids), []).append(i)
+    refused = {"harmful": 0, "benign": 0}
+    for group in tqdm(list(by_length.values()), desc="behaviour", unit="batch", mininterval=10):
+        outs = greedy_decode(model, [prompts[i][1] for i in group], max_new_tokens, stop)  # equal lengths: one batch
+        for i, ids in zip(group, outs):
+            refused[prompts[i][0]] += judge.verdict(tokenizer.decode(ids, skip_special_tokens=True)) == REFUSAL
     n = len(generated)
     figures = {
         "harmful_refusal_prob": float(p_harmful.mean()),
