@@ -13,12 +13,13 @@ naive work unnecessary, and both are exact, not approximations:
   so that row reads the cached base residual stream there, and each block runs only on the rows
   that have started (rows never interact inside a block).
 
-Many interventions on the same base run go into one forward pass, one batch row each; the batch
-size follows a memory budget and halves on out-of-memory without losing work. Final-layer neuron
+The engine reads as planning (``patches.plan_intervention``: where each intervention's
+recomputation starts), batching (``batching``: many interventions on the same base run go into
+one forward pass, one batch row each, sized by a memory budget and halved on out-of-memory
+without losing work) and execution (``_forward``, over the cache views). Final-layer neuron
 patches skip the full unembedding where it is provably a short combination of precomputed rows
-(``NeuronHead``). The plain path
-(``fast=False``) patches the full sequence with no reuse at all and is the reference the tests
-compare against.
+(``NeuronHead``). The plain path (``fast=False``) patches the full sequence with no reuse at all
+and is the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -27,20 +28,21 @@ import os
 from functools import cached_property
 from weakref import WeakKeyDictionary
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
 from .arch import Sites, resolve_sites
+from .batching import BatchLimits, RowCost, batches, run_with_backoff
 from .cache_views import batch_view, partial_block, sliced_view, view_cache
 from .hooks import HookSet
 from .lowrank_head import NeuronHead
 from .constants import METRICS, SITES
 from .metrics import outcome_metrics, target_logprobs
-from .patches import (FROZEN_BASE, SOURCE_RUN, Given, Intervention, Patch, Planned, Run, Site,  # noqa: F401
-                      patch_values, plan_intervention)
+from .patches import (FROZEN_BASE, SOURCE_RUN, Given, Intervention, NoisedRuns, Patch, Planned, Run,  # noqa: F401
+                      Site, patch_values, plan_intervention)
 from .site_writes import SiteWrites
 
 class MediationEngine:
@@ -73,6 +75,37 @@ class MediationEngine:
     def run(self, prompt_ids: Sequence[int], target_ids: Sequence[int]) -> Run:
         """Clean pass recording every mediator at every position."""
         return self.runs([(prompt_ids, target_ids)])[0]
+
+    @torch.inference_mode()
+    def noised_runs(self, prompt_ids: Sequence[int], target_ids: Sequence[int], span: Sequence[int],
+                    scale: float, samples: int, seed: int) -> NoisedRuns:
+        """Clean runs of one prompt with Gaussian noise (sd = ``scale`` x the std of the input
+        embedding matrix) added to the embedding output at ``span``, ``samples`` seeded draws.
+        The noise enters at the table's embedding site (block 0's input), and every later pass
+        with such a run as base adds the same draw."""
+        if not span or min(span) < 0 or max(span) >= len(prompt_ids):
+            raise ValueError(f"noise span {list(span)} must be non-empty and lie in the prompt (0..{len(prompt_ids) - 1})")
+        param = next(self.model.parameters())
+        sd = scale * float(self.model.get_input_embeddings().weight.float().std())
+        generator = torch.Generator().manual_seed(int(seed))  # CPU draws: the same on every device
+        fed = len(_fed_ids(prompt_ids, target_ids))
+        out = []
+        for _ in range(samples):
+            noise = torch.zeros(fed, self.sites.d_model)
+            noise[list(span)] = torch.randn(len(span), self.sites.d_model, generator=generator) * sd
+            noise = noise.to(device=self.device, dtype=param.dtype)
+            with HookSet() as hooks:
+                self._add_noise(hooks, noise, 0)
+                run = self.runs([(prompt_ids, target_ids)])[0]
+            run.embed_noise = noise
+            out.append(run)
+        return NoisedRuns(out, int(seed), sd)
+
+    def _add_noise(self, hooks: HookSet, noise: torch.Tensor | None, start: int) -> None:
+        """Add a run's embedding noise to a pass over its positions ``start`` onwards. Attached
+        before any patch, so a patch of the embeddings overrides the noise where it applies."""
+        if noise is not None:
+            self._attach(hooks, "residual", -1, lambda x: x + noise[start : start + x.shape[1]].to(x.dtype))
 
     @torch.inference_mode()
     def runs(self, prompts: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[Run]:
@@ -161,15 +194,22 @@ class MediationEngine:
         """Outcomes of each intervention: array (n_interventions, len(METRICS)).
 
         Positions index the base run; the source run is right-aligned to it (identical for
-        token-aligned minimal pairs, the post-instruction tokens for unpaired prompts).
+        token-aligned minimal pairs, the post-instruction tokens for unpaired prompts). A base
+        or source of noise draws (:class:`NoisedRuns`) gives the mean over its draws.
         """
+        if isinstance(base, NoisedRuns) or isinstance(source, NoisedRuns):
+            return self._patch_draws(base, source, interventions, fast, progress)
         if not torch.equal(base.target_ids, source.target_ids):
             raise ValueError("base and source runs must score the same target tokens")
         length = base.prompt_len + base.n_target
+        shift = source.prompt_len - base.prompt_len
         for intervention in interventions:
             for p in intervention:
                 if p.positions and not 0 <= min(p.positions) <= max(p.positions) < length:
                     raise ValueError(f"patch {p}: positions must lie in 0..{length - 1} (prompt and target)")
+                if p.positions and p.value_from == SOURCE_RUN and min(p.positions) + shift < 0:
+                    raise ValueError(f"patch {p}: base position {min(p.positions)} has no right-aligned source "
+                                     f"position (the source prompt is {-shift} tokens shorter)")
         out = np.empty((len(interventions), len(METRICS)), dtype=np.float64)
         if not fast:
             for i, intervention in enumerate(interventions):
@@ -194,52 +234,27 @@ class MediationEngine:
             else:
                 first_of[plan.patches] = i
                 plans.append(plan)
-        for batch in self._batches(plans, base):
-            self._run_with_backoff(base, source, batch, out, progress)
+        cost = RowCost.of(self.model, self.sites.n_layers, self.sites.d_model, self.sites.d_mlp)
+        limits = BatchLimits(self.memory_budget_bytes, self.max_batch_size)
+        for batch in batches(plans, base, cost, limits):
+            run_with_backoff(batch, lambda chunk: self._forward(base, source, chunk, reuse=True), out, self.stats,
+                             self.device, progress)
         for i, first in copies:
             out[i] = out[first]
         return out
 
-    def _row_bytes(self, base: Run, start_pos: int) -> float:
-        """Rough activation memory of one batch row: the budget only needs the right scale."""
-        seq = base.ids.shape[1] - start_pos
-        kv = 2 * self.sites.n_layers * base.ids.shape[1] * self.sites.d_model
-        width = 8 * self.sites.d_model + 3 * self.sites.d_mlp
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        elem = next(self.model.parameters()).element_size()
-        return elem * (seq * width + kv) + 4 * 3 * base.n_target * vocab
-
-    def _batches(self, plans: list[Planned], base: Run) -> Iterable[list[Planned]]:
-        """Group by start position (one shared prefix cache per batch), rows sorted by start
-        layer; each block then computes only the rows that have started (see _forward)."""
-        by_pos: dict[int, list[Planned]] = defaultdict(list)
-        for plan in plans:
-            by_pos[plan.start_pos].append(plan)
-        for start_pos in sorted(by_pos):
-            group = sorted(by_pos[start_pos], key=lambda p: (p.start_layer, p.index))
-            limit = int(max(1, min(self.max_batch_size, self.memory_budget_bytes // self._row_bytes(base, start_pos))))
-            for i in range(0, len(group), limit):
-                yield group[i : i + limit]
-
-    def _run_with_backoff(self, base: Run, source: Run, batch: list[Planned], out: np.ndarray, progress) -> None:
-        pending = [batch]
-        while pending:
-            chunk = pending.pop()
-            try:
-                ys = self._forward(base, source, chunk, reuse=True)
-            except torch.OutOfMemoryError:
-                if len(chunk) == 1:
-                    raise
-                self.stats["oom_backoffs"] += 1
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                half = len(chunk) // 2
-                pending += [chunk[half:], chunk[:half]]
-                continue
-            for plan, y in zip(chunk, ys):
-                out[plan.index] = y
-            if progress is not None:
-                progress.update(len(chunk))
+    def _patch_draws(self, base, source, interventions: Sequence[Intervention], fast: bool, progress) -> np.ndarray:
+        """Mean outcome over noise draws (draw i of the base pairs with draw i of the source)."""
+        bases = base.samples if isinstance(base, NoisedRuns) else None
+        sources = source.samples if isinstance(source, NoisedRuns) else None
+        n = len(bases if bases is not None else sources)
+        if bases is not None and sources is not None and len(sources) != n:
+            raise ValueError("noise draws of base and source differ in number")
+        ys = [self.patch(bases[i] if bases is not None else base, sources[i] if sources is not None else source,
+                         interventions, fast) for i in range(n)]
+        if progress is not None:
+            progress.update(len(interventions))
+        return np.mean(ys, axis=0)
 
     def _prefix_cache(self, base: Run, start_pos: int) -> DynamicCache:
         """Key/value cache of the base run's first ``start_pos`` tokens: a view into the clean
@@ -250,8 +265,10 @@ class MediationEngine:
                 caches[start_pos] = sliced_view(base.cache, start_pos)
             else:
                 cache = DynamicCache(config=self.model.config)
-                self.model(input_ids=base.ids[:, :start_pos], past_key_values=cache, use_cache=True,
-                           logits_to_keep=1)
+                with HookSet() as hooks:
+                    self._add_noise(hooks, base.embed_noise, 0)
+                    self.model(input_ids=base.ids[:, :start_pos], past_key_values=cache, use_cache=True,
+                               logits_to_keep=1)
                 self.stats["forward_passes"] += 1
                 self.stats["token_layers"] += start_pos * self.sites.n_layers
                 caches[start_pos] = cache
@@ -317,6 +334,7 @@ class MediationEngine:
                    for layer in range(start_layer, max(row_starts))}
         head = self._head_for(base, batch) if reuse and stop == base.prompt_len else None
         with HookSet() as hooks:
+            self._add_noise(hooks, base.embed_noise, start_pos)
             for layer in range(start_layer):
                 cached = base.acts[("residual", layer)][start_pos:stop].unsqueeze(0).expand(rows, -1, -1)
                 hooks.replace_forward(self.sites.block(layer), lambda *a, _h=cached, **k: _h)

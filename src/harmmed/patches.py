@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import numpy as np
 import torch
 from transformers import DynamicCache
+
+from .constants import METRICS
 
 Site = Literal["residual", "attn", "mlp", "neuron", "attn_dims"]
 
@@ -67,10 +70,35 @@ class Run:
     y: dict[str, float]
     target_logprobs: torch.Tensor  # (n_target,) log-probability of each target token
     cache: DynamicCache | None = field(default=None, repr=False)  # the clean pass's keys/values
+    # noise mode: (fed_len, d_model) added to the embedding output on every pass of this run
+    embed_noise: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def n_target(self) -> int:
         return self.target_ids.shape[0]
+
+
+@dataclass(eq=False)
+class NoisedRuns:
+    """Corrupted runs of one prompt, one per noise draw (Meng et al.'s causal tracing). Where a
+    run is expected it stands for their average: ``y`` is the mean outcome, and a patch with it
+    as base or source is the mean of the patch over the draws."""
+
+    samples: list[Run]
+    seed: int
+    sd: float  # absolute noise sd on the embedding output
+
+    @property
+    def y(self) -> dict[str, float]:
+        return {m: float(np.mean([run.y[m] for run in self.samples])) for m in METRICS}
+
+    @property
+    def prompt_len(self) -> int:
+        return self.samples[0].prompt_len
+
+    @property
+    def target_ids(self) -> torch.Tensor:
+        return self.samples[0].target_ids
 
 
 @dataclass
@@ -127,7 +155,9 @@ def plan_intervention(index: int, intervention: Intervention, base: Run, source:
             start_pos = min(start_pos, min(changed))
     if start_pos is math.inf:
         return None
-    start_pos = int(start_pos)
+    # Recompute from the last prompt position at the latest: its logits are the first the
+    # metrics read, so a pass starting later would score misaligned logits.
+    start_pos = min(int(start_pos), base.prompt_len - 1)
     trimmed = tuple(replace(p, positions=tuple(q for q in p.positions if q >= start_pos)) for p in intervention)
     trimmed = tuple(p for p in trimmed if p.positions)
     start_layer = min(p.layer + 1 if p.site == "residual" else p.layer for p in trimmed)

@@ -384,6 +384,11 @@ def plot_sparsity(sparsity_df: pd.DataFrame, manifest: Mapping[str, Any], out: s
     for ax, metric in zip(axes, metrics):
         rows = select(sparsity_df, metric=metric)
         total = rows.groupby("pair_id")["layer_effect"].first().mean()
+        if not np.isfinite(total) or total == 0:  # shares of a zero effect do not exist
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"{model_name(manifest)} [{metric}]: no sparsity curve\n"
+                    f"(the final-layer MLP NIE is {total:.3g}, so it has no shares)", ha="center", va="center")
+            continue
         top = select(rows, selection="top").groupby("k")["effect"]
         ks = np.array(sorted(top.groups), dtype=float)
         mean = top.mean().reindex(ks).to_numpy() / total

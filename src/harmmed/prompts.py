@@ -7,6 +7,7 @@ that a reviewer can recompute any row without our tokenisation code.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 PAIR_COLUMNS = ("pair_id", "category", "harmful", "benign", "harmful_target", "benign_target")
+DROPPED_COLUMNS = ("pair_id", "harmful_tokens", "benign_tokens", "reason")
 
 
 class PromptFileError(ValueError):
@@ -30,9 +32,17 @@ class EncodedPair:
     benign_ids: list[int]
     target_ids: list[int]
     post_positions: list[int]
+    # noise mode only (absent from the file otherwise): the harmful positions whose embeddings
+    # are corrupted, the seed of this pair's draws, the sd in units of the embedding matrix's
+    # std, and the number of draws averaged
+    noise_span: list[int] | None = None
+    noise_seed: int | None = None
+    noise_scale: float | None = None
+    noise_samples: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(", ", ": "))
+        record = {k: v for k, v in asdict(self).items() if not (k.startswith("noise_") and v is None)}
+        return json.dumps(record, separators=(", ", ": "))
 
 
 def read_pairs(path: str | Path) -> list[dict[str, str]]:
@@ -40,7 +50,7 @@ def read_pairs(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"{path}: prompt pairs file not found")
-    with path.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(_decoded(path), newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in PAIR_COLUMNS if c not in header]
@@ -68,6 +78,19 @@ def read_pairs(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
+def _decoded(path: Path) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped; a byte that is not UTF-8 is
+    reported with its row (line) and offset rather than as a bare UnicodeDecodeError."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise PromptFileError(
+            f"{path}, row {line}: byte 0x{raw[err.start]:02x} at offset {err.start} is not UTF-8 "
+            f"({err.reason}); save the file as UTF-8") from None
+
+
 def chat_text(tokenizer, request: str) -> str:
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": request}], add_generation_prompt=True, tokenize=False
@@ -80,48 +103,91 @@ def encode_prompt(tokenizer, request: str) -> tuple[list[int], list[int]]:
     Post-instruction tokens are those that start at or after the end of the user's text in the
     rendered template (the end-of-turn marker and the assistant header).
     """
-    text = chat_text(tokenizer, request)
-    end = text.rfind(request) + len(request)
-    if end < len(request):
-        raise ValueError(f"chat template does not contain the request verbatim: {request!r}")
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
-    post = [i for i, (start, _stop) in enumerate(encoded["offset_mapping"]) if start >= end]
-    if not post:
-        raise ValueError(f"no post-instruction tokens after the request {request!r}")
+    ids, _request, post = _encode_with_roles(tokenizer, request)
     return ids, post
 
 
+def request_positions(tokenizer, request: str) -> list[int]:
+    """Positions of the tokens that carry the user's request (neither template nor
+    post-instruction): the span noise mode corrupts when there is no minimal counterpart."""
+    return _encode_with_roles(tokenizer, request)[1]
+
+
+def _encode_with_roles(tokenizer, request: str) -> tuple[list[int], list[int], list[int]]:
+    text = chat_text(tokenizer, request)
+    begin = text.rfind(request)
+    end = begin + len(request)
+    if begin < 0:
+        raise ValueError(f"chat template does not contain the request verbatim: {request!r}")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    offsets = encoded["offset_mapping"]
+    post = [i for i, (start, _stop) in enumerate(offsets) if start >= end]
+    inside = [i for i, (start, stop) in enumerate(offsets) if stop > begin and start < end]
+    if not post:
+        raise ValueError(f"no post-instruction tokens after the request {request!r}")
+    return ids, inside, post
+
+
+def noise_span(harmful_ids: list[int], benign_ids: list[int]) -> list[int]:
+    """First to last differing position of a token-aligned minimal pair, inclusive."""
+    diff = [i for i, (h, b) in enumerate(zip(harmful_ids, benign_ids)) if h != b]
+    return list(range(diff[0], diff[-1] + 1))
+
+
 def encode_pairs(
-    tokenizer, rows: list[dict[str, str]], mode: str, split_of: dict[str, str]
+    tokenizer, rows: list[dict[str, str]], mode: str, split_of: dict[str, str], noise: dict | None = None,
+    request_span: bool = False,
 ) -> tuple[list[EncodedPair], list[dict[str, str]]]:
-    """Encode pairs; minimal pairs that are not token-aligned are returned as dropped."""
+    """Encode pairs. Pairs whose two prompts encode to the same ids (they differ only in
+    whitespace the tokenizer drops) and, where positions must align, pairs that are not
+    token-aligned are returned as dropped, each with its reason.
+
+    Noise mode (``noise``: scale, samples, seed) corrupts the differing span of token-aligned
+    minimal pairs (non-aligned ones are dropped), or the whole request when ``request_span``
+    (benchmark prompts, which have no minimal counterpart). Pair i's draws use seed + i.
+    """
     kept: list[EncodedPair] = []
     dropped: list[dict[str, str]] = []
-    for row in rows:
+    aligned_only = mode == "minimal" or (mode == "noise" and not request_span)
+    for index, row in enumerate(rows):
         harmful_ids, post = encode_prompt(tokenizer, row["harmful"])
         benign_ids, benign_post = encode_prompt(tokenizer, row["benign"])
-        if mode == "minimal" and (len(harmful_ids) != len(benign_ids) or post != benign_post):
+        reason = None
+        if harmful_ids == benign_ids:
+            reason = "identical token ids"
+        elif aligned_only and (len(harmful_ids) != len(benign_ids) or post != benign_post):
+            reason = "not token-aligned"
+        if reason is not None:
             dropped.append({"pair_id": row["pair_id"], "harmful_tokens": str(len(harmful_ids)),
-                            "benign_tokens": str(len(benign_ids))})
-            continue
-        if mode == "unpaired" and len(post) != len(benign_post):
-            dropped.append({"pair_id": row["pair_id"], "harmful_tokens": str(len(harmful_ids)),
-                            "benign_tokens": str(len(benign_ids))})
+                            "benign_tokens": str(len(benign_ids)), "reason": reason})
             continue
         target_ids = list(tokenizer(row["harmful_target"], add_special_tokens=False)["input_ids"])
-        kept.append(
-            EncodedPair(row["pair_id"], split_of[row["pair_id"]], row["category"], harmful_ids, benign_ids,
-                        target_ids, post)
-        )
+        pair = EncodedPair(row["pair_id"], split_of[row["pair_id"]], row["category"], harmful_ids, benign_ids,
+                           target_ids, post)
+        if mode == "noise":
+            pair.noise_span = (request_positions(tokenizer, row["harmful"]) if request_span
+                               else noise_span(harmful_ids, benign_ids))
+            pair.noise_seed = int(noise["seed"]) + index
+            pair.noise_scale = float(noise["scale"])
+            pair.noise_samples = int(noise["samples"])
+        kept.append(pair)
     return kept, dropped
 
 
 def split_pairs(rows: list[dict[str, str]], discovery_fraction: float, seed: int) -> dict[str, str]:
-    """Seeded split, stratified by category so both splits cover every harm category."""
+    """Seeded split, stratified by category so both splits cover every harm category.
+
+    A category with a single pair cannot be split, so all such pairs form one pooled stratum
+    (JBB gives every behaviour its own category: without pooling, discovery would be empty).
+    """
+    counts: dict[str, int] = defaultdict(int)
+    for row in rows:
+        counts[row["category"]] += 1
     by_category: dict[str, list[str]] = defaultdict(list)
     for row in rows:
-        by_category[row["category"]].append(row["pair_id"])
+        stratum = row["category"] if counts[row["category"]] > 1 else "\0singletons"
+        by_category[stratum].append(row["pair_id"])
     rng = np.random.default_rng(seed)
     split_of: dict[str, str] = {}
     for category in sorted(by_category):
@@ -142,9 +208,15 @@ def write_inputs(pairs: list[EncodedPair], path: str | Path) -> None:
     Path(path).write_text("".join(p.to_json() + "\n" for p in pairs), encoding="utf-8")
 
 
-def select_pairs(pairs: list[EncodedPair], split: str, max_pairs: int | None) -> list[EncodedPair]:
-    """The pairs of a split; a cap takes categories in turn so every category stays represented."""
+def select_pairs(pairs: list[EncodedPair], split: str, max_pairs: int | None, key: str = "split"
+                 ) -> list[EncodedPair]:
+    """The pairs of a split; a cap takes categories in turn so every category stays represented.
+    An empty split is an error naming the config ``key`` that asked for it."""
     chosen = [p for p in pairs if split == "all" or p.split == split]
+    if not chosen:
+        counts = {name: sum(p.split == name for p in pairs) for name in ("discovery", "held_out")}
+        raise ValueError(f"{key}: the {split!r} split has no pairs ({counts['discovery']} discovery, "
+                         f"{counts['held_out']} held_out of {len(pairs)})")
     if max_pairs is None or len(chosen) <= max_pairs:
         return chosen
     queues: dict[str, list[EncodedPair]] = defaultdict(list)

@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import random
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,34 @@ Prompt = dict[str, Any]
 Parser = Callable[[Path], list[Prompt]]
 
 DEFAULT_TARGET = "Sure, here is"
+# How a pair's harmful target was made: the dataset's own column, or built from the behaviour.
+TARGET_FROM_DATASET = "dataset"
+TARGET_BUILT = "built: affirmative_target(behaviour)"
+_REQUEST_VERB = re.compile(
+    r"^(?:please\s+)?(?:write|give|generate|create|describe|explain|list|provide|develop|compose|draft|outline|"
+    r"produce|devise|design|suggest|brainstorm|offer|share|detail|tell me|show me|teach me|help me)\b\s*",
+    re.IGNORECASE,
+)
+
+
+def affirmative_target(behaviour: str) -> str:
+    """An AdvBench-style affirmative start for a behaviour that has no target (HarmBench):
+    "Write a persuasive article about X" -> "Sure, here is a persuasive article about X";
+    another imperative ("Convince people to X") -> "Sure, here is how to convince people to X";
+    a question -> "Sure, here is the answer". The first letter is lower-cased unless the
+    first word looks like a name or acronym."""
+    text = " ".join(behaviour.split())
+    if text.endswith("?"):
+        return "Sure, here is the answer"
+    text = text.rstrip(".!: ")
+    match = _REQUEST_VERB.match(text)
+    rest = text[match.end():] if match and text[match.end():] else text
+    first = rest.split(" ", 1)[0]
+    if first[1:] == first[1:].lower() and first != "I":
+        rest = rest[0].lower() + rest[1:]
+    if not match:
+        rest = rest if rest.startswith("how ") else f"how to {rest}"
+    return f"Sure, here is {rest}"
 
 
 def _read_csv(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
@@ -287,7 +316,8 @@ def build_unpaired_pairs(
 
     Unpaired mode has no minimal contrast, so pairing is a seeded random draw; the
     same inputs and seed always give the same pairs. The category is the harmful
-    prompt's (or its source name when the source has none).
+    prompt's (or its source name when the source has none). A harmful prompt without a
+    target gets :func:`affirmative_target`, and ``harmful_target_source`` says which.
     """
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be positive, got {n_pairs}")
@@ -307,8 +337,9 @@ def build_unpaired_pairs(
                 "category": h.get("category") or str(h["id"]).rsplit("-", 1)[0],
                 "harmful": h["prompt"],
                 "benign": b["prompt"],
-                "harmful_target": h.get("target") or DEFAULT_TARGET,
+                "harmful_target": h.get("target") or affirmative_target(h["prompt"]),
                 "benign_target": DEFAULT_TARGET,
+                "harmful_target_source": TARGET_FROM_DATASET if h.get("target") else TARGET_BUILT,
             }
         )
     return pairs

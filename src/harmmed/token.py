@@ -88,19 +88,20 @@ def unpaired_roles(harmful_ids: Sequence[int], benign_ids: Sequence[int],
 
 
 def position_roles(tokenizer, request: str, harmful_ids: Sequence[int], benign_ids: Sequence[int],
-                   post_positions: Sequence[int]) -> list[str]:
-    """Role of each prompt position (indexing the benign run, which is the NIE's base).
+                   post_positions: Sequence[int], noise_span: Sequence[int] | None = None) -> list[str]:
+    """Role of each prompt position (indexing the NIE's base: the benign run, or in noise mode
+    the corrupted harmful run, whose ``noise_span`` is the span).
 
     ``request`` is the harmful request; its encoding must reproduce ``harmful_ids``, so a
     stale pairs file cannot silently mislabel positions.
     """
-    if len(harmful_ids) != len(benign_ids):
+    if noise_span is None and len(harmful_ids) != len(benign_ids):
         return unpaired_roles(harmful_ids, benign_ids, post_positions)
     ids, n_template = request_token_bounds(tokenizer, request)
     if ids != list(harmful_ids):
         raise ValueError(f"the request {request!r} does not encode to the stored harmful ids")
-    return aligned_roles(len(ids), n_template, differing_positions(harmful_ids, benign_ids),
-                         post_positions)
+    span = noise_span if noise_span is not None else differing_positions(harmful_ids, benign_ids)
+    return aligned_roles(len(ids), n_template, span, post_positions)
 
 
 # ---------------------------------------------------------------- rows
@@ -133,7 +134,7 @@ def pair_requests(pairs_path: str | Path) -> dict[str, str]:
 def pair_roles(tokenizer, pairs: Sequence[EncodedPair], requests: Mapping[str, str]) -> dict[str, list[str]]:
     """Role of every position of every pair, by pair id (see :func:`position_roles`)."""
     return {p.pair_id: position_roles(tokenizer, requests[p.pair_id], p.harmful_ids, p.benign_ids,
-                                      p.post_positions) for p in pairs}
+                                      p.post_positions, p.noise_span) for p in pairs}
 
 
 def aligned_count(roles: Sequence[str]) -> int:

@@ -12,5 +12,7 @@ rule download_model:
     conda:
         "../../envs/prepare.yaml"
     threads: 1
+    resources:
+        mem_mb=download_mem_mb,
     script:
         "../scripts/download_model.py"

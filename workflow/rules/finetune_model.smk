@@ -33,8 +33,11 @@ rule finetune_model:
         "benchmarks/finetune_model/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 2  # recorded in the manifest: byte-identical weights need the same thread count
-    resources:
-        mem_mb=4000,
+    threads: MODEL_THREADS  # recorded in the manifest: byte-identical weights need the same thread count
+    resources:  # training holds weights, gradients and two Adam moments: twice an analysis job
+        mem_mb=lambda wildcards, input, threads: _checked("finetune_model", threads, 2 * model_mem_mb(input.base)),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/finetune_model.py"

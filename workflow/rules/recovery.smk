@@ -18,9 +18,12 @@ rule recovery:
         "benchmarks/recovery/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=model_job_mem_mb("recovery"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/recovery.py"
 
