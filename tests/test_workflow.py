@@ -145,7 +145,8 @@ def test_default_config_dry_run():
     for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "mediate_heatmap",
                  "mediate_neuron", "gating",
                  "generate_and_judge", "mediate_token", "probe", "figures", "neuron_figures", "mediate_claims",
-                 "claims", "calibration", "screen_units", "screen_figures"):
+                 "claims", "calibration", "screen_units", "screen_figures", "finetune_model", "recovery",
+                 "recovery_figure"):
         assert rule in done.stdout
 
 
