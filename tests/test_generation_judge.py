@@ -243,7 +243,9 @@ def stage_files(tmp: Path, tiny_dir: Path) -> tuple[dict, dict, Path, Path]:
     cfg = validate_config({"models": [{"name": "tiny", "source": "local", "path": str(tiny_dir)}],
                            "prompts": {"pairs_file": str(tmp / "pairs.csv")},
                            "generation": {"max_prompts": 2, "max_new_tokens": 4}})
-    manifest = {"name": "tiny", "path": str(tiny_dir), "refusal_token_ids": [5]}
+    from harmmed.provenance import weights_digest
+
+    manifest = {"name": "tiny", "path": str(tiny_dir), "refusal_token_ids": [5], "sha256": weights_digest(tiny_dir)}
     return cfg, manifest, tmp / "inputs.jsonl", tmp / "gating_units.json"
 
 

@@ -212,7 +212,9 @@ def tiny_stage(tmp_path_factory):
     from harmmed.metrics import refusal_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
-    manifest = {"name": "tiny", "path": str(work / "model"), "n_layers": 4,
+    from harmmed.provenance import weights_digest
+
+    manifest = {"name": "tiny", "path": str(work / "model"), "n_layers": 4, "sha256": weights_digest(work / "model"),
                 "refusal_token_ids": refusal_token_ids(tokenizer, ["Sorry", "I cannot"])}
     prepare_prompts(cfg, manifest, work / "pairs.csv", work / "inputs.jsonl", work / "dropped.csv")
     return work, cfg, manifest

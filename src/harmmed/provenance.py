@@ -51,7 +51,10 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
 def check_weights(manifest: Mapping[str, Any], expected: str | None = None, where: str = "the manifest") -> str:
     """Hash the weights at ``manifest["path"]`` and fail unless they are the recorded ones;
     returns the digest. Every stage that loads a model calls this before computing anything."""
-    expected = expected or manifest["sha256"]
+    expected = expected or manifest.get("sha256")
+    if not expected:
+        raise KeyError(f"model {manifest.get('name')}: the manifest records no 'sha256' of its weights, so they "
+                       "cannot be checked; rerun download_model")
     actual = weights_digest(manifest["path"])
     if actual != expected:
         raise WeightsChangedError(
