@@ -28,10 +28,9 @@ class Cell:
     severed: str | None = None
 
     def labels(self) -> dict:
-        """The row labels; ``severed`` only on severed-path cells."""
-        labels = {"kind": self.kind, "site": self.site, "layer": self.layer, "window": self.window,
-                  "positions": self.positions}
-        return labels if self.severed is None else {**labels, "severed": self.severed}
+        """The row labels before the outcomes (``severed`` follows them, on severed-path cells)."""
+        return {"kind": self.kind, "site": self.site, "layer": self.layer, "window": self.window,
+                "positions": self.positions}
 
 
 def base_prompt_len(pair: EncodedPair, kind: str) -> int:
@@ -144,4 +143,8 @@ def run_cells(engine: MediationEngine, pair: EncodedPair, cells: list[tuple[Cell
         if not chosen:
             continue
         ys = engine.patch(base, source, [iv for _, iv in chosen], progress=progress)
-        yield from outcome_rows(pair.pair_id, [cell.labels() for cell, _ in chosen], ys, runs)
+        rows = outcome_rows(pair.pair_id, [cell.labels() for cell, _ in chosen], ys, runs)
+        for row, (cell, _) in zip(rows, (c for c in chosen for _ in METRICS)):
+            if cell.severed is not None:
+                row["severed"] = cell.severed
+        yield from rows

@@ -31,7 +31,8 @@ def outcome_rows(pair_id: str, labels: Iterable[Mapping[str, Any]], outcomes: It
             if only not in ("*", metric):
                 continue
             patched = float(y[m_index])
-            rows.append({**label, "pair_id": pair_id, "metric": metric, "y_benign": benign.y[metric],
-                         "y_harmful": harmful.y[metric], "y_patched": patched,
-                         "effect": patched - reference.y[metric]})
+            row = {"pair_id": pair_id, "metric": metric, **label, "y_benign": benign.y[metric],
+                   "y_harmful": harmful.y[metric], "y_patched": patched, "effect": patched - reference.y[metric]}
+            row["metric"] = metric  # a label's metric filter is not the row's metric
+            rows.append(row)
     return rows

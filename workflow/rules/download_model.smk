@@ -3,6 +3,8 @@ rule download_model:
     its checksums, convert it once to safetensors and record a manifest."""
     output:
         manifest="results/{model}/manifest.json",
+    wildcard_constraints:
+        model=_names_regex([m for m in MODELS if m not in FINETUNED]),
     log:
         "logs/download_model/{model}.log",
     benchmark:
