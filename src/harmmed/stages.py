@@ -237,15 +237,22 @@ def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
         write_claims_csv(table, tmp)
 
 
-def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths) -> None:
-    """Every model's claims against its expected verdicts. ``claims_csvs`` follow the config's
-    model order; ``outputs``: csv, png, md (every model's claims.md, in model order)."""
+def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths, manifests: list[str] | None = None) -> None:
+    """Every model's claims against its expected verdicts. ``claims_csvs`` (and ``manifests``)
+    follow the config's model order; ``outputs``: csv, png, md (every model's claims.md, in model
+    order). A fine-tune that failed its behaviour check has no ground truth to calibrate against:
+    its expected verdicts are dropped (grey in the grid), never counted."""
     from .calibration import write_calibration_outputs
     from .claims import read_claims
 
     names = [spec["name"] for spec in cfg["models"]]
-    write_calibration_outputs(dict(zip(names, (read_claims(path) for path in claims_csvs))),
-                              {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]},
+    expected = {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]}
+    for name, path in zip(names, manifests or []):
+        behaviour = read_json(path).get("behaviour")
+        if behaviour is not None and not behaviour["passed"] and expected[name]:
+            log.warning("%s failed its behaviour check: left out of the calibration", name)
+            expected[name] = {}
+    write_calibration_outputs(dict(zip(names, (read_claims(path) for path in claims_csvs))), expected,
                               cfg["calibration"]["metric"], outputs)
 
 

@@ -4,6 +4,7 @@ rule calibration:
     every statistic marked calibrated or not."""
     input:
         claims=expand("results/{model}/claims.csv", model=MODELS),
+        manifests=expand("results/{model}/manifest.json", model=MODELS),
     output:
         csv="results/calibration.csv",
         png=report("figures/calibration.png", caption="../report/calibration.rst", category="calibration"),
