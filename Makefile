@@ -5,7 +5,13 @@
 #   make replicate CORES=8 CONFIG=config/other.yaml
 #   make replicate SNAKEMAKE_ARGS="--sdm conda"   # per-stage conda envs (envs/*.yaml)
 #   make replicate SNAKEMAKE_ARGS="--forceall"    # any other snakemake flags
-#   make test PYTEST_ARGS="-k config"
+#   make verify                         # recompute sampled rows independently, check every sha256
+#   make bundle                         # results-<model>-<commit>.tar.gz (+ .sha256) per model
+#   make figures BUNDLE=results-m-c.tar.gz   # redraw figures, claims.md, report from a bundle (no torch)
+#   make test PYTEST_ARGS="-k config"   # pytest, then `make lint`
+#   make lint                           # snakemake --lint (0 findings) and snakefmt --check
+#   make format                         # snakefmt: rewrite the Snakefile and workflow/rules/*.smk
+#   make test-cluster                   # live single-node SLURM (root, Debian): tests/cluster/
 #   make venv PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 #                                       # CPU-only torch wheel on Linux (PyPI's is CUDA)
 
@@ -22,7 +28,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
 SMK_FLAGS = --cores $(CORES) --configfile $(CONFIG) --rerun-triggers mtime $(SNAKEMAKE_ARGS)
 
-.PHONY: venv replicate dryrun report test bench clean
+.PHONY: venv replicate dryrun report test lint format test-cluster bench clean verify bundle figures
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -41,12 +47,39 @@ dryrun: venv
 report: venv
 	$(SNAKEMAKE) $(SMK_FLAGS) --report report.html
 
+# Verification never reruns a model stage: it checks and recomputes what results/ holds.
+verify: venv
+	$(SNAKEMAKE) $(SMK_FLAGS) --allowed-rules provenance verify verify_all -- verify_all
+
+bundle: venv
+	$(SNAKEMAKE) $(SMK_FLAGS) bundle_all
+
+# Needs only the analysis packages (pandas, matplotlib): no torch, no model, no GPU.
+figures:
+	@test -n "$(BUNDLE)" || { echo "usage: make figures BUNDLE=results-<model>-<commit>.tar.gz"; exit 2; }
+	PYTHONPATH=$(CURDIR)/src $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)) -m harmmed.redraw $(BUNDLE) $(OUT)
+
 test: venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) lint
+
+# The lint must report nothing: snakemake prints "Congratulations" only then.
+lint: venv
+	@out=$$(PYTHONPATH=$(CURDIR)/src $(SNAKEMAKE) --lint --cores 1 2>&1); status=$$?; echo "$$out"; \
+	  test $$status -eq 0 && echo "$$out" | grep -q "Congratulations, your workflow is in a good condition"
+	$(VENV)/bin/snakefmt --check Snakefile workflow/
+
+format: venv
+	$(VENV)/bin/snakefmt Snakefile workflow/
+
+# Brings up SLURM on this machine (apt-get install when missing), installs the pinned plugin
+# (requirements-cluster.lock) into the venv, runs the tiny workflow locally and through SLURM.
+test-cluster: venv
+	bash tests/cluster/test_cluster.sh
 
 bench: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python bench/run_bench.py
 
 # Generated outputs only; downloaded data (data/raw, data/models) and .snakemake/ stay.
 clean:
-	rm -rf results/ logs/ benchmarks/ figures/*/ report.html
+	rm -rf results/ logs/ benchmarks/ figures/*/ report.html results-*.tar.gz results-*.tar.gz.sha256

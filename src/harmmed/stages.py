@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS,
                         UNIT_SITES)
-from .prompts import PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
+from .prompts import (DROPPED_COLUMNS, PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs,
+                      split_pairs, write_inputs)
+from .shards import WHOLE, Shard, concat_tables, merge_json_objects, shard_offset, take_shard
 from .storage import (atomic_path, load_engine, model_spec, read_json, read_jsonl, read_manifest, read_table,
                       write_json, write_table)
 
@@ -35,24 +37,29 @@ log = logging.getLogger("harmmed")
 
 # ---------------------------------------------------------------- download_model
 def download_model(cfg: dict, name: str, models_dir: str | Path, manifest_path: str | Path) -> dict:
-    from .arch import resolve_sites
-    from .metrics import refusal_token_ids
     from .models import fetch_model, load_model
 
     spec = model_spec(cfg, name)
     record = fetch_model(spec, Path(models_dir))
     model, tokenizer = load_model(record["path"], spec["dtype"], "cpu", spec.get("trust_remote_code", False))
+    manifest = {**record, **_describe_model(model, tokenizer, spec, cfg["metrics"]["refusal_phrases"])}
+    write_json(manifest, manifest_path)
+    return manifest
+
+
+def _describe_model(model, tokenizer, spec: dict, phrases: list[str]) -> dict:
+    """The manifest fields every model stage reads, whatever the model's source."""
+    from .arch import resolve_sites
+    from .metrics import refusal_token_ids
+
     sites = resolve_sites(model)
-    phrases = cfg["metrics"]["refusal_phrases"]
     refusal_ids = refusal_token_ids(tokenizer, phrases)
-    manifest = {
-        **record, "architecture": model.config.model_type, "n_layers": sites.n_layers, "d_model": sites.d_model,
+    return {
+        "architecture": model.config.model_type, "n_layers": sites.n_layers, "d_model": sites.d_model,
         "d_mlp": sites.d_mlp, "vocab_size": model.get_output_embeddings().weight.shape[0], "dtype": spec["dtype"],
         "device": spec["device"], "chat_template": tokenizer.chat_template, "refusal_phrases": phrases,
         "refusal_token_ids": refusal_ids, "refusal_tokens": [tokenizer.convert_ids_to_tokens(i) for i in refusal_ids],
     }
-    write_json(manifest, manifest_path)
-    return manifest
 
 
 # ---------------------------------------------------------------- prepare_prompts
@@ -63,42 +70,42 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
 
     prompts, manifest = cfg["prompts"], read_manifest(manifest)
     rows = read_pairs(pairs_file)
-    tokenizer = AutoTokenizer.from_pretrained(manifest["path"])
+    tokenizer = AutoTokenizer.from_pretrained(manifest["path"])  # tokenizer files only: no weights to check
     split_of = split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"])
     kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of, cfg["noise"],
                                  request_span=prompts["public"]["enabled"])
-    log.info("prompt pairs: %d read, %d kept, %d dropped as not token-aligned under %s",
+    log.info("prompt pairs: %d read, %d kept, %d dropped (not token-aligned or identical ids) under %s",
              len(rows), len(kept), len(dropped), manifest["name"])
     if not kept:
         raise ValueError(f"{pairs_file}: no pair is token-aligned under {manifest['name']}'s tokenizer")
     with atomic_path(inputs_path) as tmp:
         write_inputs(kept, tmp)
-    write_table(dropped, ["pair_id", "harmful_tokens", "benign_tokens"], dropped_path)
+    write_table(dropped, DROPPED_COLUMNS, dropped_path)
     return len(kept), len(dropped)
 
 
 # ---------------------------------------------------------------- mediation stages
-def _pairs(cfg: dict, inputs_path: str | Path) -> list[EncodedPair]:
+def _pairs(cfg: dict, inputs_path: str | Path, shard: Shard = WHOLE) -> list[EncodedPair]:
     med = cfg["mediation"]
-    return select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split")
+    return take_shard(select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split"), shard)
+
+
+def merge_shards(shard_paths: list[str], out: str | Path) -> None:
+    """One table (or heatmap-token JSON) from a sharded stage's parts, in shard order."""
+    if Path(out).suffix == ".json":
+        merge_json_objects(shard_paths, out)
+    else:
+        log.info("merged %d shards, %d rows into %s", len(shard_paths), concat_tables(shard_paths, out), out)
 
 
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
-    """Run ``cells_of(index, pair)`` for every pair with one progress bar over interventions."""
-    from . import mediation
+    from .sweep import sweep_cells
 
-    planned = [(pair, cells_of(i, pair)) for i, pair in enumerate(pairs)]
-    total = sum(len(cells) for _, cells in planned)
-    rows: list[dict] = []
-    with tqdm(total=total, desc=desc, unit="patch", mininterval=10, disable=False) as bar:
-        for pair, cells in planned:
-            runs = mediation.clean_runs(engine, pair)
-            rows.extend(mediation.run_cells(engine, pair, cells, runs, progress=bar))
-    return rows
+    return sweep_cells(engine, pairs, cells_of, desc)
 
 
 def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
-                  severed_csv: str | Path, threads: int = 1) -> None:
+                  severed_csv: str | Path, threads: int = 1, shard: Shard = WHOLE) -> None:
     """Residual layer curves and the severed paths. The severed paths' ``none`` rows are the
     layer curves' NIE(all) interventions, so they share one stage and the engine computes each
     once."""
@@ -107,7 +114,7 @@ def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     med = cfg["mediation"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
     n_layers = engine.sites.n_layers
-    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.layer_cells(
+    rows = _sweep(engine, _pairs(cfg, inputs_path, shard), lambda i, pair: mediation.layer_cells(
         pair, n_layers, med["layer_positions"]) + mediation.severed_cells(pair, n_layers, med["severed_positions"]),
         "layer")
     write_table([row for row in rows if "severed" not in row], ROW_COLUMNS, out_csv)
@@ -116,19 +123,19 @@ def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
 
 
 def mediate_module(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, module_csv: str | Path,
-                   threads: int = 1) -> None:
+                   threads: int = 1, shard: Shard = WHOLE) -> None:
     from . import mediation
 
     med = cfg["mediation"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    rows = _sweep(engine, _pairs(cfg, inputs_path), lambda i, pair: mediation.module_cells(
+    rows = _sweep(engine, _pairs(cfg, inputs_path, shard), lambda i, pair: mediation.module_cells(
         pair, engine.sites.n_layers, med["module_positions"], med["windows"]), "module")
     write_table(rows, ROW_COLUMNS, module_csv)
     log.info("engine stats: %s", engine.stats)
 
 
 def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, heatmap_csv: str | Path,
-                    tokens_json: str | Path, threads: int = 1) -> None:
+                    tokens_json: str | Path, threads: int = 1, shard: Shard = WHOLE) -> None:
     """Layer x position NIE of the configured sites on the first heatmap pairs (Meng et al.'s
     three panels), and those pairs' tokens for the axis labels. Unpaired prompts have no
     position-aligned counterpart, so they get an empty table."""
@@ -136,7 +143,7 @@ def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
 
     med = cfg["mediation"]
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = _pairs(cfg, inputs_path)[: _heatmap_pairs(cfg)]
+    pairs = take_shard(_pairs(cfg, inputs_path)[: _heatmap_pairs(cfg)], shard)
     rows = _sweep(engine, pairs, lambda i, pair: mediation.heatmap_cells(
         pair, engine.sites.n_layers, med["heatmap"]["sites"]), "heatmap")
     write_table(rows, ROW_COLUMNS, heatmap_csv)
@@ -244,29 +251,41 @@ def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths) -> None:
 
 # ---------------------------------------------------------------- neuron and gating stages
 def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, neuron_csv: str | Path,
-                   ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
-    """Exact per-neuron NIE (final and extra layers), blocks, the discovery ranking and the
-    sparsity curve (joint top-k vs random-k at the final layer)."""
+                   threads: int = 1, shard: Shard = WHOLE) -> None:
+    """Exact per-neuron NIE (final and extra layers) and blocks of adjacent neurons, per pair:
+    the rows of ``shard``'s pairs (blocks at every layer on the first ``block_max_pairs``)."""
     from . import neuron
 
     settings = cfg["neuron"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    n_layers = engine.sites.n_layers
-    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
-    plan = neuron.NeuronPlan(neuron.final_and_extra_layers(n_layers, settings["extra_layers"]),
-                             settings["block_size"], settings["block_max_pairs"] or len(pairs))
+    all_pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
+    plan = neuron.NeuronPlan(neuron.final_and_extra_layers(engine.sites.n_layers, settings["extra_layers"]),
+                             settings["block_size"], settings["block_max_pairs"] or len(all_pairs))
+    offset, pairs = shard_offset(len(all_pairs), shard), take_shard(all_pairs, shard)
     rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
-        engine, pair, runs, plan, every_layer_blocks=i < plan.block_pairs), "neuron")
-    frame = pd.DataFrame(rows, columns=NEURON_COLUMNS)
-    ranking = pd.concat([neuron.rank_units(frame, site, n_layers - 1) for site in UNIT_SITES],
-                        ignore_index=True)
+        engine, pair, runs, plan, every_layer_blocks=offset + i < plan.block_pairs), "neuron")
+    write_table(rows, NEURON_COLUMNS, neuron_csv)
+    log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
+def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, neuron_csv: str | Path,
+                    ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
+    """The discovery ranking of final-layer units over every pair of neuron.csv, and the
+    sparsity curve (joint top-k vs random-k at the final layer) under that ranking."""
+    from . import neuron
+
+    settings = cfg["neuron"]
+    engine, _ = load_engine(cfg, read_manifest(manifest), threads)
+    final = engine.sites.n_layers - 1
+    frame = read_table(neuron_csv, ("positions", "block", "neuron"))
+    ranking = pd.concat([neuron.rank_units(frame, site, final) for site in UNIT_SITES], ignore_index=True)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
     grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
     sparsity = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
         engine, pair, runs, ranking, grid, settings["random_draws"], settings["seed"] + i), "sparsity")
-    write_table(rows, NEURON_COLUMNS, neuron_csv)
     write_table(ranking, list(ranking.columns), ranking_csv)
     write_table(sparsity, SPARSITY_COLUMNS, sparsity_csv)
-    log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+    log.info("sparsity: %d pairs, engine stats %s", len(pairs), engine.stats)
 
 
 def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking_csv: str | Path, gating_csv: str | Path,
@@ -330,21 +349,18 @@ def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 # ---------------------------------------------------------------- token and probe stages
 def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
-                  threads: int = 1, pairs_path: str | Path | None = None) -> None:
+                  threads: int = 1, pairs_path: str | Path | None = None, shard: Shard = WHOLE) -> None:
     """token.csv for the configured split (ROW_COLUMNS plus ``role``). ``pairs_path`` supplies
     the request texts for the roles; it defaults to ``prompts.pairs_file`` (the workflow passes
     the file prepare_prompts read)."""
     from . import token
-    from .mediation import clean_runs
+    from .sweep import sweep
 
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
-    pairs = select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split")
+    pairs = take_shard(select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split"), shard)
     roles = token.pair_roles(tokenizer, pairs, token.pair_requests(pairs_path or cfg["prompts"]["pairs_file"]))
-    rows: list[dict] = []
-    total = sum(token.aligned_count(roles[p.pair_id]) for p in pairs)
-    with tqdm(total=total, desc="token", unit="patch", mininterval=10, disable=False) as bar:
-        for pair in pairs:
-            rows += token.token_rows(engine, pair, roles[pair.pair_id], clean_runs(engine, pair), bar)
+    rows = sweep(engine, pairs, lambda i, pair, runs, bar: token.token_rows(engine, pair, roles[pair.pair_id], runs, bar),
+                 "token", [token.aligned_count(roles[p.pair_id]) for p in pairs])
     write_table(rows, ROW_COLUMNS + ["role"], out_csv)
     log.info("token: %d pairs, %d rows; engine stats: %s", len(pairs), len(rows), engine.stats)
 
@@ -427,3 +443,229 @@ def generation_figure(manifest: ManifestSource, rates_csv: str | Path, out: str 
     from .generation import plot_generation_rates, read_rates
 
     plot_generation_rates(read_rates(rates_csv), read_manifest(manifest), Path(out).with_suffix(""))
+
+
+# ---------------------------------------------------------------- provenance, verification, bundles
+def _result_paths(results: Path) -> dict[str, str]:
+    """One model's result files under the input names the figure and claims stages take."""
+    names = {"manifest": "manifest.json", "inputs": "inputs.jsonl", "layer": "layer.csv", "module": "module.csv",
+             "severed": "severed.csv", "heatmap": "heatmap.csv", "tokens": "heatmap_tokens.json",
+             "neuron": "neuron.csv", "ranking": "neuron_ranking.csv", "sparsity": "sparsity.csv",
+             "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv",
+             "patches": "claim_patches.csv",
+             "screen": "screen.csv", "screen_report": "screen_report.csv", "screen_heldout": "screen_heldout.csv"}
+    return {key: str(results / name) for key, name in names.items()}
+
+
+def provenance(cfg: dict, manifest: ManifestSource, pairs_file: str, dataset_files: list[str],
+               result_files: list[str], repo: str | Path, threads: int | None, out: str | Path) -> None:
+    """results/<model>/provenance.json: the code, config, machine, weights and every file's sha256."""
+    from .provenance import build_provenance, portable_path
+
+    record = build_provenance(cfg, read_manifest(manifest), [pairs_file, *dataset_files], result_files, repo, threads)
+    record["pairs_file"] = portable_path(pairs_file)
+    write_json(record, out)
+
+
+def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, verification_md: str | Path,
+           threads: int = 1) -> None:
+    """Recompute sampled rows with the reference patcher and check every recorded digest, the
+    input encoding and the claims table; write the report, then fail if anything failed."""
+    from . import verify as checks_of
+    from .provenance import weights_digest
+
+    results = Path(results_dir)
+    record = checks_of.read_provenance(results / "provenance.json")
+    recorded_cfg, manifest, paths = record["config"], read_manifest(results / "manifest.json"), _result_paths(results)
+    digest = weights_digest(manifest["path"])
+    checks = checks_of.file_checks(record, results, manifest, digest)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
+        checks.append(checks_of.same_bytes("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
+                                           tmp / "inputs.jsonl"))
+        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv"})
+        checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
+                                           tmp / "claims.csv"))
+    rows = []
+    ran = digest == manifest["sha256"] == record["weights"]["sha256"]  # other weights cannot reproduce a row
+    if recorded_cfg["prompts"]["mode"] == "noise":
+        ran = False
+        checks.append(checks_of.Check("rows recomputed", False, "noise mode: the reference draws no embedding noise"))
+    if ran:
+        rows = checks_of.verify_rows(results, _recomputer(cfg, recorded_cfg, manifest, results, threads),
+                                     cfg["verify"]["n_rows"], cfg["verify"]["seed"])
+    summary = checks_of.table_summary(rows, cfg["verify"]["tolerance"], results, ran)
+    with atomic_path(verification_csv) as tmp_csv, atomic_path(verification_md) as tmp_md:
+        text = checks_of.write_report(rows, summary, checks, cfg["verify"]["tolerance"], manifest["name"],
+                                      tmp_csv, tmp_md)
+    log.info("verification:\n%s", text)
+    failed = checks_of.failures(summary, checks)
+    if failed:
+        raise checks_of.VerificationFailed(f"verification of {results} failed: {', '.join(failed)} (see the log)")
+
+
+def _recomputer(cfg: dict, recorded_cfg: dict, manifest: dict, results: Path, threads: int):
+    """The reference patcher on this machine's device (this config) in the recorded dtype."""
+    import torch
+
+    from .models import load_model
+    from .provenance import check_device
+    from .reference import ReferencePatcher
+    from .verify import RowRecomputer
+
+    device = model_spec(cfg, manifest["name"])["device"]
+    check_device(device, f"models[{manifest['name']}].device")
+    torch.set_num_threads(max(1, threads))
+    trust = model_spec(recorded_cfg, manifest["name"]).get("trust_remote_code", False)
+    model, _ = load_model(manifest["path"], manifest["dtype"], device, trust)
+    return RowRecomputer(ReferencePatcher(model, manifest["refusal_token_ids"]), read_inputs(results / "inputs.jsonl"),
+                         recorded_cfg, pd.read_csv(results / "neuron_ranking.csv"))
+
+
+def bundle(provenance_path: str | Path, out: str | Path) -> None:
+    """results-<model>-<commit>.tar.gz (+ .sha256): the tables, provenance and claims."""
+    from .bundle import pack
+
+    pack(Path(provenance_path), Path(out))
+
+
+def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
+    """Check and unpack a bundle, then redraw every figure, claims.md and the report from its tables
+    alone (with the config its provenance records); no model, no torch. Returns the folder."""
+    from .bundle import BundleError, unpack, write_report
+
+    root = unpack(Path(bundle_path), Path(out_dir))
+    for results in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
+        cfg, paths = read_json(results / "provenance.json")["config"], _result_paths(results)
+        figs = root / "figures" / results.name
+        if Path(paths["heatmap"]).is_file():  # absent for a model that skips figures
+            figures(cfg, paths, figs)
+            neuron_figures(cfg, paths, figs)
+        if Path(paths["screen"]).is_file():  # absent for a model that skips screen
+            screen_figures(cfg, paths, figs)
+        if Path(paths["token"]).is_file():  # absent for a model that skips mediate_token
+            token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
+        probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
+        if Path(paths["rates"]).is_file():  # absent for a model that skips generate
+            generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
+        claims(cfg, paths, {"csv": figs / "claims.csv"})
+        if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
+            raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
+        one_model = {**cfg, "models": [model_spec(cfg, results.name)]}  # claims.md, marked against its plant
+        with tempfile.TemporaryDirectory() as grid:  # the cross-model grid needs every model: not redrawn
+            calibration(one_model, [str(figs / "claims.csv")], {"csv": Path(grid) / "calibration.csv",
+                                                                "png": Path(grid) / "calibration.png",
+                                                                "md": [figs / "claims.md"]})
+        (figs / "claims.csv").unlink()
+        write_report(figs, results.name)
+    return root
+
+
+
+# ---------------------------------------------------------------- screen_units
+def screen_units(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, outputs: Paths,
+                 threads: int = 1) -> None:
+    """Attribution estimates of every MLP unit at every layer on the screened pairs, verified
+    exactly on the first of them, and held-out sparsity and adjacency tests of the screen's
+    ranking. ``outputs``: screen, screen_report, screen_heldout."""
+    from . import screen, screen_report
+
+    settings = screen.ScreenSettings.from_config(cfg)
+    engine, _ = load_engine(cfg, read_manifest(manifest), threads)
+    all_pairs, section = read_inputs(inputs_path), cfg["screen"]
+    screens, sets_of = screen.screen_pairs(engine, select_pairs(all_pairs, section["split"], section["max_pairs"]),
+                                           settings)
+    table = screen.screen_table(screens, sets_of)
+    report = screen_report.layer_report(table, screen.outcome_table(screens), settings.top_k, engine.sites.n_layers)
+    selections = screen.heldout_selections(screen.discovery_ranking(screens, settings.heldout_positions), settings,
+                                           settings.seed)
+    held = section["held_out"]
+    heldout = screen.heldout_sweep(engine, select_pairs(all_pairs, held["split"], held["max_pairs"]), selections,
+                                   settings)
+    write_table(table, screen.SCREEN_COLUMNS, outputs["screen"])
+    write_table(report, screen_report.REPORT_COLUMNS, outputs["screen_report"])
+    write_table(heldout, screen.HELDOUT_COLUMNS, outputs["screen_heldout"])
+    log.info("screen: %d pairs screened (%d verified), %d held-out rows; engine stats %s", len(screens),
+             min(len(screens), settings.verify_pairs), len(heldout), engine.stats)
+
+
+def screen_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
+    """The screen's four figures. ``inputs``: manifest, screen, screen_report, screen_heldout."""
+    from . import screen_plots
+    from .screen_report import pair_outcomes, read_screen
+
+    manifest, out_dir, held = read_manifest(inputs["manifest"]), Path(out_dir), cfg["screen"]["held_out"]
+    screen = read_screen(inputs["screen"])
+    heldout = read_table(inputs["screen_heldout"], ("positions", "units", "draw"))
+    outcomes = pair_outcomes(read_table(inputs["screen_report"]))
+    screen_plots.plot_screen_scatter(screen, manifest, out_dir / "screen_scatter")
+    screen_plots.plot_screen_heatmap(screen, outcomes, manifest, held["positions"], out_dir / "screen_heatmap")
+    screen_plots.plot_screen_sparsity(heldout, manifest, out_dir / "screen_sparsity")
+    screen_plots.plot_screen_adjacency(heldout, manifest, held["block_size"], out_dir / "screen_adjacency")
+# ---------------------------------------------------------------- finetune_model and recovery
+def finetune_model(cfg: dict, name: str, base_manifest: ManifestSource, models_dir: str | Path,
+                   manifest_path: str | Path, threads: int = 1) -> dict:
+    """Train a copy of the base's chosen components to refuse, save it as safetensors, check its
+    behaviour on held-out pairs and write its manifest. A model failing the check is never
+    silently used: with ``finetune.on_failure: error`` the stage fails (the record is kept in
+    ``<manifest>.failed.json``); with ``mark`` the manifest says ``behaviour.passed: false``."""
+    from . import finetune
+    from .behaviour import BehaviourCheckError, behaviour_check, describe_failure
+    from .models import safetensors_digest
+
+    spec, settings = model_spec(cfg, name), cfg["finetune"]
+    index = [m["name"] for m in cfg["models"]].index(name)
+    base = read_manifest(base_manifest)
+    trained = finetune.fine_tune(spec, base, f"models[{index}]", threads)
+    out_dir = finetune.save_model(trained.model, trained.tokenizer, Path(models_dir) / name / "hf")
+    manifest = {"name": name, "source": "finetune", "path": str(out_dir), "revision": None,
+                "sha256": safetensors_digest(out_dir),
+                **_describe_model(trained.model, trained.tokenizer, spec, cfg["metrics"]["refusal_phrases"]),
+                **trained.record(spec, base)}
+    prompts = cfg["prompts"]
+    rows = read_pairs(prompts["pairs_file"])
+    pairs, _ = encode_pairs(trained.tokenizer, rows, prompts["mode"],
+                            split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"]))
+    manifest["behaviour"] = behaviour_check(
+        trained.model, trained.tokenizer, select_pairs(pairs, settings["check_split"], settings["max_pairs"]),
+        manifest["refusal_token_ids"], cfg["generation"]["judge"]["phrases"], settings["max_new_tokens"],
+        settings["thresholds"])
+    log.info("%s behaviour: %s", name, {k: v for k, v in manifest["behaviour"].items() if k != "pair_ids"})
+    if not manifest["behaviour"]["passed"] and settings["on_failure"] == "error":
+        write_json(manifest, f"{manifest_path}.failed.json")
+        raise BehaviourCheckError(describe_failure(name, manifest["behaviour"]))
+    write_json(manifest, manifest_path)
+    return manifest
+
+
+def recovery(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking_csv: str | Path,
+             recovery_csv: str | Path, threads: int = 1) -> pd.DataFrame:
+    """Recovery statistics of one model: against its own plant (with targets), or, for a model
+    without one, against every configured plant (the null)."""
+    from . import recovery as rec
+
+    settings, manifest = cfg["recovery"], read_manifest(manifest)
+    plants = rec.plants_for(manifest, cfg["models"])
+    ranking = pd.read_csv(ranking_csv)
+    rankings = {p.name: rec.ranked_units(ranking, cfg["gating"]["metric"], p.band[0])
+                for p in plants if p.spec.site == "neuron"}
+    engine, _ = load_engine(cfg, manifest, threads)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    effects = pd.DataFrame([rec.pair_effects(engine, pair, plants, rankings)
+                            for pair in tqdm(pairs, desc="recovery", unit="pair", mininterval=10)])
+    own = manifest["name"] if manifest.get("planted") else None
+    rows = rec.recovery_rows(manifest["name"], effects, plants, own, rankings, engine.sites.n_layers,
+                             rec.Targets(**settings["targets"]), cfg["effects"]["min_abs_te"],
+                             (cfg["effects"]["bootstrap_samples"], cfg["effects"]["ci"], cfg["effects"]["seed"]))
+    rows += rec.behaviour_rows(manifest, own, len(pairs))
+    write_table(rows, RECOVERY_COLUMNS, recovery_csv)
+    log.info("recovery of %s on %d pairs:\n%s", manifest["name"], len(pairs), pd.DataFrame(rows).to_string(index=False))
+    return pd.DataFrame(rows)
+
+
+def recovery_figure(recovery_csvs: list[str], out: str | Path) -> None:
+    """figures/recovery.png (and PDF) from every model's recovery.csv (analysis environment)."""
+    from .recovery import plot_recovery, read_recovery
+
+    plot_recovery([read_recovery(path) for path in recovery_csvs], Path(out).with_suffix(""))

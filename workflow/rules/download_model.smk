@@ -3,6 +3,8 @@ rule download_model:
     its checksums, convert it once to safetensors and record a manifest."""
     output:
         manifest="results/{model}/manifest.json",
+    wildcard_constraints:
+        model=_names_regex([m for m in MODELS if m not in FINETUNED]),
     log:
         "logs/download_model/{model}.log",
     benchmark:
@@ -10,5 +12,7 @@ rule download_model:
     conda:
         "../../envs/prepare.yaml"
     threads: 1
+    resources:
+        mem_mb=download_mem_mb,
     script:
         "../scripts/download_model.py"

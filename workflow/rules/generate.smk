@@ -38,9 +38,12 @@ rule generate_and_judge:
         "benchmarks/generate_and_judge/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("generate_and_judge"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/generate_and_judge.py"
 

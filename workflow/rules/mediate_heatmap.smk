@@ -5,20 +5,23 @@ rule mediate_heatmap:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
-        heatmap="results/{model}/heatmap.csv",
-        tokens="results/{model}/heatmap_tokens.json",
+        heatmap="results/{model}/shards/heatmap/{shard}.csv",
+        tokens="results/{model}/shards/heatmap_tokens/{shard}.json",
     priority: 50  # long jobs first, so the two CPU lanes stay busy
     params:  # the config keys the stage reads, so changing one reruns it
         settings={k: config["mediation"][k] for k in ("split", "max_pairs", "heatmap")},
         mode=config["prompts"]["mode"],
     log:
-        "logs/mediate_heatmap/{model}.log",
+        "logs/mediate_heatmap/{model}.{shard}.log",
     benchmark:
-        "benchmarks/mediate_heatmap/{model}.tsv"
+        "benchmarks/mediate_heatmap/{model}.{shard}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("mediate_heatmap"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/mediate_heatmap.py"

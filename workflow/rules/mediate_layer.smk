@@ -6,19 +6,22 @@ rule mediate_layer:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
-        layer="results/{model}/layer.csv",
-        severed="results/{model}/severed.csv",
+        layer="results/{model}/shards/layer/{shard}.csv",
+        severed="results/{model}/shards/severed/{shard}.csv",
     priority: 60  # the longest job first, so the two CPU lanes stay busy
     params:  # the config keys the stage reads, so changing one reruns it
         settings={k: config["mediation"][k] for k in ("split", "max_pairs", "layer_positions", "severed_positions")},
     log:
-        "logs/mediate_layer/{model}.log",
+        "logs/mediate_layer/{model}.{shard}.log",
     benchmark:
-        "benchmarks/mediate_layer/{model}.tsv"
+        "benchmarks/mediate_layer/{model}.{shard}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("mediate_layer"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/mediate_layer.py"

@@ -4,18 +4,21 @@ rule mediate_module:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
-        module="results/{model}/module.csv",
+        module="results/{model}/shards/module/{shard}.csv",
     priority: 35  # long jobs first, so the two CPU lanes stay busy
     params:  # the config keys the stage reads, so changing one reruns it
         settings={k: config["mediation"][k] for k in ("split", "max_pairs", "module_positions", "windows")},
     log:
-        "logs/mediate_module/{model}.log",
+        "logs/mediate_module/{model}.{shard}.log",
     benchmark:
-        "benchmarks/mediate_module/{model}.tsv"
+        "benchmarks/mediate_module/{model}.{shard}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("mediate_module"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/mediate_module.py"

@@ -1,28 +1,58 @@
 rule mediate_neuron:
-    """Exact per-neuron NIE at the final layer (and neuron.extra_layers), blocks of B adjacent
-    neurons in every layer, the discovery ranking and the top-k vs random-k sparsity curve."""
+    """Exact per-neuron NIE at the final layer (and neuron.extra_layers) and blocks of B adjacent
+    neurons in every layer, for one shard of the pairs."""
     input:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
     output:
+        neuron="results/{model}/shards/neuron/{shard}.csv",
+    priority: 55  # long jobs first, so the two CPU lanes stay busy
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={k: config["neuron"][k] for k in ("split", "max_pairs", "extra_layers", "block_size", "block_max_pairs")},
+    log:
+        "logs/mediate_neuron/{model}.{shard}.log",
+    benchmark:
+        "benchmarks/mediate_neuron/{model}.{shard}.tsv"
+    conda:
+        "../../envs/mediate.yaml"
+    threads: MODEL_THREADS
+    resources:
+        mem_mb=model_job_mem_mb("mediate_neuron"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
+    script:
+        "../scripts/mediate_neuron.py"
+
+
+rule neuron_sparsity:
+    """The discovery ranking of final-layer units over all pairs (after the shards are merged)
+    and the top-k vs random-k sparsity curve under it."""
+    input:
+        manifest="results/{model}/manifest.json",
+        inputs="results/{model}/inputs.jsonl",
         neuron="results/{model}/neuron.csv",
+    output:
         ranking="results/{model}/neuron_ranking.csv",
         sparsity="results/{model}/sparsity.csv",
-    priority: 55  # long jobs first, so the two CPU lanes stay busy
+    priority: 50
     params:  # the config keys the stage reads, so changing one reruns it
         settings=config["neuron"],
         top_k=config["gating"]["top_k"],
     log:
-        "logs/mediate_neuron/{model}.log",
+        "logs/neuron_sparsity/{model}.log",
     benchmark:
-        "benchmarks/mediate_neuron/{model}.tsv"
+        "benchmarks/neuron_sparsity/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("neuron_sparsity"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
-        "../scripts/mediate_neuron.py"
+        "../scripts/neuron_sparsity.py"
 
 
 rule gating:
@@ -45,9 +75,12 @@ rule gating:
         "benchmarks/gating/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("gating"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/gating.py"
 

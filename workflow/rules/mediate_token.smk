@@ -6,18 +6,21 @@ rule mediate_token:
         inputs="results/{model}/inputs.jsonl",
         pairs=pairs_source,
     output:
-        token="results/{model}/token.csv",
+        token="results/{model}/shards/token/{shard}.csv",
     params:  # the config keys the stage reads, so changing one reruns it
         settings=config["token"],
     log:
-        "logs/mediate_token/{model}.log",
+        "logs/mediate_token/{model}.{shard}.log",
     benchmark:
-        "benchmarks/mediate_token/{model}.tsv"
+        "benchmarks/mediate_token/{model}.{shard}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("mediate_token"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/mediate_token.py"
 

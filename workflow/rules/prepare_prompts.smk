@@ -4,7 +4,6 @@ rule fetch_public_datasets:
     output:
         pairs="data/raw/unpaired_pairs.csv",
     params:  # every key the stage reads, so changing one reruns it (url_overrides only say where the pinned bytes are)
-        raw_dir="data/raw",
         harmful=PUBLIC["harmful"],
         benign=PUBLIC["benign"],
         n_pairs=PUBLIC["n_pairs"],

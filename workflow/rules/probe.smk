@@ -12,9 +12,12 @@ rule probe:
         "benchmarks/probe/{model}.tsv"
     conda:
         "../../envs/mediate.yaml"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
-        mem_mb=6000,
+        mem_mb=model_job_mem_mb("probe"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/probe.py"
 
