@@ -40,6 +40,7 @@ include: "workflow/rules/mediate_module.smk"
 include: "workflow/rules/mediate_heatmap.smk"
 include: "workflow/rules/mediate_neuron.smk"
 include: "workflow/rules/mediate_token.smk"
+include: "workflow/rules/screen_units.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/figures.smk"
@@ -61,5 +62,6 @@ rule all:
         per_model("figures/{model}/generation_rates.png", "generate"),
         "results/calibration.csv",
         "figures/calibration.png",
+        per_model("figures/{model}/{figure}.png", "screen", figure=SCREEN_FIGURES),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],
         ["figures/recovery.png"] if any(m.get("trainable", "all") != "all" for m in FINETUNED.values()) else [],

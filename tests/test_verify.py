@@ -146,7 +146,7 @@ def test_bundle_redraws_every_figure_without_torch(verified_run, tmp_path):
     original = workdir / "figures" / "tiny"
     redrawn = out / "figures" / "tiny"
     pngs = sorted(p.name for p in original.glob("*.png"))
-    assert len(pngs) == 13 and sorted(p.name for p in redrawn.glob("*.png")) == pngs
+    assert len(pngs) == 17 and sorted(p.name for p in redrawn.glob("*.png")) == pngs
     for name in [*pngs, "claims.md"]:
         assert (redrawn / name).read_bytes() == (original / name).read_bytes(), name
     assert "layer_curves.png" in (redrawn / "report.html").read_text()

@@ -452,7 +452,8 @@ def _result_paths(results: Path) -> dict[str, str]:
              "severed": "severed.csv", "heatmap": "heatmap.csv", "tokens": "heatmap_tokens.json",
              "neuron": "neuron.csv", "ranking": "neuron_ranking.csv", "sparsity": "sparsity.csv",
              "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv",
-             "patches": "claim_patches.csv"}
+             "patches": "claim_patches.csv",
+             "screen": "screen.csv", "screen_report": "screen_report.csv", "screen_heldout": "screen_heldout.csv"}
     return {key: str(results / name) for key, name in names.items()}
 
 
@@ -538,11 +539,16 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
     for results in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
         cfg, paths = read_json(results / "provenance.json")["config"], _result_paths(results)
         figs = root / "figures" / results.name
-        figures(cfg, paths, figs)
-        neuron_figures(cfg, paths, figs)
-        token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
+        if Path(paths["heatmap"]).is_file():  # absent for a model that skips figures
+            figures(cfg, paths, figs)
+            neuron_figures(cfg, paths, figs)
+        if Path(paths["screen"]).is_file():  # absent for a model that skips screen
+            screen_figures(cfg, paths, figs)
+        if Path(paths["token"]).is_file():  # absent for a model that skips mediate_token
+            token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
         probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
-        generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
+        if Path(paths["rates"]).is_file():  # absent for a model that skips generate
+            generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
         claims(cfg, paths, {"csv": figs / "claims.csv"})
         if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
             raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
@@ -552,25 +558,51 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
                                                                 "png": Path(grid) / "calibration.png",
                                                                 "md": [figs / "claims.md"]})
         (figs / "claims.csv").unlink()
-        _claims_md_from_bundle(root, results, figs / "claims.md")
         write_report(figs, results.name)
     return root
 
 
-def _claims_md_from_bundle(root: Path, results: Path, out: Path) -> None:
-    """claims.md of a bundled model, with the calibration marks of the bundled calibration.csv
-    (every configured model's verdicts against its plant) when the bundle carries one."""
-    from .calibration import calibrated_marks
-    from .claims import claims_markdown, read_claims
 
-    calibration_csv = root / "results" / "calibration.csv"
-    marks = calibrated_marks(pd.read_csv(calibration_csv, keep_default_na=False, dtype=str)) \
-        if calibration_csv.is_file() else None
-    with atomic_path(out) as tmp:
-        tmp.write_text(claims_markdown(read_claims(results / "claims.csv"), f"Claims: {results.name}", marks),
-                       encoding="utf-8")
+# ---------------------------------------------------------------- screen_units
+def screen_units(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, outputs: Paths,
+                 threads: int = 1) -> None:
+    """Attribution estimates of every MLP unit at every layer on the screened pairs, verified
+    exactly on the first of them, and held-out sparsity and adjacency tests of the screen's
+    ranking. ``outputs``: screen, screen_report, screen_heldout."""
+    from . import screen, screen_report
+
+    settings = screen.ScreenSettings.from_config(cfg)
+    engine, _ = load_engine(cfg, read_manifest(manifest), threads)
+    all_pairs, section = read_inputs(inputs_path), cfg["screen"]
+    screens, sets_of = screen.screen_pairs(engine, select_pairs(all_pairs, section["split"], section["max_pairs"]),
+                                           settings)
+    table = screen.screen_table(screens, sets_of)
+    report = screen_report.layer_report(table, screen.outcome_table(screens), settings.top_k, engine.sites.n_layers)
+    selections = screen.heldout_selections(screen.discovery_ranking(screens, settings.heldout_positions), settings,
+                                           settings.seed)
+    held = section["held_out"]
+    heldout = screen.heldout_sweep(engine, select_pairs(all_pairs, held["split"], held["max_pairs"]), selections,
+                                   settings)
+    write_table(table, screen.SCREEN_COLUMNS, outputs["screen"])
+    write_table(report, screen_report.REPORT_COLUMNS, outputs["screen_report"])
+    write_table(heldout, screen.HELDOUT_COLUMNS, outputs["screen_heldout"])
+    log.info("screen: %d pairs screened (%d verified), %d held-out rows; engine stats %s", len(screens),
+             min(len(screens), settings.verify_pairs), len(heldout), engine.stats)
 
 
+def screen_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
+    """The screen's four figures. ``inputs``: manifest, screen, screen_report, screen_heldout."""
+    from . import screen_plots
+    from .screen_report import pair_outcomes, read_screen
+
+    manifest, out_dir, held = read_manifest(inputs["manifest"]), Path(out_dir), cfg["screen"]["held_out"]
+    screen = read_screen(inputs["screen"])
+    heldout = read_table(inputs["screen_heldout"], ("positions", "units", "draw"))
+    outcomes = pair_outcomes(read_table(inputs["screen_report"]))
+    screen_plots.plot_screen_scatter(screen, manifest, out_dir / "screen_scatter")
+    screen_plots.plot_screen_heatmap(screen, outcomes, manifest, held["positions"], out_dir / "screen_heatmap")
+    screen_plots.plot_screen_sparsity(heldout, manifest, out_dir / "screen_sparsity")
+    screen_plots.plot_screen_adjacency(heldout, manifest, held["block_size"], out_dir / "screen_adjacency")
 # ---------------------------------------------------------------- finetune_model and recovery
 def finetune_model(cfg: dict, name: str, base_manifest: ManifestSource, models_dir: str | Path,
                    manifest_path: str | Path, threads: int = 1) -> dict:

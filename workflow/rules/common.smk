@@ -14,6 +14,7 @@ PUBLIC = config["prompts"]["public"]
 # Figures written per model (PNG for the report, PDF beside each).
 MODEL_FIGURES = ["layer_curves", "module_curves", "severed_paths", "heatmap_harm", "heatmap_refusal"]
 NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
+SCREEN_FIGURES = ["screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"]
 TOKEN_METRICS = ["harm", "refusal"]
 
 # Tables of the model stages that split their pairs into `shards` jobs ({shard} = 0of4, ...).
@@ -104,7 +105,15 @@ def download_mem_mb(wildcards, threads):
 RESULT_FILES = ["manifest.json", "inputs.jsonl", "dropped_pairs.csv", "layer.csv", "severed.csv", "module.csv",
                 "heatmap.csv", "heatmap_tokens.json", "neuron.csv", "neuron_ranking.csv", "sparsity.csv",
                 "gating.csv", "gating_units.json", "token.csv", "probe.csv", "generations.jsonl",
-                "generation_rates.csv", "claim_patches.csv", "claims.csv"]
+                "generation_rates.csv", "claim_patches.csv", "claims.csv", "screen.csv", "screen_report.csv",
+                "screen_heldout.csv"]
+# Result files of stages a model may skip (skip_stages): left out of its provenance and bundle.
+STAGE_FILES = {
+    "figures": ["heatmap.csv", "heatmap_tokens.json"],  # the heatmaps feed only the figures
+    "mediate_token": ["token.csv"],
+    "generate": ["generations.jsonl", "generation_rates.csv"],
+    "screen": ["screen.csv", "screen_report.csv", "screen_heldout.csv"],
+}
 COMMIT = short_commit(git_state(workflow.basedir))
 # the threads a model stage runs with: MODEL_THREADS, scaled down to --cores on one machine
 _cores = getattr(workflow, "cores", None)
@@ -114,3 +123,9 @@ MODEL_STAGE_THREADS = min(MODEL_THREADS, _cores) if isinstance(_cores, int) and 
 def dataset_files(wildcards):
     """Files the prompt pairs were built from, besides the pairs file itself."""
     return [PUBLIC["lock_file"]] if PUBLIC["enabled"] else []
+
+
+def result_files(wildcards):
+    """The model's result files, less those of the stages it skips."""
+    skipped = {name for stage in SKIPPED[wildcards.model] for name in STAGE_FILES.get(stage, [])}
+    return [f"results/{wildcards.model}/{name}" for name in RESULT_FILES if name not in skipped]
