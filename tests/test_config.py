@@ -35,7 +35,10 @@ def raw() -> dict:
 
 @pytest.fixture
 def cfg(raw) -> dict:
-    return copy.deepcopy(raw)
+    """The default config with its base model only (the fine-tunes need it; tests add models)."""
+    out = copy.deepcopy(raw)
+    out["models"] = out["models"][:1]
+    return out
 
 
 def error_of(cfg: dict, **kwargs) -> str:
@@ -57,6 +60,10 @@ def test_default_config_loads(raw):
         if isinstance(given, dict):
             for key, sub in given.items():
                 assert_kept(sub, filled[key], f"{path}.{key}")
+        elif isinstance(given, list) and given and isinstance(given[0], dict):
+            assert len(filled) == len(given), path
+            for i, (sub, out) in enumerate(zip(given, filled)):
+                assert_kept(sub, out, f"{path}[{i}]")
         else:
             assert filled == given, path
 
@@ -178,7 +185,7 @@ def test_duplicate_model_names(cfg):
 
 def test_error_names_the_file(tmp_path, raw):
     bad = copy.deepcopy(raw)
-    bad["models"].append(dict(HUB_MODEL, revision="main"))
+    bad["models"] = bad["models"][:1] + [dict(HUB_MODEL, revision="main")]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad), encoding="utf-8")
     with pytest.raises(ConfigError) as info:

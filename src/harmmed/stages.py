@@ -650,7 +650,10 @@ def recovery(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranki
              recovery_csv: str | Path, threads: int = 1) -> pd.DataFrame:
     """Recovery statistics of one model: against its own plant (with targets), or, for a model
     without one, against every configured plant (the null)."""
+    from tqdm import tqdm
+
     from . import recovery as rec
+    from .constants import RECOVERY_COLUMNS
 
     settings, manifest = cfg["recovery"], read_manifest(manifest)
     plants = rec.plants_for(manifest, cfg["models"])
