@@ -14,6 +14,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])
 )
 
+
 envvars:
     "PYTHONPATH",
 
@@ -46,6 +47,11 @@ rule all:
     input:
         results("claims.csv"),
         expand("figures/{model}/claims.md", model=MODELS),
-        expand("figures/{model}/{figure}.png", model=MODELS, figure=MODEL_FIGURES + NEURON_FIGURES + [
-            "token_heatmap_harm", "token_heatmap_refusal", "probe_accuracy", "generation_rates"]),
+        expand(
+            "figures/{model}/{figure}.png",
+            model=MODELS,
+            figure=MODEL_FIGURES
+            + NEURON_FIGURES
+            + ["token_heatmap_harm", "token_heatmap_refusal", "probe_accuracy", "generation_rates"],
+        ),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],

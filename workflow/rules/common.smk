@@ -25,8 +25,9 @@ def results(path):
 
 
 def model_figure(name, caption):
-    return report(f"figures/{{model}}/{name}.png", caption=f"../report/{caption}.rst",
-                  category="{model}", subcategory=name)
+    return report(
+        f"figures/{{model}}/{name}.png", caption=f"../report/{caption}.rst", category="{model}", subcategory=name
+    )
 
 
 def shard_parts(wildcards):
