@@ -5,6 +5,9 @@
 #   make replicate CORES=8 CONFIG=config/other.yaml
 #   make replicate SNAKEMAKE_ARGS="--sdm conda"   # per-stage conda envs (envs/*.yaml)
 #   make replicate SNAKEMAKE_ARGS="--forceall"    # any other snakemake flags
+#   make verify                         # recompute sampled rows independently, check every sha256
+#   make bundle                         # results-<model>-<commit>.tar.gz (+ .sha256) per model
+#   make figures BUNDLE=results-m-c.tar.gz   # redraw figures, claims.md, report from a bundle (no torch)
 #   make test PYTEST_ARGS="-k config"   # pytest, then `make lint`
 #   make lint                           # snakemake --lint (0 findings) and snakefmt --check
 #   make format                         # snakefmt: rewrite the Snakefile and workflow/rules/*.smk
@@ -25,7 +28,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
 SMK_FLAGS = --cores $(CORES) --configfile $(CONFIG) --rerun-triggers mtime $(SNAKEMAKE_ARGS)
 
-.PHONY: venv replicate dryrun report test lint format test-cluster bench clean
+.PHONY: venv replicate dryrun report test lint format test-cluster bench clean verify bundle figures
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +46,18 @@ dryrun: venv
 
 report: venv
 	$(SNAKEMAKE) $(SMK_FLAGS) --report report.html
+
+# Verification never reruns a model stage: it checks and recomputes what results/ holds.
+verify: venv
+	$(SNAKEMAKE) $(SMK_FLAGS) --allowed-rules provenance verify verify_all -- verify_all
+
+bundle: venv
+	$(SNAKEMAKE) $(SMK_FLAGS) bundle_all
+
+# Needs only the analysis packages (pandas, matplotlib): no torch, no model, no GPU.
+figures:
+	@test -n "$(BUNDLE)" || { echo "usage: make figures BUNDLE=results-<model>-<commit>.tar.gz"; exit 2; }
+	PYTHONPATH=$(CURDIR)/src $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)) -m harmmed.redraw $(BUNDLE) $(OUT)
 
 test: venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
@@ -67,4 +82,4 @@ bench: venv
 
 # Generated outputs only; downloaded data (data/raw, data/models) and .snakemake/ stay.
 clean:
-	rm -rf results/ logs/ benchmarks/ figures/*/ report.html
+	rm -rf results/ logs/ benchmarks/ figures/*/ report.html results-*.tar.gz results-*.tar.gz.sha256

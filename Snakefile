@@ -24,6 +24,11 @@ configfile: "config/config.yaml"
 
 config.update(validate_config(config))
 
+if not workflow.non_local_exec:  # a cluster's GPUs are on its nodes, not where this runs
+    from harmmed.provenance import check_config_devices
+
+    check_config_devices(config)
+
 
 report: "workflow/report/workflow.rst"
 
@@ -39,14 +44,20 @@ include: "workflow/rules/mediate_token.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/mediate_claims.smk"
 include: "workflow/rules/claims.smk"
+include: "workflow/rules/verify.smk"
+include: "workflow/rules/calibration.smk"
 include: "workflow/rules/merge_shards.smk"
 
 
 rule all:
     input:
         results("claims.csv"),
+        results("provenance.json"),
         expand("figures/{model}/claims.md", model=MODELS),
+        "results/calibration.csv",
+        "figures/calibration.png",
         expand(
             "figures/{model}/{figure}.png",
             model=MODELS,

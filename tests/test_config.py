@@ -86,7 +86,7 @@ def test_missing_optional_keys_get_defaults(cfg):
 
 def test_minimal_config_gets_every_section(cfg):
     out = validate_config({"models": cfg["models"]})
-    assert out["claims"]["thresholds"]["C1_late_share"] == 0.5
+    assert out["claims"]["thresholds"]["C3_gate_share"] == 0.5
     assert out["mediation"]["heatmap"]["sites"] == ["residual", "mlp", "attn"]
     assert out["mediation"]["max_pairs"] == 6
     # Defaults are copies: editing one config must not leak into the next.

@@ -1,8 +1,8 @@
-"""Effects, claims and figures on synthetic effect tables with a planted structure."""
+"""Effects and figures on synthetic effect tables with a planted structure (claim statistics:
+test_claims.py)."""
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +16,6 @@ from harmmed import claims, effects, plotting
 N_LAYERS = 12
 N_PAIRS = 24
 METRICS = ("harm", "refusal")
-THRESHOLDS = {"C1_late_share": 0.5, "C2_mlp_attn_ratio": 1.0, "C2_severed_drop": 0.0}
 MANIFEST = {"name": "synthetic", "n_layers": N_LAYERS, "d_model": 16, "d_mlp": 64,
             "architecture": "LlamaForCausalLM"}
 PROMPT_LEN = {f"p{i:02d}": 10 + i % 3 for i in range(N_PAIRS)}
@@ -105,14 +104,6 @@ def planted() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return synthetic("planted")
 
 
-def run_claims(tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
-    return claims.compute_claims(*tables, MANIFEST, THRESHOLDS, n_boot=500, ci=0.95, seed=0)
-
-
-def verdicts(table: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(table["statistic"], table["verdict"]))
-
-
 def test_bootstrap_ci_covers_true_mean_and_is_seeded() -> None:
     values = np.random.default_rng(1).normal(3.0, 1.0, 4000)
     low, high = effects.bootstrap_ci(values, n_boot=1000, ci=0.95, seed=7)
@@ -169,88 +160,6 @@ def test_summarize_orders_positions_and_keeps_severed(planted) -> None:
     assert "severed" in sev.columns
     assert sev["severed"].drop_duplicates().tolist() == ["none", "mlp", "attn"]
     assert (sev["n_pairs"] == N_PAIRS).all()
-
-
-def test_verdict_rule_and_ties() -> None:
-    assert claims.verdict(0.6, 0.9, 0.5) == "supported"
-    assert claims.verdict(0.1, 0.4, 0.5) == "not supported"
-    assert claims.verdict(0.4, 0.6, 0.5) == "inconclusive"
-    assert claims.verdict(0.5, 0.6, 0.5) == "inconclusive"
-    assert claims.verdict(0.4, 0.5, 0.5) == "inconclusive"
-    assert claims.verdict(float("nan"), 0.6, 0.5) == "inconclusive"
-    assert claims.verdict(0.1, 0.4, 0.5, above=False) == "supported"
-    assert claims.verdict(0.6, 0.9, 0.5, above=False) == "not supported"
-    assert claims.late_third_start(12) == 8 and claims.late_third_start(32) == 22
-    assert claims.late_half_start(12) == 6 and claims.late_half_start(31) == 16
-
-
-def test_planted_structure_is_supported(planted) -> None:
-    table = run_claims(planted)
-    assert list(table.columns) == list(claims.CLAIM_COLUMNS)
-    got = verdicts(table)
-    for metric in METRICS:
-        assert got[f"late_third_share_pos_NIE[{metric}]"] == "supported"
-        assert got[f"argmax_rel_depth_NIE[{metric}]"] == "supported"
-        assert got[f"late_half_mlp_attn_NIE_ratio[{metric}]"] == "supported"
-        assert got[f"severed_drop_mlp_minus_attn[{metric}]"] == "supported"
-        assert got[f"final_layer_neuron_gate[{metric}]"] == "not run"
-    assert got["probe_rel_depth_acc_ge_0.9"] == "not run"
-    row = table.set_index("statistic").loc["severed_drop_mlp_minus_attn[refusal]"]
-    assert math.isclose(row["value"], 0.7, abs_tol=0.05)
-    share = table.set_index("statistic").loc["late_third_share_pos_NIE[harm]", "value"]
-    assert share > 0.8
-    assert table["claim"].tolist() == sorted(table["claim"])
-
-
-def test_opposite_structure_is_not_supported() -> None:
-    got = verdicts(run_claims(synthetic("opposite", seed=1)))
-    for metric in METRICS:
-        for stat in ("late_third_share_pos_NIE", "argmax_rel_depth_NIE",
-                     "late_half_mlp_attn_NIE_ratio", "severed_drop_mlp_minus_attn"):
-            assert got[f"{stat}[{metric}]"] == "not supported", (stat, metric)
-
-
-def test_null_structure_is_inconclusive() -> None:
-    got = verdicts(run_claims(synthetic("null", noise=0.5, seed=2)))
-    for metric in METRICS:
-        for stat in ("late_third_share_pos_NIE", "late_half_mlp_attn_NIE_ratio",
-                     "severed_drop_mlp_minus_attn"):
-            assert got[f"{stat}[{metric}]"] == "inconclusive", (stat, metric)
-
-
-def test_claims_are_deterministic_and_accept_later_rows(planted, tmp_path: Path) -> None:
-    extra = pd.DataFrame([
-        dict(claim="C3", statistic="top_frac_50pct[refusal]", value=0.02, ci_low=0.01,
-             ci_high=0.03, threshold=0.05, verdict=claims.verdict(0.01, 0.03, 0.05, above=False)),
-        dict(claim="C3", statistic="gating_effect[refusal]", value=0.4, ci_low=0.2,
-             ci_high=0.6, threshold=0.0),
-    ])
-    table = claims.compute_claims(*planted, MANIFEST, THRESHOLDS, n_boot=300, seed=0,
-                                  extra_rows=extra)
-    got = verdicts(table)
-    assert got["top_frac_50pct[refusal]"] == "supported"
-    assert got["gating_effect[refusal]"] == "supported"
-    assert not any(s.startswith("final_layer_neuron_gate") for s in got)
-    assert got["probe_rel_depth_acc_ge_0.9"] == "not run"
-    paths = []
-    for run in ("a", "b"):
-        again = claims.compute_claims(*planted, MANIFEST, THRESHOLDS, n_boot=300, seed=0,
-                                      extra_rows=extra)
-        csv, md = tmp_path / run / "claims.csv", tmp_path / run / "claims.md"
-        claims.write_claims(again, csv, md)
-        paths.append((csv.read_bytes(), md.read_bytes()))
-    assert paths[0] == paths[1]
-    header = paths[0][0].decode().splitlines()[0]
-    assert header == "claim,statistic,value,ci_low,ci_high,threshold,verdict"
-    assert "ci_low > threshold" in paths[0][1].decode()
-    reread = pd.read_csv(tmp_path / "a" / "claims.csv")
-    assert reread["verdict"].tolist() == table["verdict"].tolist()
-
-
-def test_claims_without_severed_data_mark_not_run(planted) -> None:
-    layer_df, module_df, _ = planted
-    table = claims.compute_claims(layer_df, module_df, None, MANIFEST, THRESHOLDS, n_boot=100)
-    assert verdicts(table)["severed_drop_mlp_minus_attn[harm]"] == "not run"
 
 
 def inputs_for_heatmap() -> list[dict]:

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harmmed.claims import gating_statistics, sparsity_fraction
 from harmmed.engine import MediationEngine, Patch
 from harmmed.metrics import METRICS
 from harmmed.neuron import NeuronPlan, blocks, k_grid, pair_neuron_rows, rank_units
@@ -81,32 +80,3 @@ def test_k_grid():
     assert k_grid(48, [16, 5]) == [1, 2, 4, 5, 8, 16, 32, 48]
 
 
-def _sparsity_frame(curve: dict[int, float], n_pairs: int, noise: float, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p in range(n_pairs):
-        for k, share in curve.items():
-            rows.append({"pair_id": f"p{p}", "metric": "refusal", "selection": "top", "k": k,
-                         "effect": share + rng.normal(0, noise), "layer_effect": 1.0})
-    return pd.DataFrame(rows)
-
-
-def test_sparsity_fraction_finds_the_planted_k():
-    frame = _sparsity_frame({1: 0.1, 2: 0.3, 4: 0.55, 8: 0.85, 64: 1.0}, n_pairs=30, noise=0.02, seed=0)
-    value, low, high = sparsity_fraction(frame, "refusal", 64, 0.5, 500, 0.95, 0)
-    assert value == 4 / 64 and low <= value <= high
-    value80, *_ = sparsity_fraction(frame, "refusal", 64, 0.8, 500, 0.95, 0)
-    assert value80 == 8 / 64
-
-
-def test_gating_statistics_detect_a_planted_gate():
-    rng = np.random.default_rng(1)
-    rows = []
-    for p in range(20):
-        base = {"pair_id": f"p{p}", "metric": "refusal", "intervention": "patch_benign", "k": 4,
-                "y_harmful": 1.0, "y_benign": 0.0}
-        rows.append({**base, "units": "topk_neuron", "draw": "", "effect": -0.8 + rng.normal(0, 0.05)})
-        for d in range(50):
-            rows.append({**base, "units": "random_neuron", "draw": d, "effect": rng.normal(0, 0.05)})
-    (value, low, high), p_value = gating_statistics(pd.DataFrame(rows), "refusal", 1.0, 500, 0.95, 0)
-    assert 0.7 < low < value < high < 0.9 and p_value == pytest.approx(1 / 51)

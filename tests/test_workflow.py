@@ -75,8 +75,12 @@ def test_results_have_the_stated_schemas(tiny_run):
     module = pd.read_csv(results / "module.csv", dtype={"positions": str})
     assert set(module["site"]) == {"attn", "mlp"} and set(module["window"]) == {1, 3}
     claims = pd.read_csv(results / "claims.csv")
-    assert list(claims.columns) == ["claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict"]
-    assert {"C1", "C2", "C3", "C4"} <= set(claims["claim"].str[:2])
+    assert list(claims.columns) == ["claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict",
+                                    "n_pairs", "n_excluded"]
+    assert {"B", "C1", "C2", "C3", "C4"} == set(claims["claim"])
+    calibration = pd.read_csv(workdir / "results" / "calibration.csv", keep_default_na=False)
+    assert set(calibration["model"]) == {"tiny"} and (calibration["expected"] == "").all()  # no plant: grey
+    assert (workdir / "figures" / "calibration.png").stat().st_size > 1000
     for figure in ("layer_curves", "module_curves", "severed_paths", "heatmap_refusal", "sparsity", "gating",
                    "block_vs_sum", "neuron_distribution", "probe_accuracy", "token_heatmap_refusal", "generation_rates"):
         assert (workdir / "figures" / "tiny" / f"{figure}.png").stat().st_size > 1000
@@ -92,7 +96,7 @@ def test_rerun_is_byte_identical(tiny_run):
     workdir, config = tiny_run
     results = workdir / "results" / "tiny"
     names = ["inputs.jsonl", "layer.csv", "module.csv", "heatmap.csv", "severed.csv", "neuron.csv", "sparsity.csv", "gating.csv",
-             "token.csv", "probe.csv", "generations.jsonl", "generation_rates.csv", "claims.csv"]
+             "token.csv", "probe.csv", "generations.jsonl", "generation_rates.csv", "claim_patches.csv", "claims.csv"]
     before = {n: (results / n).read_bytes() for n in names}
     figure = (workdir / "figures" / "tiny" / "layer_curves.png").read_bytes()
     done = snakemake(workdir, config, "--forcerun", "prepare_prompts")
@@ -114,7 +118,8 @@ def test_default_config_dry_run():
     assert done.returncode == 0, done.stderr[-4000:]
     for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "mediate_heatmap",
                  "mediate_neuron", "gating",
-                 "generate_and_judge", "mediate_token", "probe", "figures", "neuron_figures", "claims"):
+                 "generate_and_judge", "mediate_token", "probe", "figures", "neuron_figures", "mediate_claims",
+                 "claims", "calibration"):
         assert rule in done.stdout
 
 

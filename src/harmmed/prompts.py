@@ -7,6 +7,7 @@ that a reviewer can recompute any row without our tokenisation code.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 PAIR_COLUMNS = ("pair_id", "category", "harmful", "benign", "harmful_target", "benign_target")
+DROPPED_COLUMNS = ("pair_id", "harmful_tokens", "benign_tokens", "reason")
 
 
 class PromptFileError(ValueError):
@@ -48,7 +50,7 @@ def read_pairs(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"{path}: prompt pairs file not found")
-    with path.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(_decoded(path), newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in PAIR_COLUMNS if c not in header]
@@ -74,6 +76,19 @@ def read_pairs(path: str | Path) -> list[dict[str, str]]:
     if not rows:
         raise PromptFileError(f"{path}: no prompt pairs")
     return rows
+
+
+def _decoded(path: Path) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped; a byte that is not UTF-8 is
+    reported with its row (line) and offset rather than as a bare UnicodeDecodeError."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise PromptFileError(
+            f"{path}, row {line}: byte 0x{raw[err.start]:02x} at offset {err.start} is not UTF-8 "
+            f"({err.reason}); save the file as UTF-8") from None
 
 
 def chat_text(tokenizer, request: str) -> str:
@@ -124,7 +139,9 @@ def encode_pairs(
     tokenizer, rows: list[dict[str, str]], mode: str, split_of: dict[str, str], noise: dict | None = None,
     request_span: bool = False,
 ) -> tuple[list[EncodedPair], list[dict[str, str]]]:
-    """Encode pairs; minimal pairs that are not token-aligned are returned as dropped.
+    """Encode pairs. Pairs whose two prompts encode to the same ids (they differ only in
+    whitespace the tokenizer drops) and, where positions must align, pairs that are not
+    token-aligned are returned as dropped, each with its reason.
 
     Noise mode (``noise``: scale, samples, seed) corrupts the differing span of token-aligned
     minimal pairs (non-aligned ones are dropped), or the whole request when ``request_span``
@@ -136,13 +153,14 @@ def encode_pairs(
     for index, row in enumerate(rows):
         harmful_ids, post = encode_prompt(tokenizer, row["harmful"])
         benign_ids, benign_post = encode_prompt(tokenizer, row["benign"])
-        if aligned_only and (len(harmful_ids) != len(benign_ids) or post != benign_post):
+        reason = None
+        if harmful_ids == benign_ids:
+            reason = "identical token ids"
+        elif aligned_only and (len(harmful_ids) != len(benign_ids) or post != benign_post):
+            reason = "not token-aligned"
+        if reason is not None:
             dropped.append({"pair_id": row["pair_id"], "harmful_tokens": str(len(harmful_ids)),
-                            "benign_tokens": str(len(benign_ids))})
-            continue
-        if mode == "unpaired" and len(post) != len(benign_post):
-            dropped.append({"pair_id": row["pair_id"], "harmful_tokens": str(len(harmful_ids)),
-                            "benign_tokens": str(len(benign_ids))})
+                            "benign_tokens": str(len(benign_ids)), "reason": reason})
             continue
         target_ids = list(tokenizer(row["harmful_target"], add_special_tokens=False)["input_ids"])
         pair = EncodedPair(row["pair_id"], split_of[row["pair_id"]], row["category"], harmful_ids, benign_ids,

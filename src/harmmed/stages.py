@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,8 @@ from tqdm import tqdm
 
 from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS,
                         UNIT_SITES)
-from .prompts import PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs, split_pairs, write_inputs
+from .prompts import (DROPPED_COLUMNS, PAIR_COLUMNS, EncodedPair, encode_pairs, read_inputs, read_pairs, select_pairs,
+                      split_pairs, write_inputs)
 from .shards import WHOLE, Shard, concat_tables, merge_json_objects, shard_offset, take_shard
 from .storage import (atomic_path, load_engine, model_spec, read_json, read_jsonl, read_manifest, read_table,
                       write_json, write_table)
@@ -64,17 +66,17 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
 
     prompts, manifest = cfg["prompts"], read_manifest(manifest)
     rows = read_pairs(pairs_file)
-    tokenizer = AutoTokenizer.from_pretrained(manifest["path"])
+    tokenizer = AutoTokenizer.from_pretrained(manifest["path"])  # tokenizer files only: no weights to check
     split_of = split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"])
     kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of, cfg["noise"],
                                  request_span=prompts["public"]["enabled"])
-    log.info("prompt pairs: %d read, %d kept, %d dropped as not token-aligned under %s",
+    log.info("prompt pairs: %d read, %d kept, %d dropped (not token-aligned or identical ids) under %s",
              len(rows), len(kept), len(dropped), manifest["name"])
     if not kept:
         raise ValueError(f"{pairs_file}: no pair is token-aligned under {manifest['name']}'s tokenizer")
     with atomic_path(inputs_path) as tmp:
         write_inputs(kept, tmp)
-    write_table(dropped, ["pair_id", "harmful_tokens", "benign_tokens"], dropped_path)
+    write_table(dropped, DROPPED_COLUMNS, dropped_path)
     return len(kept), len(dropped)
 
 
@@ -224,21 +226,31 @@ def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], o
 
 
 def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
-    """claims.csv and claims.md. ``inputs``: manifest, layer, module, severed, sparsity, gating,
-    ranking, probe; ``outputs``: csv, md."""
-    from .claims import c3_rows, compute_claims, write_claims
+    """claims.csv of one model. ``inputs``: manifest, patches (claim_patches.csv), probe;
+    ``outputs``: csv. claims.md is written by the calibration stage, which knows every model."""
+    from .claims import compute_claims, write_claims_csv
+    from .effects import Bootstrap
     from .probe import c4_row
 
-    manifest = read_manifest(inputs["manifest"])
-    thresholds, boot = cfg["claims"]["thresholds"], tuple(_boot(cfg).values())
-    c3 = c3_rows(read_table(inputs["sparsity"], ()), read_table(inputs["gating"], ()),
-                 pd.read_csv(inputs["ranking"]), int(manifest["d_mlp"]), thresholds, *boot)
-    c4 = pd.DataFrame([c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
-                              float(thresholds["C4_probe_depth"]), *boot)])
-    table = compute_claims(read_table(inputs["layer"]), read_table(inputs["module"]), read_table(inputs["severed"]),
-                           manifest, thresholds, *boot, extra_rows=pd.concat([c3, c4], ignore_index=True))
-    with atomic_path(outputs["csv"]) as tmp_csv, atomic_path(outputs["md"]) as tmp_md:
-        write_claims(table, tmp_csv, tmp_md, title=f"Claims: {manifest['name']}")
+    manifest, thresholds, boot = read_manifest(inputs["manifest"]), cfg["claims"]["thresholds"], Bootstrap.from_config(cfg)
+    c4 = c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
+                float(thresholds["C4_probe_depth"]), *boot.kwargs().values())
+    patches = read_table(inputs["patches"], ("positions", "layers", "units", "draw"))
+    table = compute_claims(patches, thresholds, boot, float(cfg["effects"]["min_abs_te"]), c4)
+    with atomic_path(outputs["csv"]) as tmp:
+        write_claims_csv(table, tmp)
+
+
+def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths) -> None:
+    """Every model's claims against its expected verdicts. ``claims_csvs`` follow the config's
+    model order; ``outputs``: csv, png, md (every model's claims.md, in model order)."""
+    from .calibration import write_calibration_outputs
+    from .claims import read_claims
+
+    names = [spec["name"] for spec in cfg["models"]]
+    write_calibration_outputs(dict(zip(names, (read_claims(path) for path in claims_csvs))),
+                              {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]},
+                              cfg["calibration"]["metric"], outputs)
 
 
 # ---------------------------------------------------------------- neuron and gating stages
@@ -307,6 +319,23 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
     with atomic_path(units_json) as tmp:
         neuron.gating_units_json(tmp, final, unit_sets["topk_neuron"][0], means["neuron"], unit_sets["random_neuron"][0])
     log.info("gating stage: %d pairs, engine stats %s", len(pairs), engine.stats)
+
+
+def mediate_claims(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, module_csv: str | Path,
+                   ranking_csv: str | Path, patches_csv: str | Path, threads: int = 1) -> None:
+    """Held-out interventions of the C1-C3 statistics, every component chosen on discovery."""
+    from . import claim_patches, neuron
+    from .claims import PATCH_COLUMNS
+
+    settings, manifest = cfg["claims"], read_manifest(manifest)
+    engine, _ = load_engine(cfg, manifest, threads)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "claims.split")
+    plan = claim_patches.build_plan(cfg, manifest, read_table(module_csv), pd.read_csv(ranking_csv))
+    log.info("claim plan: %s", plan)
+    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: claim_patches.pair_rows(
+        engine, pair, runs, plan), "claims")
+    write_table(rows, PATCH_COLUMNS, patches_csv)
+    log.info("claim patches: %d pairs, engine stats %s", len(pairs), engine.stats)
 
 
 def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
@@ -421,3 +450,124 @@ def generation_figure(manifest: ManifestSource, rates_csv: str | Path, out: str 
     from .generation import plot_generation_rates, read_rates
 
     plot_generation_rates(read_rates(rates_csv), read_manifest(manifest), Path(out).with_suffix(""))
+
+
+# ---------------------------------------------------------------- provenance, verification, bundles
+def _result_paths(results: Path) -> dict[str, str]:
+    """One model's result files under the input names the figure and claims stages take."""
+    names = {"manifest": "manifest.json", "inputs": "inputs.jsonl", "layer": "layer.csv", "module": "module.csv",
+             "severed": "severed.csv", "heatmap": "heatmap.csv", "tokens": "heatmap_tokens.json",
+             "neuron": "neuron.csv", "ranking": "neuron_ranking.csv", "sparsity": "sparsity.csv",
+             "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv",
+             "patches": "claim_patches.csv"}
+    return {key: str(results / name) for key, name in names.items()}
+
+
+def provenance(cfg: dict, manifest: ManifestSource, pairs_file: str, dataset_files: list[str],
+               result_files: list[str], repo: str | Path, threads: int | None, out: str | Path) -> None:
+    """results/<model>/provenance.json: the code, config, machine, weights and every file's sha256."""
+    from .provenance import build_provenance, portable_path
+
+    record = build_provenance(cfg, read_manifest(manifest), [pairs_file, *dataset_files], result_files, repo, threads)
+    record["pairs_file"] = portable_path(pairs_file)
+    write_json(record, out)
+
+
+def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, verification_md: str | Path,
+           threads: int = 1) -> None:
+    """Recompute sampled rows with the reference patcher and check every recorded digest, the
+    input encoding and the claims table; write the report, then fail if anything failed."""
+    from . import verify as checks_of
+    from .provenance import weights_digest
+
+    results = Path(results_dir)
+    record = checks_of.read_provenance(results / "provenance.json")
+    recorded_cfg, manifest, paths = record["config"], read_manifest(results / "manifest.json"), _result_paths(results)
+    digest = weights_digest(manifest["path"])
+    checks = checks_of.file_checks(record, results, manifest, digest)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
+        checks.append(checks_of.same_bytes("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
+                                           tmp / "inputs.jsonl"))
+        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv", "md": tmp / "claims.md"})
+        checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
+                                           tmp / "claims.csv"))
+    rows = []
+    ran = digest == manifest["sha256"] == record["weights"]["sha256"]  # other weights cannot reproduce a row
+    if recorded_cfg["prompts"]["mode"] == "noise":
+        ran = False
+        checks.append(checks_of.Check("rows recomputed", False, "noise mode: the reference draws no embedding noise"))
+    if ran:
+        rows = checks_of.verify_rows(results, _recomputer(cfg, recorded_cfg, manifest, results, threads),
+                                     cfg["verify"]["n_rows"], cfg["verify"]["seed"])
+    summary = checks_of.table_summary(rows, cfg["verify"]["tolerance"], results, ran)
+    with atomic_path(verification_csv) as tmp_csv, atomic_path(verification_md) as tmp_md:
+        text = checks_of.write_report(rows, summary, checks, cfg["verify"]["tolerance"], manifest["name"],
+                                      tmp_csv, tmp_md)
+    log.info("verification:\n%s", text)
+    failed = checks_of.failures(summary, checks)
+    if failed:
+        raise checks_of.VerificationFailed(f"verification of {results} failed: {', '.join(failed)} (see the log)")
+
+
+def _recomputer(cfg: dict, recorded_cfg: dict, manifest: dict, results: Path, threads: int):
+    """The reference patcher on this machine's device (this config) in the recorded dtype."""
+    import torch
+
+    from .models import load_model
+    from .provenance import check_device
+    from .reference import ReferencePatcher
+    from .verify import RowRecomputer
+
+    device = model_spec(cfg, manifest["name"])["device"]
+    check_device(device, f"models[{manifest['name']}].device")
+    torch.set_num_threads(max(1, threads))
+    trust = model_spec(recorded_cfg, manifest["name"]).get("trust_remote_code", False)
+    model, _ = load_model(manifest["path"], manifest["dtype"], device, trust)
+    return RowRecomputer(ReferencePatcher(model, manifest["refusal_token_ids"]), read_inputs(results / "inputs.jsonl"),
+                         recorded_cfg, pd.read_csv(results / "neuron_ranking.csv"))
+
+
+def bundle(provenance_path: str | Path, out: str | Path) -> None:
+    """results-<model>-<commit>.tar.gz (+ .sha256): the tables, provenance and claims."""
+    from .bundle import pack
+
+    pack(Path(provenance_path), Path(out))
+
+
+def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
+    """Check and unpack a bundle, then redraw every figure, claims.md and the report from its tables
+    alone (with the config its provenance records); no model, no torch. Returns the folder."""
+    from .bundle import BundleError, unpack, write_report
+
+    root = unpack(Path(bundle_path), Path(out_dir))
+    for results in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
+        cfg, paths = read_json(results / "provenance.json")["config"], _result_paths(results)
+        figs = root / "figures" / results.name
+        figures(cfg, paths, figs)
+        neuron_figures(cfg, paths, figs)
+        token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
+        probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
+        generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
+        claims(cfg, paths, {"csv": figs / "claims.csv", "md": figs / "claims.md"})
+        if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
+            raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
+        (figs / "claims.csv").unlink()
+        _claims_md_from_bundle(root, results, figs / "claims.md")
+        write_report(figs, results.name)
+    return root
+
+
+def _claims_md_from_bundle(root: Path, results: Path, out: Path) -> None:
+    """claims.md of a bundled model, with the calibration marks of the bundled calibration.csv
+    (every configured model's verdicts against its plant) when the bundle carries one."""
+    from .calibration import calibrated_marks
+    from .claims import claims_markdown, read_claims
+
+    calibration_csv = root / "results" / "calibration.csv"
+    marks = calibrated_marks(pd.read_csv(calibration_csv, keep_default_na=False, dtype=str)) \
+        if calibration_csv.is_file() else None
+    with atomic_path(out) as tmp:
+        tmp.write_text(claims_markdown(read_claims(results / "claims.csv"), f"Claims: {results.name}", marks),
+                       encoding="utf-8")

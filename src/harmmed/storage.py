@@ -90,13 +90,17 @@ def model_spec(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def load_model_for(cfg: Mapping[str, Any], manifest: Mapping[str, Any], threads: int) -> tuple[Any, Any]:
     """The manifest's model and tokenizer with the configured dtype and device, torch on
-    ``threads`` threads."""
+    ``threads`` threads; first checks that the device exists and that the weights are still the
+    bytes the manifest records, so no table mixes two sets of weights."""
     import torch
 
     from .models import load_model
+    from .provenance import check_device, check_weights
 
-    torch.set_num_threads(max(1, threads))
     spec = model_spec(cfg, manifest["name"])
+    check_device(spec["device"], f"models[{manifest['name']}].device")
+    check_weights(manifest)
+    torch.set_num_threads(max(1, threads))
     return load_model(manifest["path"], spec["dtype"], spec["device"], spec.get("trust_remote_code", False))
 
 

@@ -1,22 +1,21 @@
 rule claims:
-    """Claims table C1-C4 (statistic, bootstrap CI, threshold from config, verdict) as CSV and Markdown."""
+    """Claims table per model: per metric a behaviour-present row and C1-C3 (held-out means of
+    effects in units of the pair's TE, bootstrap CI, threshold from config, verdict), and C4."""
     input:
         manifest="results/{model}/manifest.json",
-        layer="results/{model}/layer.csv",
-        module="results/{model}/module.csv",
-        severed="results/{model}/severed.csv",
-        sparsity="results/{model}/sparsity.csv",
-        gating="results/{model}/gating.csv",
-        ranking="results/{model}/neuron_ranking.csv",
+        patches="results/{model}/claim_patches.csv",
         probe="results/{model}/probe.csv",
     output:
         csv="results/{model}/claims.csv",
-        md=report("figures/{model}/claims.md", caption="../report/claims.rst", category="{model}"),
     log:
         "logs/claims/{model}.log",
     benchmark:
         "benchmarks/claims/{model}.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        thresholds=config["claims"]["thresholds"],
+        effects=config["effects"],
+        probe_level=config["probe"]["accuracy_level"],
     script:
         "../scripts/claims.py"

@@ -4,6 +4,7 @@ import os
 
 from harmmed.cluster import JobNeverFits, check_fits, model_mem_mb, slurm_nodes, weights_mb
 from harmmed.shards import shard_ids
+from harmmed.provenance import config_digest, git_state, short_commit
 from harmmed.storage import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
@@ -92,3 +93,33 @@ def download_mem_mb(wildcards, threads):
     else:
         mem_mb = DOWNLOAD_MEM_MB[spec["source"]]
     return _checked("download_model", threads, mem_mb, gpus=0)
+
+
+# Verification: the result files a provenance record lists and a bundle carries.
+RESULT_FILES = [
+    "manifest.json",
+    "inputs.jsonl",
+    "dropped_pairs.csv",
+    "layer.csv",
+    "severed.csv",
+    "module.csv",
+    "heatmap.csv",
+    "heatmap_tokens.json",
+    "neuron.csv",
+    "neuron_ranking.csv",
+    "sparsity.csv",
+    "gating.csv",
+    "gating_units.json",
+    "token.csv",
+    "probe.csv",
+    "generations.jsonl",
+    "generation_rates.csv",
+    "claim_patches.csv",
+    "claims.csv",
+]
+COMMIT = short_commit(git_state(workflow.basedir))
+
+
+def dataset_files(wildcards):
+    """Files the prompt pairs were built from, besides the pairs file itself."""
+    return [PUBLIC["lock_file"]] if PUBLIC["enabled"] else []

@@ -1,0 +1,103 @@
+"""Results bundles: one model's tables, provenance and claims in one checksummed archive, from
+which a reviewer redraws every figure on a laptop (no model, no torch, no GPU).
+
+``python -m harmmed.redraw BUNDLE [OUT]`` (what ``make figures BUNDLE=...`` runs) checks the
+bundle against its ``.sha256`` file, unpacks it and regenerates the figures, ``claims.md`` and an
+HTML report. Archives are byte-reproducible: members sorted, owners and times zeroed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import html
+import io
+import json
+import tarfile
+from pathlib import Path
+
+CAPTIONS = Path(__file__).resolve().parents[2] / "workflow" / "report"
+# figure (file stem) -> caption file in workflow/report, in reading order
+FIGURE_CAPTIONS = {
+    "layer_curves": "layer_curves", "heatmap_harm": "heatmap", "heatmap_refusal": "heatmap",
+    "module_curves": "module_curves", "severed_paths": "severed_paths",
+    "neuron_distribution": "neuron_distribution", "sparsity": "sparsity", "block_vs_sum": "block_vs_sum",
+    "gating": "gating", "token_heatmap_harm": "token", "token_heatmap_refusal": "token",
+    "probe_accuracy": "probe", "generation_rates": "generation",
+}
+
+
+class BundleError(ValueError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pack(provenance_path: Path, out: Path) -> Path:
+    """Write ``out`` (.tar.gz) with every result file the provenance lists, the provenance itself,
+    and ``out``.sha256 in ``sha256sum`` format. Fails if a file changed since the provenance."""
+    record = json.loads(provenance_path.read_text(encoding="utf-8"))
+    results = provenance_path.parent
+    model = record["model"]
+    names = sorted({*record["results"], provenance_path.name})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            path = results / name
+            if name in record["results"] and _sha256(path) != record["results"][name]:
+                raise BundleError(f"{path} changed after {provenance_path} was written; rerun the workflow")
+            info = tarfile.TarInfo(f"results/{model}/{name}")
+            data = path.read_bytes()
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(buffer.getvalue())
+    tmp.replace(out)
+    Path(f"{out}.sha256").write_text(f"{_sha256(out)}  {out.name}\n", encoding="utf-8")
+    return out
+
+
+def check(bundle: Path) -> None:
+    """The bundle must match the digest in ``<bundle>.sha256``."""
+    digest_file = Path(f"{bundle}.sha256")
+    if not bundle.is_file():
+        raise BundleError(f"{bundle}: no such bundle")
+    if not digest_file.is_file():
+        raise BundleError(f"{bundle}: its checksum file {digest_file.name} is missing")
+    expected = digest_file.read_text(encoding="utf-8").split()[0]
+    actual = _sha256(bundle)
+    if actual != expected:
+        raise BundleError(f"{bundle}: sha256 {actual} does not match {digest_file.name} ({expected})")
+
+
+def unpack(bundle: Path, out_dir: Path) -> Path:
+    """Check, then extract into ``out_dir`` (only plain files under results/, nothing outside)."""
+    check(bundle)
+    with tarfile.open(bundle, "r:gz") as tar:
+        members = tar.getmembers()
+        for member in members:
+            parts = Path(member.name).parts
+            if not member.isfile() or parts[0] != "results" or ".." in parts or Path(member.name).is_absolute():
+                raise BundleError(f"{bundle}: unexpected member {member.name!r}")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.11.4 / 3.10.12
+        tar.extractall(out_dir, members=members, **safe)
+    return out_dir
+
+
+def write_report(figures_dir: Path, model: str) -> Path:
+    """``report.html`` beside the figures: claims.md, then every figure with its caption."""
+    claims = (figures_dir / "claims.md").read_text(encoding="utf-8")
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(model)}</title>",
+             f"<h1>Results: {html.escape(model)}</h1><pre>{html.escape(claims)}</pre>"]
+    for stem, caption in FIGURE_CAPTIONS.items():
+        if not (figures_dir / f"{stem}.png").is_file():
+            raise BundleError(f"{figures_dir}: figure {stem}.png was not regenerated")
+        text = (CAPTIONS / f"{caption}.rst").read_text(encoding="utf-8") if (CAPTIONS / f"{caption}.rst").is_file() else ""
+        parts.append(f"<h2>{stem}</h2><img src='{stem}.png' style='max-width:100%'><p>{html.escape(text)}</p>")
+    out = figures_dir / "report.html"
+    out.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return out

@@ -1,0 +1,134 @@
+"""Calibration of the claim statistics against models whose mechanism we built.
+
+A planted model's config entry states, in ``expected_verdicts``, the verdict each claim must
+get on it (the ground truth is where its trained parameters are). Its rows of the calibration
+metric (``calibration.metric``, the behaviour the plants were trained for) are compared with
+that verdict; a plant must also show the behaviour, so its behaviour row is expected
+`supported`. Rows without a ground truth (other metrics, unplanted models) are recorded but
+never counted. A statistic is calibrated when it is right on every plant that has a ground
+truth for it, and on at least one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CALIBRATION_COLUMNS: list[str] = ["statistic", "model", "expected", "verdict", "value", "ci_low", "ci_high",
+                                  "correct"]
+COLORS = {"match": "#4daf4a", "mismatch": "#e41a1c", "none": "#bdbdbd"}
+_METRIC = re.compile(r"\[(\w+)\]$")
+
+
+def row_metric(statistic: str) -> str | None:
+    """The metric a statistic is about (the name's ``[metric]`` suffix), or None."""
+    found = _METRIC.search(statistic)
+    return found.group(1) if found else None
+
+
+def expected_verdict(claim: str, statistic: str, expected: Mapping[str, str], metric: str) -> str:
+    """The ground-truth verdict of one row of a model with ``expected`` verdicts ('' if none)."""
+    if not expected or row_metric(statistic) not in (metric, None):
+        return ""
+    if claim == "B":
+        return "supported"
+    return expected.get(claim, "")
+
+
+def calibration_table(tables: Mapping[str, pd.DataFrame], expected: Mapping[str, Mapping[str, str]],
+                      metric: str) -> pd.DataFrame:
+    """One row per (statistic, model), statistics in claims-table order, models in config order."""
+    rows = []
+    for model, table in tables.items():
+        for record in table.to_dict("records"):
+            truth = expected_verdict(record["claim"], record["statistic"], expected.get(model) or {}, metric)
+            rows.append({"statistic": record["statistic"], "model": model, "expected": truth,
+                         "verdict": record["verdict"], "value": record["value"], "ci_low": record["ci_low"],
+                         "ci_high": record["ci_high"],
+                         "correct": "" if not truth else str(record["verdict"] == truth).lower()})
+    return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
+
+
+def calibrated_marks(calibration: pd.DataFrame) -> dict[str, str]:
+    """statistic -> 'calibrated (right on N plants)', 'not calibrated (wrong on ...)' or
+    'no ground truth'."""
+    marks = {}
+    for statistic, group in calibration.groupby("statistic", sort=False):
+        judged = group[group["expected"] != ""]
+        wrong = judged[judged["correct"] != "true"]["model"].tolist()
+        if judged.empty:
+            marks[statistic] = "no ground truth"
+        elif wrong:
+            marks[statistic] = f"not calibrated (wrong on {', '.join(wrong)})"
+        else:
+            marks[statistic] = f"calibrated (right on {len(judged)} plant{'s' if len(judged) > 1 else ''})"
+    return marks
+
+
+def write_calibration_outputs(tables: Mapping[str, pd.DataFrame], expected: Mapping[str, Mapping[str, str]],
+                              metric: str, outputs: Mapping[str, Any]) -> pd.DataFrame:
+    """calibration.csv, the grid figure and every model's claims.md (``outputs``: csv, png, md
+    in the order of ``tables``), each written whole or not at all."""
+    from .claims import claims_markdown
+    from .storage import atomic_path
+
+    calibration = calibration_table(tables, expected, metric)
+    marks = calibrated_marks(calibration)
+    with atomic_path(outputs["csv"]) as tmp:
+        calibration.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+    plot_calibration(calibration, list(tables), outputs["png"])
+    for (name, table), md in zip(tables.items(), outputs["md"]):
+        with atomic_path(md) as tmp:
+            tmp.write_text(claims_markdown(table, f"Claims: {name}", marks), encoding="utf-8")
+    return calibration
+
+
+_SHORT = {"supported": "S", "not supported": "NS", "inconclusive": "?", "not run": "-",
+          "not applicable (no behaviour)": "n/a"}
+
+
+def plot_calibration(calibration: pd.DataFrame, models: Sequence[str], out: str | Path) -> list[Path]:
+    """Statistics x models grid: green where the verdict matches the ground truth, red where it
+    does not, grey without a ground truth; each cell shows the verdict (expected in brackets)."""
+    from .plotting import save_figure, styled
+
+    return styled(_draw_calibration)(calibration, list(models), Path(out), save_figure)
+
+
+def _draw_calibration(calibration: pd.DataFrame, models: list[str], out: Path, save) -> list[Path]:
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+
+    statistics = list(dict.fromkeys(calibration["statistic"])) or ["(no statistics)"]
+    cells = calibration.set_index(["statistic", "model"])
+    grid = np.ones((len(statistics), max(len(models), 1), 3))
+    left, width, height = 3.6, 1.3 * max(len(models), 1), 0.3 * len(statistics)
+    fig = Figure(figsize=(left + width + 0.3, height + 1.9))
+    fig.subplots_adjust(left=left / (left + width + 0.3), right=1 - 0.3 / (left + width + 0.3),
+                        bottom=0.9 / (height + 1.9), top=1 - 0.75 / (height + 1.9))
+    ax = fig.subplots()
+    for i, statistic in enumerate(statistics):
+        for j, model in enumerate(models):
+            if (statistic, model) not in cells.index:
+                continue
+            cell: Any = cells.loc[(statistic, model)]
+            state = "none" if not cell["expected"] else ("match" if cell["correct"] == "true" else "mismatch")
+            grid[i, j] = to_rgb(COLORS[state])
+            text = _SHORT.get(cell["verdict"], str(cell["verdict"]))
+            if cell["expected"]:
+                text += f" ({_SHORT.get(cell['expected'], cell['expected'])})"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.imshow(grid, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(statistics)), statistics, fontsize=7)
+    ax.grid(False)
+    fig.text(0.02, 1 - 0.15 / (height + 1.9), "calibration of the claim statistics\n"
+             "green: verdict = ground truth, red: wrong, grey: no ground truth\n"
+             "cell: verdict (expected); S supported, NS not supported, ? inconclusive, n/a no behaviour",
+             ha="left", va="top", fontsize=8)
+    return save(fig, out.with_suffix(""))

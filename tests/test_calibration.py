@@ -1,0 +1,180 @@
+"""The calibration stage end to end on a tiny model with an analytically planted late-MLP mechanism,
+and the calibration table's rules on hand-made claims tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import transformers
+import yaml
+
+from test_workflow import snakemake
+from tiny import CONFIGS, tiny_tokenizer, write_tiny_pairs
+
+HARMFUL_WORDS = ("bomb", "gun", "poison", "steal", "hack", "threat")
+N_LAYERS, ROUTE_LAYER, PLANT_LAYER = 6, 2, 4  # late band of 6 layers: 4..5; the final layer is untouched
+
+
+@torch.no_grad()
+def save_planted_late_mlp(directory: Path) -> None:
+    """A random 6-layer llama wired by hand: harmful-span tokens carry residual dimension 0; layer 2's
+    attention (uniform: zero queries and keys) copies it to every later position as dimension 1;
+    one unit of layer 4's MLP fires on dimension 1 and writes dimension 2, which the unembedding
+    reads as the refusal tokens "Sorry" and "I". No other module writes dimensions 0 and 1, so the
+    refusal is computed by the layer-4 MLP and nowhere else; the final layer is left as it was."""
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = CONFIGS["llama"]()
+    config.vocab_size, config.num_hidden_layers = len(tokenizer), N_LAYERS
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    embed = model.model.embed_tokens.weight
+    embed[:, :2] = 0.0
+    embed[tokenizer.convert_tokens_to_ids(list(HARMFUL_WORDS)), 0] = 1.0
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight[:2] = 0.0
+        layer.mlp.down_proj.weight[:2] = 0.0
+    route = model.model.layers[ROUTE_LAYER].self_attn
+    for proj in (route.q_proj, route.k_proj, route.v_proj, route.o_proj):
+        proj.weight.zero_()
+    route.v_proj.weight[0, 0] = 1.0  # key/value head 0 reads dimension 0 ...
+    route.o_proj.weight[1, 0] = 2.0  # ... and query head 0 writes it to dimension 1
+    mlp = model.model.layers[PLANT_LAYER].mlp
+    mlp.gate_proj.weight[0] = 0.0
+    mlp.up_proj.weight[0] = 0.0
+    mlp.gate_proj.weight[0, 1] = mlp.up_proj.weight[0, 1] = 1.0
+    mlp.down_proj.weight[:, 0] = 0.0
+    mlp.down_proj.weight[2, 0] = 1.0
+    head = model.lm_head.weight
+    head[:, 2] = 0.0
+    head[tokenizer.convert_tokens_to_ids(["Sorry", "I"]), 2] = 1.5
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("calibration")
+    save_planted_late_mlp(workdir / "plant")
+    write_tiny_pairs(workdir / "pairs.csv")
+    config = {
+        "models": [{"name": "plant-late-mlp", "source": "local", "path": str(workdir / "plant"),
+                    "expected_verdicts": {"C1": "supported", "C2": "supported", "C3": "not supported"}}],
+        "prompts": {"pairs_file": str(workdir / "pairs.csv")},
+        "metrics": {"refusal_phrases": ["Sorry", "I cannot"]},
+        "mediation": {"max_pairs": 4, "windows": [1, 3]},
+        "neuron": {"block_size": 16, "random_draws": 4},
+        "claims": {"random_draws": 10},
+        "probe": {"folds": 2},
+        "effects": {"bootstrap_samples": 200},
+    }
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    done = snakemake(workdir, path, "results/calibration.csv", "figures/calibration.png",
+                     "figures/plant-late-mlp/claims.md")
+    assert done.returncode == 0, done.stderr[-4000:]
+    return workdir
+
+
+def test_planted_late_mlp_is_found_and_calibration_marks_it(calibrated_run):
+    workdir = calibrated_run
+    claims = pd.read_csv(workdir / "results" / "plant-late-mlp" / "claims.csv").set_index("statistic")
+    assert claims.loc["behaviour_present_TE[refusal]", "verdict"] == "supported"
+    assert claims.loc["behaviour_present_TE[refusal]", "ci_low"] > 1.0
+    c1 = claims.loc["late_minus_early_window_NIE_share[refusal]"]
+    c2 = claims.loc["late_band_mlp_minus_attn_NIE_share[refusal]"]
+    gate = claims.loc["final_layer_topk_gate_sufficiency[refusal]"]
+    necessity = claims.loc["final_layer_topk_gate_necessity[refusal]"]
+    assert c1["verdict"] == "supported" and c1["value"] > 0.8
+    assert c2["verdict"] == "supported" and c2["value"] > 0.8
+    assert gate["verdict"] == "not supported" and abs(gate["value"]) < 0.1
+    assert necessity["verdict"] == "not supported" and abs(necessity["value"]) < 0.1
+    patches = pd.read_csv(workdir / "results" / "plant-late-mlp" / "claim_patches.csv", keep_default_na=False)
+    chosen = patches[(patches["role"] == "c1_late") & (patches["metric"] == "refusal")]
+    assert set(chosen["site"]) == {"mlp"} and set(chosen["layers"]) <= {"4:5", "4:6"}
+    inputs = [json.loads(line) for line in (workdir / "results" / "plant-late-mlp" / "inputs.jsonl").open()]
+    held_out = {p["pair_id"] for p in inputs if p["split"] == "held_out"}
+    assert set(patches["pair_id"]) == held_out  # judged on pairs that chose nothing
+
+    calibration = pd.read_csv(workdir / "results" / "calibration.csv", keep_default_na=False)
+    assert list(calibration.columns) == ["statistic", "model", "expected", "verdict", "value", "ci_low",
+                                         "ci_high", "correct"]
+    judged = calibration[calibration["expected"] != ""].set_index("statistic")
+    assert judged.loc["late_minus_early_window_NIE_share[refusal]", "correct"] == "true"
+    assert judged.loc["final_layer_topk_gate_sufficiency[refusal]", "expected"] == "not supported"
+    assert (judged["correct"] == "true").all()
+    assert (calibration[calibration["statistic"].str.endswith("[harm]")]["expected"] == "").all()
+    md = (workdir / "figures" / "plant-late-mlp" / "claims.md").read_text()
+    assert "| calibrated (right on 1 plant) |" in md and "| no ground truth |" in md
+    assert (workdir / "figures" / "calibration.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("lengths", [(13, 12), (12, 15)])
+def test_unpaired_claim_patches_use_the_configured_positions(lengths):
+    """Issue 9, defect 6: unpaired prompts forbid "all", so the claim patches take the module
+    stage's positions ("post") in each direction's own base run, and C2 runs."""
+    from harmmed.claim_patches import build_plan, pair_rows
+    from harmmed.claims import PATCH_COLUMNS
+    from harmmed.engine import MediationEngine
+    from harmmed.mediation import clean_runs
+    from harmmed.prompts import EncodedPair
+    from tiny import tiny_model
+
+    torch.manual_seed(0)
+    engine = MediationEngine(tiny_model("llama"), [3, 5])
+    harmful_len, benign_len = lengths
+    pair = EncodedPair("p-000", "held_out", "c", list(range(10, 7 + harmful_len)) + [2, 3, 4],
+                       list(range(50, 47 + benign_len)) + [2, 3, 4], [40, 41, 42],
+                       list(range(harmful_len - 3, harmful_len)))
+    cfg = {"claims": {"top_fraction": 0.05, "random_draws": 3, "seed": 0},
+           "mediation": {"module_positions": ["post"]}, "effects": {"min_abs_te": 0.0}}
+    module = pd.DataFrame([dict(pair_id="d", metric=m, kind="NIE", site=site, layer=layer, window=1,
+                                positions="post", y_benign=0.0, y_harmful=1.0, y_patched=0.1, effect=0.1)
+                           for m in ("harm", "refusal") for site in ("mlp", "attn") for layer in range(4)])
+    ranking = pd.DataFrame([dict(metric=m, site="neuron", layer=3, unit=u, rank=u + 1)
+                            for m in ("harm", "refusal") for u in range(48)])
+    plan = build_plan(cfg, {"n_layers": 4, "d_mlp": 48}, module, ranking)
+    assert plan.positions == "post" and plan.top["refusal"] == (0, 1, 2)
+    rows = pd.DataFrame(pair_rows(engine, pair, clean_runs(engine, pair), plan), columns=PATCH_COLUMNS)
+    assert set(rows["positions"]) == {"post"} and {"c1_early", "c1_late", "c2_mlp", "c2_attn"} <= set(rows["role"])
+    # the final MLP's units at the post positions of each base run include its last prompt token,
+    # the only one whose final-layer units reach the refusal score: the same as patching that token
+    from harmmed.engine import Patch
+
+    harmful, benign = clean_runs(engine, pair)
+    layer = rows[(rows["role"] == "c3_layer") & (rows["metric"] == "refusal")].set_index("kind")
+    last_only = {kind: engine.patch(base, source, [(Patch("neuron", 3, (len(ids) - 1,)),)])[0][1]
+                 for kind, base, source, ids in (("NIE", benign, harmful, pair.benign_ids),
+                                                 ("NEC", harmful, benign, pair.harmful_ids))}
+    assert layer.loc["NIE", "y_patched"] == pytest.approx(last_only["NIE"], abs=1e-5)
+    assert layer.loc["NEC", "y_patched"] == pytest.approx(last_only["NEC"], abs=1e-5)
+    assert abs(layer.loc["NIE", "effect"]) > 1e-4 and abs(layer.loc["NEC", "effect"]) > 1e-4
+
+
+def test_calibration_table_and_marks():
+    from harmmed.calibration import calibrated_marks, calibration_table
+
+    def table(*verdicts):
+        names = ["behaviour_present_TE[refusal]", "late_minus_early_window_NIE_share[refusal]",
+                 "late_minus_early_window_NIE_share[harm]", "probe_rel_depth_acc_ge_0.9"]
+        return pd.DataFrame({"claim": ["B", "C1", "C1", "C4"], "statistic": names, "verdict": list(verdicts),
+                             "value": 0.5, "ci_low": 0.1, "ci_high": 0.9})
+
+    tables = {"base": table("not supported", "not applicable (no behaviour)", "supported", "supported"),
+              "late": table("supported", "supported", "inconclusive", "supported"),
+              "early": table("supported", "inconclusive", "supported", "supported")}
+    expected = {"late": {"C1": "supported"}, "early": {"C1": "not supported"}}
+    cal = calibration_table(tables, expected, "refusal")
+    assert len(cal) == 12 and cal["model"].tolist()[:4] == ["base"] * 4
+    assert (cal[cal["model"] == "base"]["expected"] == "").all()
+    got = cal.set_index(["model", "statistic"])["correct"]
+    assert got[("late", "late_minus_early_window_NIE_share[refusal]")] == "true"
+    assert got[("early", "late_minus_early_window_NIE_share[refusal]")] == "false"  # inconclusive is wrong
+    assert got[("early", "late_minus_early_window_NIE_share[harm]")] == ""  # not the calibration metric
+    marks = calibrated_marks(cal)
+    assert marks["late_minus_early_window_NIE_share[refusal]"] == "not calibrated (wrong on early)"
+    assert marks["behaviour_present_TE[refusal]"] == "calibrated (right on 2 plants)"
+    assert marks["probe_rel_depth_acc_ge_0.9"] == "no ground truth"

@@ -1,0 +1,217 @@
+"""Claim statistics on synthetic results tables with a known mechanism.
+
+Each pattern is a mechanism written as data: the share of a pair's TE that patching a set of
+module outputs carries (a capped sum of per-module weights), and the contribution of every
+final-layer unit. From it the test builds the discovery module sweep (windows 1 and 5 at every
+layer, as the module stage writes it), lets claims.py choose the C1 windows, and builds the
+held-out claim patches the mediate_claims stage would write. One statistic, unchanged, must give
+each pattern its intended verdict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harmmed import claims
+from harmmed.effects import Bootstrap
+
+N_LAYERS, D_MLP = 30, 256  # the default model's depth; k = ceil(0.01 x 256) = 3 units
+THRESHOLDS = {"behaviour_min_te": {"harm": 0.1, "refusal": 0.5}, "C1_late_minus_early": 0.0,
+              "C2_mlp_minus_attn": 0.0, "C3_gate_share": 0.5}
+BOOT = Bootstrap(n_boot=400, ci=0.95, seed=0)
+MIN_ABS_TE = 0.1
+K = claims.top_k(D_MLP, 0.01)
+
+
+def weights(pattern: str) -> dict[tuple[str, int], float]:
+    """Share of the TE each module output carries when patched (joint patches add, capped at 1)."""
+    w = {(site, layer): 0.01 for site in ("mlp", "attn") for layer in range(N_LAYERS)}
+    w[("mlp", 0)] = 0.9  # the extended embedding: large in every model, never a claim's evidence
+    for layer in range(1, 10):
+        w[("mlp", layer)] = 0.04  # base features built early (C4), in every pattern
+    if pattern == "late_mlp":
+        w.update({("mlp", layer): 0.25 for layer in range(22, 26)})
+        w.update({("attn", layer): 0.06 for layer in range(20, 30)})  # routing to the MLPs
+    elif pattern == "late_attn":
+        w.update({("attn", layer): 0.25 for layer in range(22, 26)})
+    elif pattern == "gate":
+        w[("mlp", N_LAYERS - 1)] = 0.95
+        w.update({("attn", layer): 0.05 for layer in range(20, 29)})
+    elif pattern == "early_mlp_routed_late":
+        w.update({("mlp", layer): 0.25 for layer in range(3, 7)})  # computed early ...
+        w.update({("attn", layer): 0.07 for layer in range(20, 30)})  # ... routed late
+    return w
+
+
+def unit_contributions(pattern: str, rng: np.random.Generator) -> np.ndarray:
+    """Share of the TE each final-layer unit carries; they sum to the whole layer's share."""
+    units = rng.normal(0.0, 0.001, D_MLP)
+    if pattern == "gate":
+        units[[7, 50, 200]] = 0.31
+    elif pattern == "cancelling_units":
+        units[[3, 90, 140]] = 0.4  # the top three overshoot the layer (1.2 of the TE) ...
+        units[10:40] = -1.0 / 30  # ... and thirty others cancel them: the layer carries 0.2
+    return units
+
+
+def share(w: dict[tuple[str, int], float], site: str, layers) -> float:
+    return min(1.0, sum(w[(site, layer)] for layer in layers))
+
+
+def module_table(w, te: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """Discovery module sweep: NIE of single layers and 5-layer windows, every site and layer."""
+    rows = []
+    for i, t in enumerate(te):
+        for site in ("mlp", "attn"):
+            for window in (1, 5):
+                for layer in range(N_LAYERS):
+                    s = share(w, site, claims.window_layers(layer, window, N_LAYERS))
+                    effect = t * (s + rng.normal(0, 0.03))
+                    rows.append(dict(pair_id=f"d{i:02d}", metric="refusal", kind="NIE", site=site, layer=layer,
+                                     window=window, positions="all", y_benign=0.0, y_harmful=t,
+                                     y_patched=effect, effect=effect))
+    return pd.DataFrame(rows)
+
+
+def patch_rows(pattern: str, te_by_metric: dict[str, np.ndarray], windows, seed: int) -> pd.DataFrame:
+    """Held-out claim patches for the chosen windows, the late band and the final-layer units."""
+    rng = np.random.default_rng(seed)
+    w = weights(pattern)
+    random_sets = [rng.choice(D_MLP, K, replace=False) for _ in range(10)]
+    rows = []
+
+    def add(pid, metric, t, role, kind, s, draw=""):
+        effect = t * (s + rng.normal(0, 0.03))
+        patched = effect if kind == "NIE" else t - effect
+        rows.append(dict(pair_id=pid, metric=metric, role=role, kind=kind, site="", layers="", positions="all",
+                         units="", draw=draw, y_benign=0.0, y_harmful=t, y_patched=patched, effect=effect))
+
+    for metric, te in te_by_metric.items():
+        for i, t in enumerate(te):
+            pid = f"h{i:02d}"
+            for band in ("early", "late"):
+                window = windows.get(("refusal", band))
+                if window is not None:
+                    add(pid, metric, t, f"c1_{band}", "NIE", share(w, window.site, window.layers))
+            late = claims.late_band(N_LAYERS)
+            add(pid, metric, t, "c2_mlp", "NIE", share(w, "mlp", late))
+            add(pid, metric, t, "c2_attn", "NIE", share(w, "attn", late))
+            units = unit_contributions(pattern, rng)
+            top = np.argsort(-units, kind="stable")[:K]  # ranked on discovery: the true order here
+            for kind in ("NIE", "NEC"):
+                add(pid, metric, t, "c3_topk", kind, units[top].sum())
+                add(pid, metric, t, "c3_layer", kind, units.sum())
+                for draw, chosen in enumerate(random_sets):
+                    add(pid, metric, t, "c3_random", kind, units[chosen].sum(), draw)
+    return pd.DataFrame(rows)
+
+
+def run_pattern(pattern: str, seed: int = 0, refusal_te: float = 2.0) -> tuple[pd.DataFrame, dict]:
+    rng = np.random.default_rng(seed)
+    discovery_te = rng.normal(refusal_te, 0.3, 12)
+    windows = claims.select_c1_windows(module_table(weights(pattern), discovery_te, rng), "all", N_LAYERS,
+                                       MIN_ABS_TE)
+    held_out = {"refusal": rng.normal(refusal_te, 0.3, 16),
+                "harm": rng.normal(0.0, 0.05, 16)}  # no harm behaviour: its rows are not applicable
+    held_out["refusal"][:2] = [0.05, -0.02]  # two pairs without an effect are left out
+    table = claims.compute_claims(patch_rows(pattern, held_out, windows, seed + 1), THRESHOLDS, BOOT, MIN_ABS_TE)
+    return table, windows
+
+
+def verdicts(table: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(table["statistic"], table["verdict"]))
+
+
+C1 = "late_minus_early_window_NIE_share[refusal]"
+C2 = "late_band_mlp_minus_attn_NIE_share[refusal]"
+C3 = ("final_layer_topk_gate_sufficiency[refusal]", "final_layer_topk_gate_necessity[refusal]")
+INTENDED = {
+    "late_mlp": {C1: "supported", C2: "supported", C3[0]: "not supported", C3[1]: "not supported"},
+    "late_attn": {C1: "supported", C2: "not supported", C3[0]: "not supported", C3[1]: "not supported"},
+    "gate": {C1: "supported", C3[0]: "supported", C3[1]: "supported"},
+    "early_mlp_routed_late": {C1: "not supported", C3[0]: "not supported", C3[1]: "not supported"},
+    "cancelling_units": {C3[0]: "not supported", C3[1]: "not supported"},
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(INTENDED))
+def test_each_pattern_gets_its_intended_verdicts(pattern: str) -> None:
+    table, _ = run_pattern(pattern)
+    got = verdicts(table)
+    assert {stat: got[stat] for stat in INTENDED[pattern]} == INTENDED[pattern]
+    assert got["behaviour_present_TE[refusal]"] == "supported"
+    rows = table.set_index("statistic")
+    assert rows.loc[C1, "n_excluded"] == 2 and rows.loc[C1, "n_pairs"] == 14
+
+
+def test_windows_are_chosen_inside_the_bands_and_never_at_layer_zero() -> None:
+    _, windows = run_pattern("late_mlp")
+    assert windows[("refusal", "late")].site == "mlp"
+    assert set(range(22, 26)) <= set(windows[("refusal", "late")].layers) <= set(claims.late_band(N_LAYERS))
+    early = windows[("refusal", "early")]
+    assert 0 not in early.layers and set(early.layers) <= set(range(1, 10))
+    _, windows = run_pattern("early_mlp_routed_late")
+    assert windows[("refusal", "early")].site == "mlp" and set(range(3, 7)) <= set(windows[("refusal", "early")].layers)
+    assert windows[("refusal", "late")].site == "attn"
+
+
+def test_values_are_shares_of_the_te() -> None:
+    table, _ = run_pattern("late_attn")
+    rows = table.set_index("statistic")
+    # C2 = mlp band (10 x 0.01) - attn band (capped at 1); C1 = attn 22-26 (1.0) - mlp w5 in 1..9 (0.2).
+    assert rows.loc[C2, "value"] == pytest.approx(0.1 - 1.0, abs=0.03)
+    assert rows.loc[C1, "value"] == pytest.approx(1.0 - 0.2, abs=0.03)
+    table, _ = run_pattern("cancelling_units")
+    # The top three alone carry 1.2 of the TE (the overshoot); counted up to the layer's 0.2.
+    assert table.set_index("statistic").loc[C3[0], "value"] == pytest.approx(0.2, abs=0.05)
+
+
+def test_metric_without_behaviour_is_not_applicable() -> None:
+    table, _ = run_pattern("late_mlp")
+    got = verdicts(table)
+    assert got["behaviour_present_TE[harm]"] != "supported"
+    for stat in (C1, C2, *C3):
+        assert got[stat.replace("refusal", "harm")] == claims.NOT_APPLICABLE
+    weak, _ = run_pattern("late_mlp", refusal_te=0.3)  # a clear TE below the 0.5 threshold
+    assert verdicts(weak)["behaviour_present_TE[refusal]"] == "not supported"
+    assert verdicts(weak)[C1] == claims.NOT_APPLICABLE
+
+
+def test_missing_rows_read_not_run_and_output_is_deterministic(tmp_path: Path) -> None:
+    empty = claims.compute_claims(pd.DataFrame(columns=claims.PATCH_COLUMNS), THRESHOLDS, BOOT, MIN_ABS_TE)
+    assert set(empty["verdict"]) == {claims.NOT_RUN}
+    assert list(empty.columns) == list(claims.CLAIM_COLUMNS)
+    outputs = []
+    for run in ("a", "b"):
+        table, _ = run_pattern("gate")
+        claims.write_claims_csv(table, tmp_path / f"{run}.csv")
+        outputs.append((tmp_path / f"{run}.csv").read_bytes())
+    assert outputs[0] == outputs[1]
+    reread = claims.read_claims(tmp_path / "a.csv")
+    assert reread["verdict"].tolist() == table["verdict"].tolist()
+    md = claims.claims_markdown(reread, "Claims: gate", {C1: "calibrated (right on 4 plants)"})
+    assert "| calibrated (right on 4 plants) |" in md and "| no ground truth |" in md
+
+
+def test_verdict_rule_and_ties() -> None:
+    assert claims.verdict(0.6, 0.9, 0.5) == "supported"
+    assert claims.verdict(0.1, 0.4, 0.5) == "not supported"
+    assert claims.verdict(0.4, 0.6, 0.5) == "inconclusive"
+    assert claims.verdict(0.5, 0.6, 0.5) == "inconclusive"
+    assert claims.verdict(float("nan"), 0.6, 0.5) == "inconclusive"
+    assert claims.verdict(0.1, 0.4, 0.5, above=False) == "supported"
+    assert list(claims.early_band(30)) == list(range(1, 10)) and list(claims.late_band(30)) == list(range(20, 30))
+    assert claims.top_k(1536, 0.01) == 16 and claims.top_k(48, 0.01) == 1
+
+
+def test_window_layers_match_the_mediation_definition() -> None:
+    from harmmed.mediation import window_layers
+
+    for n in (4, 30):
+        for layer in range(n):
+            for window in (1, 3, 5):
+                assert claims.window_layers(layer, window, n) == window_layers(layer, window, n)

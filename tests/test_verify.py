@@ -1,0 +1,168 @@
+"""Reviewer verification on the tiny workflow: provenance, make verify (and that it fails when a
+table value or the weights change), and bundles that redraw every figure without torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harmmed.config import load_config
+from test_workflow import snakemake, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = ["layer", "module", "heatmap", "severed", "neuron", "neuron_attn_dims", "gating", "token"]
+NO_TORCH = ("import runpy, sys\n"
+            "for name in ('torch', 'transformers', 'safetensors', 'accelerate'):\n"
+            "    sys.modules[name] = None  # any import of them now raises ImportError\n"
+            "sys.argv = ['harmmed.redraw', *sys.argv[1:]]\n"
+            "runpy.run_module('harmmed.redraw', run_name='__main__')\n")
+
+
+@pytest.fixture(scope="module")
+def verified_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("verified")
+    config = tiny_config(workdir)
+    done = snakemake(workdir, config, "all", "verify_all", "bundle_all")
+    assert done.returncode == 0, done.stderr[-4000:]
+    return workdir, config
+
+
+def test_provenance_records_code_config_machine_and_every_digest(verified_run):
+    workdir, config = verified_run
+    results = workdir / "results" / "tiny"
+    record = json.loads((results / "provenance.json").read_text())
+    manifest = json.loads((results / "manifest.json").read_text())
+    assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
+    assert record["config"] == load_config(config) and len(record["config_sha256"]) == 64
+    assert {"python", "torch", "transformers", "snakemake"} <= set(record["versions"])
+    assert record["versions"]["torch"] and record["device"] == "cpu" and record["dtype"] == "float32"
+    assert record["threads"] == 1 and record["platform"]["machine"]
+    assert record["weights"] == {"path": "tiny-model", "sha256": manifest["sha256"]}
+    assert manifest["path"] == "tiny-model"  # relative: identical runs in two folders agree
+    for name, digest in record["results"].items():
+        assert hashlib.sha256((results / name).read_bytes()).hexdigest() == digest
+    assert {"layer.csv", "neuron.csv", "token.csv", "inputs.jsonl", "claims.csv", "manifest.json"} <= set(record["results"])
+    assert list(record["datasets"].values()) == [hashlib.sha256((workdir / "pairs.csv").read_bytes()).hexdigest()]
+    assert record["seeds"]["prompts.split_seed"] == 0 and record["seeds"]["gating.seed"] == 0
+
+
+def test_verification_passes_on_every_table(verified_run):
+    workdir, _ = verified_run
+    table = pd.read_csv(workdir / "results" / "tiny" / "verification.csv", keep_default_na=False)
+    assert list(table.columns) == ["table", "row_key", "quantity", "ours", "reference", "abs_diff"]
+    counts = table.groupby("table")["row_key"].nunique()
+    assert counts.to_dict() == {name: 20 for name in TABLES}
+    assert set(table["quantity"]) == {"y_benign", "y_harmful", "y_patched"}
+    assert table["abs_diff"].max() < 1e-5 and (table["ours"] != 0).all()
+    dims = table[table["table"] == "neuron_attn_dims"]["row_key"]
+    assert dims.str.contains("site=attn_dims").all()
+    report = (workdir / "figures" / "tiny" / "verification.md").read_text()
+    assert all(f"| {name} | 20 | " in report for name in TABLES) and report.count("| PASS |") == len(TABLES) + 22
+    assert "FAIL" not in report and "**PASS**" in report  # 22 checks: weights, 19 files, encoding, claims
+
+
+def _copy(workdir: Path, tmp_path: Path, monkeypatch) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(".snakemake"))
+    monkeypatch.chdir(copy)
+    return copy
+
+
+def _verify(config: Path):
+    from harmmed.stages import verify
+
+    verify(load_config(config), "results/tiny", "verification.csv", "verification.md")
+
+
+def test_verify_fails_when_one_value_moves_by_1e_3(verified_run, tmp_path, monkeypatch):
+    from harmmed.verify import VerificationFailed
+
+    workdir, config = verified_run
+    copy = _copy(workdir, tmp_path, monkeypatch)
+    results = copy / "results" / "tiny"
+    sampled = pd.read_csv(results / "verification.csv", keep_default_na=False)
+    key = sampled[sampled["table"] == "layer"]["row_key"].iloc[3]
+    lines = (results / "layer.csv").read_text().splitlines(keepends=True)
+    header = lines[0].strip().split(",")
+    fields = dict(item.split("=", 1) for item in key.split(";"))
+    index = next(i for i, line in enumerate(lines[1:], 1)
+                 if all(dict(zip(header, line.strip().split(",")))[c] == v for c, v in fields.items()))
+    cells = lines[index].rstrip("\n").split(",")
+    column = header.index("y_patched")
+    cells[column] = f"{float(cells[column]) + 1e-3:.9g}"
+    lines[index] = ",".join(cells) + "\n"
+    (results / "layer.csv").write_text("".join(lines))
+
+    with pytest.raises(VerificationFailed, match="layer"):
+        _verify(config)
+    report = Path("verification.md").read_text()
+    assert "| sha256 results/layer.csv | FAIL |" in report  # the provenance already catches it
+
+    record = json.loads((results / "provenance.json").read_text())  # a forger would update it
+    record["results"]["layer.csv"] = hashlib.sha256((results / "layer.csv").read_bytes()).hexdigest()
+    (results / "provenance.json").write_text(json.dumps(record))
+    with pytest.raises(VerificationFailed, match="layer") as info:
+        _verify(config)
+    assert "sha256" not in str(info.value)  # only the recomputation can catch a forged record
+    rows = pd.read_csv("verification.csv", keep_default_na=False)
+    worst = rows.groupby("table")["abs_diff"].max()
+    assert 9e-4 < worst["layer"] < 1.1e-3
+    assert (worst.drop("layer") < 1e-5).all()
+    assert "| layer | 20 | 0.001 | FAIL |" in Path("verification.md").read_text()
+
+
+def test_verify_fails_when_the_weights_change(verified_run, tmp_path, monkeypatch):
+    from harmmed.models import load_model
+    from harmmed.verify import VerificationFailed
+
+    workdir, config = verified_run
+    _copy(workdir, tmp_path, monkeypatch)
+    model, _ = load_model("tiny-model")
+    model.get_output_embeddings().weight.data[0, 0] += 0.5
+    model.save_pretrained("tiny-model")
+    with pytest.raises(VerificationFailed, match="weights sha256"):
+        _verify(config)
+    report = Path("verification.md").read_text()
+    assert "| weights sha256 | FAIL |" in report and "| layer | 0 | nan | NOT RUN |" in report
+
+
+def test_bundle_redraws_every_figure_without_torch(verified_run, tmp_path):
+    workdir, _ = verified_run
+    [bundle] = workdir.glob("results-tiny-*.tar.gz")
+    assert (workdir / f"{bundle.name}.sha256").read_text().split() == [
+        hashlib.sha256(bundle.read_bytes()).hexdigest(), bundle.name]
+    out = tmp_path / "redrawn"
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, str(bundle), str(out)], capture_output=True, text=True,
+                          cwd=tmp_path, env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin",
+                                             "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    original = workdir / "figures" / "tiny"
+    redrawn = out / "figures" / "tiny"
+    pngs = sorted(p.name for p in original.glob("*.png"))
+    assert len(pngs) == 13 and sorted(p.name for p in redrawn.glob("*.png")) == pngs
+    for name in [*pngs, "claims.md"]:
+        assert (redrawn / name).read_bytes() == (original / name).read_bytes(), name
+    assert "layer_curves.png" in (redrawn / "report.html").read_text()
+
+    tampered = tmp_path / bundle.name
+    tampered.write_bytes(bundle.read_bytes()[:-1] + bytes([bundle.read_bytes()[-1] ^ 1]))
+    shutil.copy(workdir / f"{bundle.name}.sha256", tmp_path)
+    bad = subprocess.run([sys.executable, "-c", NO_TORCH, str(tampered), str(tmp_path / "x")], capture_output=True,
+                         text=True, env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 1 and "does not match" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_bundle_is_byte_reproducible(verified_run, tmp_path):
+    from harmmed.redraw import pack
+
+    workdir, _ = verified_run
+    [bundle] = workdir.glob("results-tiny-*.tar.gz")
+    again = pack(workdir / "results" / "tiny" / "provenance.json", tmp_path / bundle.name)
+    assert again.read_bytes() == bundle.read_bytes()

@@ -1,0 +1,22 @@
+rule calibration:
+    """Every model's claims against the verdicts its config entry expects (planted models):
+    results/calibration.csv, the statistics x models grid, and each model's claims.md with
+    every statistic marked calibrated or not."""
+    input:
+        claims=expand("results/{model}/claims.csv", model=MODELS),
+    output:
+        csv="results/calibration.csv",
+        png=report("figures/calibration.png", caption="../report/calibration.rst", category="calibration"),
+        pdf="figures/calibration.pdf",
+        md=[report(f"figures/{model}/claims.md", caption="../report/claims.rst", category=model) for model in MODELS],
+    log:
+        "logs/calibration/calibration.log",
+    benchmark:
+        "benchmarks/calibration/calibration.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        expected={m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
+        metric=config["calibration"]["metric"],
+    script:
+        "../scripts/calibration.py"

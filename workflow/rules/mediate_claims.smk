@@ -1,0 +1,30 @@
+rule mediate_claims:
+    """Held-out interventions of the claim statistics: the C1 windows and C3 final-layer units
+    chosen on the discovery split, the late band's MLP and attention outputs jointly (C2), each
+    patched into the benign run (NIE) and held at benign values in the harmful run (necessity)."""
+    input:
+        manifest="results/{model}/manifest.json",
+        inputs="results/{model}/inputs.jsonl",
+        module="results/{model}/module.csv",
+        ranking="results/{model}/neuron_ranking.csv",
+    output:
+        patches="results/{model}/claim_patches.csv",
+    log:
+        "logs/mediate_claims/{model}.log",
+    benchmark:
+        "benchmarks/mediate_claims/{model}.tsv"
+    priority: 40
+    conda:
+        "../../envs/mediate.yaml"
+    threads: MODEL_THREADS
+    resources:
+        mem_mb=model_job_mem_mb("mediate_claims"),
+        gpu=MODEL_GPUS,
+        runtime=MODEL_RUNTIME,
+        slurm_partition=MODEL_PARTITION,
+    params:
+        claims={k: v for k, v in config["claims"].items() if k != "thresholds"},
+        positions=config["mediation"]["module_positions"][0],
+        min_abs_te=config["effects"]["min_abs_te"],
+    script:
+        "../scripts/mediate_claims.py"
