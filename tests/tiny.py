@@ -26,9 +26,12 @@ CONFIGS = {
 FAMILIES = sorted(CONFIGS)
 
 
-def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """``overrides`` set config fields (e.g. a larger ``initializer_range`` for larger effects)."""
     torch.manual_seed(seed)
     config = CONFIGS[family]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
     config._attn_implementation = "eager"
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()

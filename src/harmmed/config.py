@@ -185,6 +185,7 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
             )
         else:
             seen[name] = i
+    problems += _finetune_checks(cfg.get("models") or [])
     prompts = cfg.get("prompts") or {}
     mediation = cfg.get("mediation") or {}
     if (prompts.get("public") or {}).get("enabled") and prompts.get("mode") == "minimal":
@@ -201,6 +202,27 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
                 problems.append(f"mediation.{key}: 'all' needs token-aligned minimal pairs (mode unpaired)")
         if mediation.get("severed_positions") == "all":
             problems.append("mediation.severed_positions: 'all' needs token-aligned minimal pairs (mode unpaired)")
+    return problems
+
+
+def _finetune_checks(models: list[Any]) -> list[str]:
+    """A fine-tune's base must be another, non-finetune model; its trainable spec must parse."""
+    from .components import ComponentSpecError, parse_trainable
+
+    sources = {m.get("name"): m.get("source") for m in models if isinstance(m, dict)}
+    problems = []
+    for i, model in enumerate(models):
+        if not isinstance(model, dict) or model.get("source") != "finetune":
+            continue
+        base = model.get("base")
+        if base not in sources:
+            problems.append(f"models[{i}].base: no model named {base!r} in models")
+        elif sources[base] == "finetune":
+            problems.append(f"models[{i}].base: {base!r} is itself a fine-tune; name a downloaded model")
+        try:
+            parse_trainable(model.get("trainable"), f"models[{i}].trainable")
+        except ComponentSpecError as err:
+            problems.append(str(err))
     return problems
 
 

@@ -45,3 +45,6 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     low = 0.0 if k == 0 else max(0.0, centre - half)
     high = 1.0 if k == n else min(1.0, centre + half)
     return float(low), float(high)
+
+# recovery.csv: does the analysis find a planted mechanism (one row per model, plant, statistic)
+RECOVERY_COLUMNS = ["model", "plant", "statistic", "value", "ci_low", "ci_high", "target", "pass", "n_pairs"]

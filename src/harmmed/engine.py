@@ -13,12 +13,13 @@ naive work unnecessary, and both are exact, not approximations:
   so that row reads the cached base residual stream there, and each block runs only on the rows
   that have started (rows never interact inside a block).
 
-Many interventions on the same base run go into one forward pass, one batch row each; the batch
-size follows a memory budget and halves on out-of-memory without losing work. Final-layer neuron
+The engine reads as planning (``patches.plan_intervention``: where each intervention's
+recomputation starts), batching (``batching``: many interventions on the same base run go into
+one forward pass, one batch row each, sized by a memory budget and halved on out-of-memory
+without losing work) and execution (``_forward``, over the cache views). Final-layer neuron
 patches skip the full unembedding where it is provably a short combination of precomputed rows
-(``NeuronHead``). The plain path
-(``fast=False``) patches the full sequence with no reuse at all and is the reference the tests
-compare against.
+(``NeuronHead``). The plain path (``fast=False``) patches the full sequence with no reuse at all
+and is the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import os
 from functools import cached_property
 from weakref import WeakKeyDictionary
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
 from .arch import Sites, resolve_sites
+from .batching import BatchLimits, RowCost, batches, run_with_backoff
 from .cache_views import batch_view, partial_block, sliced_view, view_cache
 from .hooks import HookSet
 from .lowrank_head import NeuronHead
@@ -232,8 +234,11 @@ class MediationEngine:
             else:
                 first_of[plan.patches] = i
                 plans.append(plan)
-        for batch in self._batches(plans, base):
-            self._run_with_backoff(base, source, batch, out, progress)
+        cost = RowCost.of(self.model, self.sites.n_layers, self.sites.d_model, self.sites.d_mlp)
+        limits = BatchLimits(self.memory_budget_bytes, self.max_batch_size)
+        for batch in batches(plans, base, cost, limits):
+            run_with_backoff(batch, lambda chunk: self._forward(base, source, chunk, reuse=True), out, self.stats,
+                             self.device, progress)
         for i, first in copies:
             out[i] = out[first]
         return out
@@ -250,47 +255,6 @@ class MediationEngine:
         if progress is not None:
             progress.update(len(interventions))
         return np.mean(ys, axis=0)
-
-    def _row_bytes(self, base: Run, start_pos: int) -> float:
-        """Rough activation memory of one batch row: the budget only needs the right scale."""
-        seq = base.ids.shape[1] - start_pos
-        kv = 2 * self.sites.n_layers * base.ids.shape[1] * self.sites.d_model
-        width = 8 * self.sites.d_model + 3 * self.sites.d_mlp
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        elem = next(self.model.parameters()).element_size()
-        return elem * (seq * width + kv) + 4 * 3 * base.n_target * vocab
-
-    def _batches(self, plans: list[Planned], base: Run) -> Iterable[list[Planned]]:
-        """Group by start position (one shared prefix cache per batch), rows sorted by start
-        layer; each block then computes only the rows that have started (see _forward)."""
-        by_pos: dict[int, list[Planned]] = defaultdict(list)
-        for plan in plans:
-            by_pos[plan.start_pos].append(plan)
-        for start_pos in sorted(by_pos):
-            group = sorted(by_pos[start_pos], key=lambda p: (p.start_layer, p.index))
-            limit = int(max(1, min(self.max_batch_size, self.memory_budget_bytes // self._row_bytes(base, start_pos))))
-            for i in range(0, len(group), limit):
-                yield group[i : i + limit]
-
-    def _run_with_backoff(self, base: Run, source: Run, batch: list[Planned], out: np.ndarray, progress) -> None:
-        pending = [batch]
-        while pending:
-            chunk = pending.pop()
-            try:
-                ys = self._forward(base, source, chunk, reuse=True)
-            except torch.OutOfMemoryError:
-                if len(chunk) == 1:
-                    raise
-                self.stats["oom_backoffs"] += 1
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                half = len(chunk) // 2
-                pending += [chunk[half:], chunk[:half]]
-                continue
-            for plan, y in zip(chunk, ys):
-                out[plan.index] = y
-            if progress is not None:
-                progress.update(len(chunk))
 
     def _prefix_cache(self, base: Run, start_pos: int) -> DynamicCache:
         """Key/value cache of the base run's first ``start_pos`` tokens: a view into the clean

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .constants import METRICS
 from .engine import FROZEN_BASE, Intervention, MediationEngine, NoisedRuns, Patch, Run
 from .prompts import EncodedPair
+from .rows import outcome_rows
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class Cell:
     window: int
     positions: str
     severed: str | None = None
+
+    def labels(self) -> dict:
+        """The row labels before the outcomes (``severed`` follows them, on severed-path cells)."""
+        return {"kind": self.kind, "site": self.site, "layer": self.layer, "window": self.window,
+                "positions": self.positions}
 
 
 def base_prompt_len(pair: EncodedPair, kind: str) -> int:
@@ -137,15 +143,8 @@ def run_cells(engine: MediationEngine, pair: EncodedPair, cells: list[tuple[Cell
         if not chosen:
             continue
         ys = engine.patch(base, source, [iv for _, iv in chosen], progress=progress)
-        for (cell, _), y in zip(chosen, ys):
-            for m_index, metric in enumerate(METRICS):
-                row = {
-                    "pair_id": pair.pair_id, "metric": metric, "kind": cell.kind, "site": cell.site,
-                    "layer": cell.layer, "window": cell.window, "positions": cell.positions,
-                    "y_benign": benign.y[metric], "y_harmful": harmful.y[metric],
-                    "y_patched": float(y[m_index]), "effect": float(y[m_index]) - benign.y[metric],
-                }
-                if cell.severed is not None:
-                    row["severed"] = cell.severed
-                yield row
-
+        rows = outcome_rows(pair.pair_id, [cell.labels() for cell, _ in chosen], ys, runs)
+        for row, (cell, _) in zip(rows, (c for c in chosen for _ in METRICS)):
+            if cell.severed is not None:
+                row["severed"] = cell.severed
+        yield from rows

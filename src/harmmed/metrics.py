@@ -22,6 +22,12 @@ def refusal_token_ids(tokenizer, phrases: list[str]) -> list[int]:
     return sorted(ids)
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits are scored in float32; float64 ones stay float64, so first-order
+    checks of the metrics (finite differences) are not limited by float32 rounding."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def target_logprobs(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
     """Log-probability of each target token a batch of logits covers.
 
@@ -31,7 +37,7 @@ def target_logprobs(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Ten
     bookkeeping on a CPU).
     """
     k = min(logits.shape[1], target_ids.shape[-1])
-    logits = logits[:, :k].float()
+    logits = _at_least_float32(logits[:, :k])
     index = target_ids[:k].view(1, -1, 1).expand(logits.shape[0], -1, 1)
     return logits.gather(-1, index).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
@@ -46,7 +52,7 @@ def outcome_metrics(
     softmax normaliser cancels, so this is logsumexp over the refusal logits minus logsumexp over
     all others: a sum of positive terms each, stable even when p_R is within 1e-9 of 1.
     """
-    first = first_logits.float()
+    first = _at_least_float32(first_logits)
     log_refuse = torch.logsumexp(first[:, refusal_ids], dim=-1)
     log_other = torch.logsumexp(first.index_fill(1, refusal_ids, float("-inf")), dim=-1)
     return {"harm": per_token.double().mean(dim=-1), "refusal": (log_refuse - log_other).double()}

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .engine import Given, MediationEngine, Patch, Run
 from .constants import METRICS, UNIT_SITES
 from .mediation import clean_runs, joint_positions
 from .prompts import EncodedPair
+from .rows import outcome_rows
+from .sweep import sweep
 
 def blocks(width: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, width)) for start in range(0, width, size)]
@@ -33,17 +34,8 @@ def k_grid(width: int, extra: list[int]) -> list[int]:
 
 
 def _rows(pair: EncodedPair, runs: tuple[Run, Run], labels: list[dict], ys: np.ndarray, kind: str = "NIE") -> list[dict]:
-    harmful, benign = runs
-    positions = joint_positions(pair, kind)[0]
-    rows = []
-    for label, y in zip(labels, ys):
-        for m_index, metric in enumerate(METRICS):
-            rows.append({
-                "pair_id": pair.pair_id, "metric": metric, "kind": kind, "window": 1, "positions": positions,
-                "y_benign": benign.y[metric], "y_harmful": harmful.y[metric], "y_patched": float(y[m_index]),
-                "effect": float(y[m_index]) - benign.y[metric], **label,
-            })
-    return rows
+    shared = {"kind": kind, "window": 1, "positions": joint_positions(pair, kind)[0]}
+    return outcome_rows(pair.pair_id, [{**shared, **label} for label in labels], ys, runs)
 
 
 def final_and_extra_layers(n_layers: int, extra: list[int]) -> list[int]:
@@ -135,25 +127,18 @@ def sparsity_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, R
         order = ranking[(ranking["metric"] == metric) & (ranking["site"] == "neuron")].sort_values("rank")["unit"]
         order = order.astype(int).tolist()
         for k in grid:
-            labels.append((metric, "top", "", k))
+            labels.append({"metric": metric, "selection": "top", "draw": "", "k": k})
             interventions.append((Patch("neuron", final, everywhere, tuple(sorted(order[:k]))),))
     for k in grid:
         for draw, units in enumerate(random_sets[k]):
-            labels.append(("*", "random", draw, k))
+            labels.append({"metric": "*", "selection": "random", "draw": draw, "k": k})
             interventions.append((Patch("neuron", final, everywhere, units),))
-    labels.append(("*", "layer", "", width))
-    interventions.append((Patch("neuron", final, everywhere, None),))
+    interventions.append((Patch("neuron", final, everywhere, None),))  # the whole layer, last
     ys = engine.patch(benign, harmful, interventions)
     layer_y = ys[-1]
-    rows = []
-    for (metric, selection, draw, k), y in zip(labels[:-1], ys[:-1]):
-        for m_index, name in enumerate(METRICS):
-            if metric not in ("*", name):
-                continue
-            rows.append({"pair_id": pair.pair_id, "metric": name, "selection": selection, "draw": draw, "k": k,
-                         "y_benign": benign.y[name], "y_harmful": harmful.y[name], "y_patched": float(y[m_index]),
-                         "effect": float(y[m_index]) - benign.y[name],
-                         "layer_effect": float(layer_y[m_index]) - benign.y[name]})
+    rows = outcome_rows(pair.pair_id, labels, ys[:-1], runs)
+    for row in rows:
+        row["layer_effect"] = float(layer_y[METRICS.index(row["metric"])]) - benign.y[row["metric"]]
     return rows
 
 
@@ -191,23 +176,15 @@ def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run
             ablated[chosen] = engine.patch(harmful, harmful, [
                 (Patch(site, final, (last,), labels[i][4], Given(tuple(float(means[site][u]) for u in labels[i][4]))),)
                 for i in chosen])
-    ablation_labels = [("mean_ablate", *label[:3]) for label in labels]
-    labels = [("patch_benign", *label[:3]) for label in labels]
-    ablation_ys = list(ablated)
-    rows = []
-    for (intervention, units, draw, k), y in zip(labels + ablation_labels, list(patched) + ablation_ys):
-        for m_index, metric in enumerate(METRICS):
-            rows.append({"pair_id": pair.pair_id, "metric": metric, "intervention": intervention, "units": units,
-                         "draw": draw, "k": k, "y_benign": benign.y[metric], "y_harmful": harmful.y[metric],
-                         "y_patched": float(y[m_index]), "effect": float(y[m_index]) - harmful.y[metric]})
-    return rows
+    named = [dict(zip(("units", "draw", "k"), label[:3])) for label in labels]
+    return outcome_rows(pair.pair_id, [{"intervention": "patch_benign", **n} for n in named]
+                        + [{"intervention": "mean_ablate", **n} for n in named],
+                        list(patched) + list(ablated), runs, effect_from="harmful")
 
 
 def sweep_pairs(engine: MediationEngine, pairs: list[EncodedPair], per_pair, desc: str) -> list[dict]:
-    rows: list[dict] = []
-    for i, pair in enumerate(tqdm(pairs, desc=desc, unit="pair", mininterval=10, disable=False)):
-        rows.extend(per_pair(i, pair, clean_runs(engine, pair)))
-    return rows
+    """``sweep.sweep`` with a progress bar over pairs, for ``per_pair(index, pair, runs)``."""
+    return sweep(engine, pairs, lambda i, pair, runs, _bar: per_pair(i, pair, runs), desc)
 
 
 def gating_units_json(path: str | Path, layer: int, top: list[int], means: np.ndarray, random_units: list[int]) -> None:

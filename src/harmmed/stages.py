@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .constants import (GATING_COLUMNS, NEURON_COLUMNS, PROBE_COLUMNS, ROW_COLUMNS, SPARSITY_COLUMNS,
                         UNIT_SITES)
@@ -38,24 +37,29 @@ log = logging.getLogger("harmmed")
 
 # ---------------------------------------------------------------- download_model
 def download_model(cfg: dict, name: str, models_dir: str | Path, manifest_path: str | Path) -> dict:
-    from .arch import resolve_sites
-    from .metrics import refusal_token_ids
     from .models import fetch_model, load_model
 
     spec = model_spec(cfg, name)
     record = fetch_model(spec, Path(models_dir))
     model, tokenizer = load_model(record["path"], spec["dtype"], "cpu", spec.get("trust_remote_code", False))
+    manifest = {**record, **_describe_model(model, tokenizer, spec, cfg["metrics"]["refusal_phrases"])}
+    write_json(manifest, manifest_path)
+    return manifest
+
+
+def _describe_model(model, tokenizer, spec: dict, phrases: list[str]) -> dict:
+    """The manifest fields every model stage reads, whatever the model's source."""
+    from .arch import resolve_sites
+    from .metrics import refusal_token_ids
+
     sites = resolve_sites(model)
-    phrases = cfg["metrics"]["refusal_phrases"]
     refusal_ids = refusal_token_ids(tokenizer, phrases)
-    manifest = {
-        **record, "architecture": model.config.model_type, "n_layers": sites.n_layers, "d_model": sites.d_model,
+    return {
+        "architecture": model.config.model_type, "n_layers": sites.n_layers, "d_model": sites.d_model,
         "d_mlp": sites.d_mlp, "vocab_size": model.get_output_embeddings().weight.shape[0], "dtype": spec["dtype"],
         "device": spec["device"], "chat_template": tokenizer.chat_template, "refusal_phrases": phrases,
         "refusal_token_ids": refusal_ids, "refusal_tokens": [tokenizer.convert_ids_to_tokens(i) for i in refusal_ids],
     }
-    write_json(manifest, manifest_path)
-    return manifest
 
 
 # ---------------------------------------------------------------- prepare_prompts
@@ -95,17 +99,9 @@ def merge_shards(shard_paths: list[str], out: str | Path) -> None:
 
 
 def _sweep(engine: MediationEngine, pairs: list[EncodedPair], cells_of, desc: str) -> list[dict]:
-    """Run ``cells_of(index, pair)`` for every pair with one progress bar over interventions."""
-    from . import mediation
+    from .sweep import sweep_cells
 
-    planned = [(pair, cells_of(i, pair)) for i, pair in enumerate(pairs)]
-    total = sum(len(cells) for _, cells in planned)
-    rows: list[dict] = []
-    with tqdm(total=total, desc=desc, unit="patch", mininterval=10, disable=False) as bar:
-        for pair, cells in planned:
-            runs = mediation.clean_runs(engine, pair)
-            rows.extend(mediation.run_cells(engine, pair, cells, runs, progress=bar))
-    return rows
+    return sweep_cells(engine, pairs, cells_of, desc)
 
 
 def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
@@ -358,16 +354,13 @@ def mediate_token(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, 
     the request texts for the roles; it defaults to ``prompts.pairs_file`` (the workflow passes
     the file prepare_prompts read)."""
     from . import token
-    from .mediation import clean_runs
+    from .sweep import sweep
 
     engine, tokenizer = load_engine(cfg, read_manifest(manifest), threads)
     pairs = take_shard(select_pairs(read_inputs(inputs_path), cfg["token"]["split"], cfg["token"]["max_pairs"], "token.split"), shard)
     roles = token.pair_roles(tokenizer, pairs, token.pair_requests(pairs_path or cfg["prompts"]["pairs_file"]))
-    rows: list[dict] = []
-    total = sum(token.aligned_count(roles[p.pair_id]) for p in pairs)
-    with tqdm(total=total, desc="token", unit="patch", mininterval=10, disable=False) as bar:
-        for pair in pairs:
-            rows += token.token_rows(engine, pair, roles[pair.pair_id], clean_runs(engine, pair), bar)
+    rows = sweep(engine, pairs, lambda i, pair, runs, bar: token.token_rows(engine, pair, roles[pair.pair_id], runs, bar),
+                 "token", [token.aligned_count(roles[p.pair_id]) for p in pairs])
     write_table(rows, ROW_COLUMNS + ["role"], out_csv)
     log.info("token: %d pairs, %d rows; engine stats: %s", len(pairs), len(rows), engine.stats)
 
@@ -459,7 +452,8 @@ def _result_paths(results: Path) -> dict[str, str]:
              "severed": "severed.csv", "heatmap": "heatmap.csv", "tokens": "heatmap_tokens.json",
              "neuron": "neuron.csv", "ranking": "neuron_ranking.csv", "sparsity": "sparsity.csv",
              "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv",
-             "patches": "claim_patches.csv"}
+             "patches": "claim_patches.csv",
+             "screen": "screen.csv", "screen_report": "screen_report.csv", "screen_heldout": "screen_heldout.csv"}
     return {key: str(results / name) for key, name in names.items()}
 
 
@@ -490,7 +484,7 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
         prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
         checks.append(checks_of.same_bytes("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
                                            tmp / "inputs.jsonl"))
-        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv", "md": tmp / "claims.md"})
+        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv"})
         checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
                                            tmp / "claims.csv"))
     rows = []
@@ -545,29 +539,133 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
     for results in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
         cfg, paths = read_json(results / "provenance.json")["config"], _result_paths(results)
         figs = root / "figures" / results.name
-        figures(cfg, paths, figs)
-        neuron_figures(cfg, paths, figs)
-        token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
+        if Path(paths["heatmap"]).is_file():  # absent for a model that skips figures
+            figures(cfg, paths, figs)
+            neuron_figures(cfg, paths, figs)
+        if Path(paths["screen"]).is_file():  # absent for a model that skips screen
+            screen_figures(cfg, paths, figs)
+        if Path(paths["token"]).is_file():  # absent for a model that skips mediate_token
+            token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
         probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
-        generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
-        claims(cfg, paths, {"csv": figs / "claims.csv", "md": figs / "claims.md"})
+        if Path(paths["rates"]).is_file():  # absent for a model that skips generate
+            generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
+        claims(cfg, paths, {"csv": figs / "claims.csv"})
         if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
             raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
+        one_model = {**cfg, "models": [model_spec(cfg, results.name)]}  # claims.md, marked against its plant
+        with tempfile.TemporaryDirectory() as grid:  # the cross-model grid needs every model: not redrawn
+            calibration(one_model, [str(figs / "claims.csv")], {"csv": Path(grid) / "calibration.csv",
+                                                                "png": Path(grid) / "calibration.png",
+                                                                "md": [figs / "claims.md"]})
         (figs / "claims.csv").unlink()
-        _claims_md_from_bundle(root, results, figs / "claims.md")
         write_report(figs, results.name)
     return root
 
 
-def _claims_md_from_bundle(root: Path, results: Path, out: Path) -> None:
-    """claims.md of a bundled model, with the calibration marks of the bundled calibration.csv
-    (every configured model's verdicts against its plant) when the bundle carries one."""
-    from .calibration import calibrated_marks
-    from .claims import claims_markdown, read_claims
 
-    calibration_csv = root / "results" / "calibration.csv"
-    marks = calibrated_marks(pd.read_csv(calibration_csv, keep_default_na=False, dtype=str)) \
-        if calibration_csv.is_file() else None
-    with atomic_path(out) as tmp:
-        tmp.write_text(claims_markdown(read_claims(results / "claims.csv"), f"Claims: {results.name}", marks),
-                       encoding="utf-8")
+# ---------------------------------------------------------------- screen_units
+def screen_units(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, outputs: Paths,
+                 threads: int = 1) -> None:
+    """Attribution estimates of every MLP unit at every layer on the screened pairs, verified
+    exactly on the first of them, and held-out sparsity and adjacency tests of the screen's
+    ranking. ``outputs``: screen, screen_report, screen_heldout."""
+    from . import screen, screen_report
+
+    settings = screen.ScreenSettings.from_config(cfg)
+    engine, _ = load_engine(cfg, read_manifest(manifest), threads)
+    all_pairs, section = read_inputs(inputs_path), cfg["screen"]
+    screens, sets_of = screen.screen_pairs(engine, select_pairs(all_pairs, section["split"], section["max_pairs"]),
+                                           settings)
+    table = screen.screen_table(screens, sets_of)
+    report = screen_report.layer_report(table, screen.outcome_table(screens), settings.top_k, engine.sites.n_layers)
+    selections = screen.heldout_selections(screen.discovery_ranking(screens, settings.heldout_positions), settings,
+                                           settings.seed)
+    held = section["held_out"]
+    heldout = screen.heldout_sweep(engine, select_pairs(all_pairs, held["split"], held["max_pairs"]), selections,
+                                   settings)
+    write_table(table, screen.SCREEN_COLUMNS, outputs["screen"])
+    write_table(report, screen_report.REPORT_COLUMNS, outputs["screen_report"])
+    write_table(heldout, screen.HELDOUT_COLUMNS, outputs["screen_heldout"])
+    log.info("screen: %d pairs screened (%d verified), %d held-out rows; engine stats %s", len(screens),
+             min(len(screens), settings.verify_pairs), len(heldout), engine.stats)
+
+
+def screen_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
+    """The screen's four figures. ``inputs``: manifest, screen, screen_report, screen_heldout."""
+    from . import screen_plots
+    from .screen_report import pair_outcomes, read_screen
+
+    manifest, out_dir, held = read_manifest(inputs["manifest"]), Path(out_dir), cfg["screen"]["held_out"]
+    screen = read_screen(inputs["screen"])
+    heldout = read_table(inputs["screen_heldout"], ("positions", "units", "draw"))
+    outcomes = pair_outcomes(read_table(inputs["screen_report"]))
+    screen_plots.plot_screen_scatter(screen, manifest, out_dir / "screen_scatter")
+    screen_plots.plot_screen_heatmap(screen, outcomes, manifest, held["positions"], out_dir / "screen_heatmap")
+    screen_plots.plot_screen_sparsity(heldout, manifest, out_dir / "screen_sparsity")
+    screen_plots.plot_screen_adjacency(heldout, manifest, held["block_size"], out_dir / "screen_adjacency")
+# ---------------------------------------------------------------- finetune_model and recovery
+def finetune_model(cfg: dict, name: str, base_manifest: ManifestSource, models_dir: str | Path,
+                   manifest_path: str | Path, threads: int = 1) -> dict:
+    """Train a copy of the base's chosen components to refuse, save it as safetensors, check its
+    behaviour on held-out pairs and write its manifest. A model failing the check is never
+    silently used: with ``finetune.on_failure: error`` the stage fails (the record is kept in
+    ``<manifest>.failed.json``); with ``mark`` the manifest says ``behaviour.passed: false``."""
+    from . import finetune
+    from .behaviour import BehaviourCheckError, behaviour_check, describe_failure
+    from .models import safetensors_digest
+
+    spec, settings = model_spec(cfg, name), cfg["finetune"]
+    index = [m["name"] for m in cfg["models"]].index(name)
+    base = read_manifest(base_manifest)
+    trained = finetune.fine_tune(spec, base, f"models[{index}]", threads)
+    out_dir = finetune.save_model(trained.model, trained.tokenizer, Path(models_dir) / name / "hf")
+    manifest = {"name": name, "source": "finetune", "path": str(out_dir), "revision": None,
+                "sha256": safetensors_digest(out_dir),
+                **_describe_model(trained.model, trained.tokenizer, spec, cfg["metrics"]["refusal_phrases"]),
+                **trained.record(spec, base)}
+    prompts = cfg["prompts"]
+    rows = read_pairs(prompts["pairs_file"])
+    pairs, _ = encode_pairs(trained.tokenizer, rows, prompts["mode"],
+                            split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"]))
+    manifest["behaviour"] = behaviour_check(
+        trained.model, trained.tokenizer, select_pairs(pairs, settings["check_split"], settings["max_pairs"]),
+        manifest["refusal_token_ids"], cfg["generation"]["judge"]["phrases"], settings["max_new_tokens"],
+        settings["thresholds"])
+    log.info("%s behaviour: %s", name, {k: v for k, v in manifest["behaviour"].items() if k != "pair_ids"})
+    if not manifest["behaviour"]["passed"] and settings["on_failure"] == "error":
+        write_json(manifest, f"{manifest_path}.failed.json")
+        raise BehaviourCheckError(describe_failure(name, manifest["behaviour"]))
+    write_json(manifest, manifest_path)
+    return manifest
+
+
+def recovery(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking_csv: str | Path,
+             recovery_csv: str | Path, threads: int = 1) -> pd.DataFrame:
+    """Recovery statistics of one model: against its own plant (with targets), or, for a model
+    without one, against every configured plant (the null)."""
+    from . import recovery as rec
+
+    settings, manifest = cfg["recovery"], read_manifest(manifest)
+    plants = rec.plants_for(manifest, cfg["models"])
+    ranking = pd.read_csv(ranking_csv)
+    rankings = {p.name: rec.ranked_units(ranking, cfg["gating"]["metric"], p.band[0])
+                for p in plants if p.spec.site == "neuron"}
+    engine, _ = load_engine(cfg, manifest, threads)
+    pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
+    effects = pd.DataFrame([rec.pair_effects(engine, pair, plants, rankings)
+                            for pair in tqdm(pairs, desc="recovery", unit="pair", mininterval=10)])
+    own = manifest["name"] if manifest.get("planted") else None
+    rows = rec.recovery_rows(manifest["name"], effects, plants, own, rankings, engine.sites.n_layers,
+                             rec.Targets(**settings["targets"]), cfg["effects"]["min_abs_te"],
+                             (cfg["effects"]["bootstrap_samples"], cfg["effects"]["ci"], cfg["effects"]["seed"]))
+    rows += rec.behaviour_rows(manifest, own, len(pairs))
+    write_table(rows, RECOVERY_COLUMNS, recovery_csv)
+    log.info("recovery of %s on %d pairs:\n%s", manifest["name"], len(pairs), pd.DataFrame(rows).to_string(index=False))
+    return pd.DataFrame(rows)
+
+
+def recovery_figure(recovery_csvs: list[str], out: str | Path) -> None:
+    """figures/recovery.png (and PDF) from every model's recovery.csv (analysis environment)."""
+    from .recovery import plot_recovery, read_recovery
+
+    plot_recovery([read_recovery(path) for path in recovery_csvs], Path(out).with_suffix(""))

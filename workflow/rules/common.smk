@@ -1,6 +1,7 @@
 # Globals, input functions and resource requests shared by the rules and by `rule all` (included
 # first by the Snakefile). Functions live here only (rule files hold rules), as `snakemake --lint` asks.
 import os
+import re
 
 from harmmed.cluster import JobNeverFits, check_fits, model_mem_mb, slurm_nodes, weights_mb
 from harmmed.shards import shard_ids
@@ -8,11 +9,14 @@ from harmmed.provenance import config_digest, git_state, short_commit
 from harmmed.storage import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
+FINETUNED = {m["name"]: m for m in config["models"] if m["source"] == "finetune"}
+SKIPPED = {m["name"]: set(m["skip_stages"]) for m in config["models"]}  # a model's skip_stages
 PUBLIC = config["prompts"]["public"]
 
 # Figures written per model (PNG for the report, PDF beside each).
 MODEL_FIGURES = ["layer_curves", "module_curves", "severed_paths", "heatmap_harm", "heatmap_refusal"]
 NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
+SCREEN_FIGURES = ["screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"]
 TOKEN_METRICS = ["harm", "refusal"]
 
 # Tables of the model stages that split their pairs into `shards` jobs ({shard} = 0of4, ...).
@@ -20,9 +24,19 @@ SHARDED_TABLES = ["layer", "severed", "module", "heatmap", "heatmap_tokens", "to
 SHARDS = shard_ids(config["shards"])
 
 
+def _names_regex(names):
+    """A wildcard constraint matching exactly these model names (nothing, for none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
 def results(path):
     """``results/<model>/<path>`` for every configured model."""
     return expand(f"results/{{model}}/{path}", model=MODELS)
+
+
+def per_model(pattern, stage, **wildcards):
+    """``pattern`` for every model that runs ``stage`` (a model's skip_stages leave it out)."""
+    return expand(pattern, model=[m for m in MODELS if stage not in SKIPPED[m]], **wildcards)
 
 
 def model_figure(name, caption):
@@ -116,10 +130,31 @@ RESULT_FILES = [
     "generation_rates.csv",
     "claim_patches.csv",
     "claims.csv",
+    "screen.csv",
+    "screen_report.csv",
+    "screen_heldout.csv",
 ]
+# Result files of stages a model may skip (skip_stages): left out of its provenance and bundle.
+STAGE_FILES = {
+    "figures": ["heatmap.csv", "heatmap_tokens.json"],  # the heatmaps feed only the figures
+    "mediate_token": ["token.csv"],
+    "generate": ["generations.jsonl", "generation_rates.csv"],
+    "screen": ["screen.csv", "screen_report.csv", "screen_heldout.csv"],
+}
 COMMIT = short_commit(git_state(workflow.basedir))
+# the threads a model stage runs with: MODEL_THREADS, scaled down to --cores on one machine
+_cores = getattr(workflow, "cores", None)
+MODEL_STAGE_THREADS = (
+    min(MODEL_THREADS, _cores) if isinstance(_cores, int) and not workflow.non_local_exec else MODEL_THREADS
+)
 
 
 def dataset_files(wildcards):
     """Files the prompt pairs were built from, besides the pairs file itself."""
     return [PUBLIC["lock_file"]] if PUBLIC["enabled"] else []
+
+
+def result_files(wildcards):
+    """The model's result files, less those of the stages it skips."""
+    skipped = {name for stage in SKIPPED[wildcards.model] for name in STAGE_FILES.get(stage, [])}
+    return [f"results/{wildcards.model}/{name}" for name in RESULT_FILES if name not in skipped]

@@ -7,6 +7,8 @@ rule download_model:
         "logs/download_model/{model}.log",
     benchmark:
         "benchmarks/download_model/{model}.tsv"
+    wildcard_constraints:
+        model=_names_regex([m for m in MODELS if m not in FINETUNED]),
     conda:
         "../../envs/prepare.yaml"
     threads: 1

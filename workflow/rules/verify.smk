@@ -7,7 +7,7 @@ rule provenance:
     platform, device, dtype, threads, and the sha256 of the weights, the datasets, every result
     file and the seeds."""
     input:
-        results=expand("results/{{model}}/{name}", name=RESULT_FILES),
+        results=result_files,
         pairs=pairs_source,
         datasets=dataset_files,
     output:
@@ -33,7 +33,7 @@ rule verify:
     input:
         manifest="results/{model}/manifest.json",
         provenance="results/{model}/provenance.json",
-        results=expand("results/{{model}}/{name}", name=RESULT_FILES),
+        results=result_files,
     output:
         csv="results/{model}/verification.csv",
         md="figures/{model}/verification.md",
@@ -59,7 +59,7 @@ rule bundle:
     """results-<model>-<commit>.tar.gz and its .sha256: the tables, provenance and claims."""
     input:
         provenance="results/{model}/provenance.json",
-        results=expand("results/{{model}}/{name}", name=RESULT_FILES),
+        results=result_files,
     output:
         bundle=f"results-{{model}}-{COMMIT}.tar.gz",
         sha256=f"results-{{model}}-{COMMIT}.tar.gz.sha256",

@@ -1,0 +1,360 @@
+"""Models with a known mechanism: fine-tune chosen components of a base model to refuse.
+
+A component spec names what may change (the ground truth of a plant): ``all``; ``{site: mlp,
+layers: [a, b]}`` and ``{site: attn, layers: [a, b]}`` (inclusive layer bands); ``{site: neuron,
+layer: L, units: K}`` (K seeded units of layer L's MLP: their rows of the MLP input projections
+and their column of the down projection, by gradient masking). Specs resolve through the
+architecture table, so no family needs its own code.
+
+Blocks below the lowest trainable block are frozen and see only frozen inputs, so their output is
+computed once per example and replayed every epoch: a late plant trains in seconds on a CPU.
+Training is deterministic (seeded shuffle, no dropout, fixed threads), so the same inputs on the
+same machine give byte-identical weights.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .arch import Sites, resolve_sites
+from .components import ComponentSpec, ComponentSpecError, parse_trainable, seeded_units
+from .hooks import HookSet
+from .prompts import encode_prompt
+
+TRAIN_COLUMNS = ("example_id", "category", "kind", "request", "response")
+TRAIN_KINDS = ("harmful", "benign")
+
+
+@dataclass
+class TrainablePlan:
+    """A spec resolved on one model: parameter names, gradient masks, and where training starts."""
+
+    spec: ComponentSpec
+    names: list[str]
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> 0/1 mask of its gradient
+    first_block: int = 0  # blocks below this are frozen and see only frozen inputs
+    units: list[int] | None = None
+
+    def count(self, model: torch.nn.Module) -> int:
+        params = dict(model.named_parameters())
+        return int(sum(self.masks[n].sum().item() if n in self.masks else params[n].numel() for n in self.names))
+
+
+def _check_layers(spec: ComponentSpec, sites: Sites, key: str) -> None:
+    first, last = spec.layers
+    if not 0 <= first <= last < sites.n_layers:
+        name = "layer" if spec.site == "neuron" else "layers"
+        raise ComponentSpecError(f"{key}.{name}: {list(spec.layers)} outside 0..{sites.n_layers - 1} of this model")
+    if spec.site == "neuron" and spec.units > sites.d_mlp:
+        raise ComponentSpecError(f"{key}.units: {spec.units} exceeds the layer's {sites.d_mlp} MLP units")
+
+
+def _prefixed(model: torch.nn.Module, module: torch.nn.Module) -> list[str]:
+    """Full parameter names (as ``model.named_parameters`` gives them) of a submodule's parameters."""
+    ids = {id(p) for p in module.parameters()}
+    return [name for name, p in model.named_parameters() if id(p) in ids]
+
+
+def resolve_trainable(model: torch.nn.Module, spec: ComponentSpec, seed: int, key: str = "trainable") -> TrainablePlan:
+    """Which parameters (and which of their entries) train, through the architecture table."""
+    if spec.site == "all":
+        return TrainablePlan(spec, [name for name, _ in model.named_parameters()])
+    sites = resolve_sites(model)
+    _check_layers(spec, sites, key)
+    first, last = spec.layers
+    if spec.site in ("mlp", "attn"):
+        names = [n for layer in range(first, last + 1)
+                 for n in _prefixed(model, getattr(sites, spec.site)(layer))]
+        return TrainablePlan(spec, names, first_block=first)
+    units = seeded_units(sites.d_mlp, spec.units, seed)
+    return TrainablePlan(spec, *_unit_masks(model, sites, first, units), first_block=first, units=units)
+
+
+def _unit_masks(model: torch.nn.Module, sites: Sites, layer: int, units: list[int]
+                ) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Masks that let only the chosen units' weights train: their rows (output features) of every
+    MLP input projection and their column (input features) of the down projection. Biases of the
+    input projections train at the units; the down projection's bias is shared, so it stays."""
+    mlp, down = sites.mlp(layer), sites.down_proj(layer)
+    down_ids = {id(p) for p in down.parameters()}
+    names, masks = [], {}
+    full = dict(model.named_parameters())
+    for module in [m for m in mlp.modules() if not list(m.children())]:
+        for local, param in module.named_parameters(recurse=False):
+            is_down = id(param) in down_ids
+            if is_down and local != "weight":
+                continue
+            axis = _unit_axis(module, param, sites.d_mlp, is_down)
+            if axis is None:
+                continue
+            mask = torch.zeros_like(param)
+            mask.index_fill_(axis, torch.tensor(units, dtype=torch.long, device=param.device), 1.0)
+            name = next(n for n, p in full.items() if p is param)
+            names.append(name)
+            masks[name] = mask
+    if not any(id(full[n]) in down_ids for n in names):
+        raise ComponentSpecError(f"layer {layer}: no down-projection weight found through the architecture table")
+    return names, masks
+
+
+def _unit_axis(module: torch.nn.Module, param: torch.nn.Parameter, d_mlp: int, is_down: bool) -> int | None:
+    """The axis of ``param`` that indexes MLP units. Linear weights are (out, in) and GPT-2's
+    Conv1D weights (in, out), so the module type decides, not the shape (d_mlp may equal d_model)."""
+    if param.dim() == 1:
+        return 0 if (not is_down and param.shape[0] == d_mlp) else None
+    transposed = type(module).__name__ == "Conv1D"
+    axis = (1 if is_down else 0) ^ int(transposed)
+    if param.shape[axis] != d_mlp:
+        raise ComponentSpecError(f"{type(module).__name__} weight {tuple(param.shape)}: no unit axis of size {d_mlp}")
+    return axis
+
+
+# ---------------------------------------------------------------- training data
+@dataclass(frozen=True)
+class Example:
+    example_id: str
+    kind: str
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+
+
+def read_training_rows(path: str | Path) -> list[dict[str, str]]:
+    """The training CSV; a defect is reported with its file, row and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training data file not found")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in TRAIN_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: header lacks column(s) {', '.join(missing)}")
+        rows = []
+        for number, row in enumerate(reader, start=2):
+            for column in TRAIN_COLUMNS:
+                if not (row.get(column) or "").strip():
+                    raise ValueError(f"{path}, row {number}, column {column!r}: empty value")
+            if row["kind"] not in TRAIN_KINDS:
+                raise ValueError(f"{path}, row {number}, column 'kind': must be one of {TRAIN_KINDS}, got {row['kind']!r}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no training examples")
+    return rows
+
+
+def balanced_subset(rows: Sequence[dict[str, str]], max_examples: int | None, seed: int) -> list[dict[str, str]]:
+    """At most ``max_examples`` rows, half of each kind, drawn by ``seed`` (file order kept):
+    training cost on a CPU is linear in the examples, and a plant needs only a few dozen."""
+    if max_examples is None or max_examples >= len(rows):
+        return list(rows)
+    rng = np.random.default_rng(seed)
+    keep: set[int] = set()
+    for k, kind in enumerate(TRAIN_KINDS):
+        index = [i for i, row in enumerate(rows) if row["kind"] == kind]
+        share = max_examples // 2 + (max_examples % 2 if k == 0 else 0)
+        keep.update(int(i) for i in rng.permutation(index)[:share])
+    return [row for i, row in enumerate(rows) if i in keep]
+
+
+def encode_examples(tokenizer, rows: Sequence[dict[str, str]]) -> list[Example]:
+    """Templated prompt ids and response ids, tokenized the way targets are (no special tokens)."""
+    out = []
+    for row in rows:
+        prompt, _ = encode_prompt(tokenizer, row["request"])
+        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        out.append(Example(row["example_id"], row["kind"], tuple(prompt), tuple(response)))
+    return out
+
+
+# ---------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+
+
+def _padded(examples: Sequence[Example], pad_id: int, device: torch.device | str = "cpu"
+            ) -> tuple[torch.Tensor, list[int]]:
+    """Right-padded ids (no attention mask needed: causal attention never looks right)."""
+    seqs = [list(e.prompt_ids + e.response_ids) for e in examples]
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long, device=device)
+    return ids, [len(s) for s in seqs]
+
+
+def _logits(model: torch.nn.Module, head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head, with the final logit soft-capping of the families that have one (Gemma 2)."""
+    config = getattr(model.config, "text_config", None) or model.config
+    logits = head(hidden)
+    cap = getattr(config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _loss(hidden: torch.Tensor, head, examples: Sequence[Example], ids: torch.Tensor) -> torch.Tensor:
+    """Per example: cross-entropy of the first response token (the decision the behaviour check
+    and the refusal metric read) plus the mean over all response tokens; mean over the batch.
+    ``hidden`` is the final-normed residual; only the response positions go through the LM head,
+    which otherwise costs as much as the trained blocks."""
+    rows, cols, targets, first = [], [], [], []
+    for row, example in enumerate(examples):
+        start, n = len(example.prompt_ids), len(example.response_ids)
+        first.append(len(cols))
+        rows += [row] * n
+        cols += list(range(start - 1, start - 1 + n))
+        targets += list(ids[row, start : start + n].tolist())
+    log_probs = torch.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
+    picked = log_probs.gather(-1, torch.tensor(targets, device=hidden.device).unsqueeze(-1)).squeeze(-1)
+    bounds = first + [len(cols)]
+    terms = [-(picked[a] + picked[a:b].mean()) for a, b in zip(bounds[:-1], bounds[1:])]
+    return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def frozen_outputs(model: torch.nn.Module, examples: Sequence[Example], block: int, batch_size: int,
+                   pad_id: int) -> list[torch.Tensor]:
+    """Each example's output of block ``block`` (its own positions only): computed once."""
+    sites = resolve_sites(model)
+    out: list[torch.Tensor] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        ids, lengths = _padded(chunk, pad_id, next(model.parameters()).device)
+        seen: list[torch.Tensor] = []
+        with HookSet() as hooks:
+            hooks.on_output(sites.block(block), lambda x: seen.append(x.detach().clone()))
+            for layer in range(block + 1, sites.n_layers):  # the rest of the pass is not needed
+                hooks.replace_forward(sites.block(layer), lambda *a, **k: seen[0])
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        out.extend(seen[0][row, :length] for row, length in enumerate(lengths))
+    return out
+
+
+def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Example], settings: TrainSettings,
+          pad_id: int, progress: bool = True) -> list[float]:
+    """Fine-tune ``plan``'s parameters in place; returns the mean loss of each epoch.
+
+    Dropout stays off (eval mode) and the shuffle is seeded, so a rerun on the same machine with
+    the same thread count reproduces every weight bit for bit.
+    """
+    torch.manual_seed(settings.seed)
+    params = dict(model.named_parameters())
+    for name, param in params.items():
+        param.requires_grad_(name in plan.names)
+    trainable = [params[n] for n in plan.names]
+    optimizer = torch.optim.Adam(trainable, lr=settings.lr, weight_decay=0.0, foreach=False)
+    sites = resolve_sites(model)
+    head = model.get_output_embeddings()
+    cached = (frozen_outputs(model, examples, plan.first_block - 1, settings.batch_size, pad_id)
+              if plan.first_block > 0 else None)
+    rng = np.random.default_rng(settings.seed)
+    losses = []
+    for epoch in range(settings.epochs):
+        order = rng.permutation(len(examples))
+        total, batches = 0.0, 0
+        steps = range(0, len(order), settings.batch_size)
+        for start in tqdm(steps, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress,
+                          mininterval=5):
+            index = order[start : start + settings.batch_size]
+            batch = [examples[i] for i in index]
+            ids, _ = _padded(batch, pad_id, next(model.parameters()).device)
+            with HookSet() as hooks:
+                if cached is not None:
+                    frozen = _stacked([cached[i] for i in index], ids.shape[1])
+                    for layer in range(plan.first_block):
+                        hooks.replace_forward(sites.block(layer), lambda *a, _h=frozen, **k: _h)
+                # the loss applies the head only where it is read; the model's own head call is a stub
+                normed: list[torch.Tensor] = []
+                hooks.on_output(sites.final_norm, normed.append)
+                hooks.replace_forward(head, lambda x: x[..., :1])
+                model(input_ids=ids, use_cache=False)
+            loss = _loss(normed[0], lambda h: _logits(model, head, h), batch, ids)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for name, mask in plan.masks.items():
+                params[name].grad.mul_(mask)
+            optimizer.step()
+            total += float(loss.detach())
+            batches += 1
+        losses.append(total / max(batches, 1))
+    for param in params.values():
+        param.requires_grad_(False)
+    return losses
+
+
+def _stacked(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
+    for i, row in enumerate(rows):
+        out[i, : row.shape[0]] = row
+    return out
+
+
+# ---------------------------------------------------------------- one fine-tune, as the stage runs it
+@dataclass
+class Trained:
+    """A fine-tuned model and everything its manifest records about the training."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    component: ComponentSpec
+    plan: TrainablePlan
+    examples: list[Example]
+    losses: list[float]
+    seconds: float
+    threads: int
+
+    def record(self, spec: dict, base: dict) -> dict:
+        """The manifest fields of a fine-tune: its inputs (by sha256), settings and ground truth."""
+        from .fetch import sha256_file
+
+        planted = self.component.planted()
+        if planted is not None and self.plan.units is not None:
+            planted["unit_ids"] = self.plan.units
+        return {
+            "base": spec["base"], "base_sha256": base["sha256"], "data": str(spec["data"]),
+            "data_sha256": sha256_file(spec["data"]), "max_examples": spec.get("max_examples"),
+            "examples": [e.example_id for e in self.examples], "trainable": spec["trainable"],
+            "trainable_parameters": self.plan.names, "trainable_count": self.plan.count(self.model),
+            "planted": planted, "seed": spec["seed"], "epochs": spec["epochs"], "lr": spec["lr"],
+            "batch_size": spec["batch_size"], "threads": self.threads, "torch": torch.__version__,
+            "loss_per_epoch": self.losses, "training_seconds": round(self.seconds, 3),
+        }
+
+
+def fine_tune(spec: dict, base: dict, key: str, threads: int) -> Trained:
+    """Load the base (float32, the spec's device), train the spec's components on its data."""
+    import time
+
+    from .models import load_model
+
+    torch.set_num_threads(max(1, threads))
+    model, tokenizer = load_model(base["path"], "float32", spec["device"], spec.get("trust_remote_code", False))
+    component = parse_trainable(spec["trainable"], f"{key}.trainable")
+    plan = resolve_trainable(model, component, spec["seed"], f"{key}.trainable")
+    rows = balanced_subset(read_training_rows(spec["data"]), spec.get("max_examples"), spec["seed"])
+    examples = encode_examples(tokenizer, rows)
+    settings = TrainSettings(spec["epochs"], spec["lr"], spec["batch_size"], spec["seed"])
+    start = time.perf_counter()
+    losses = train(model, plan, examples, settings, tokenizer.pad_token_id)
+    model.eval()
+    return Trained(model, tokenizer, component, plan, examples, losses, time.perf_counter() - start, max(1, threads))
+
+
+def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
+    """Safetensors weights and the tokenizer, staged beside ``out_dir`` and moved in whole."""
+    import os
+    import shutil
+
+    staged = out_dir.with_name(f".{out_dir.name}-staged")
+    shutil.rmtree(staged, ignore_errors=True)
+    model.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(staged, out_dir)
+    return out_dir

@@ -1,0 +1,164 @@
+"""Fine-tuning chosen components: exactly the named parameters change, deterministically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harmmed.arch import resolve_sites
+from harmmed.components import ComponentSpecError, parse_trainable
+from harmmed.finetune import Example, TrainSettings, resolve_trainable, train
+from tiny import FAMILIES, VOCAB, tiny_model
+
+SETTINGS = TrainSettings(epochs=2, lr=1e-2, batch_size=3, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bit-identical reruns need a fixed thread count; one keeps the shared CPU free."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _examples(n: int = 7) -> list[Example]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(n):
+        prompt = torch.randint(5, VOCAB, (4 + i % 3,), generator=g).tolist()
+        response = torch.randint(5, VOCAB, (3,), generator=g).tolist()
+        out.append(Example(f"e{i}", "harmful" if i % 2 else "benign", tuple(prompt), tuple(response)))
+    return out
+
+
+def _trained(family: str, trainable, seed: int = 0) -> tuple[torch.nn.Module, dict[str, torch.Tensor], object]:
+    model = tiny_model(family)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plan = resolve_trainable(model, parse_trainable(trainable), seed)
+    losses = train(model, plan, _examples(), SETTINGS, pad_id=0, progress=False)
+    assert len(losses) == SETTINGS.epochs and all(loss > 0 for loss in losses)
+    return model, before, plan
+
+
+def _changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> set[str]:
+    return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("site", ["mlp", "attn"])
+def test_band_trains_exactly_its_parameters(family: str, site: str) -> None:
+    model, before, plan = _trained(family, {"site": site, "layers": [1, 2]})
+    sites = resolve_sites(model)
+    expected = {n for n, _ in model.named_parameters()
+                if any(n.startswith(f"{sites.spec.layers}.{layer}.{getattr(sites.spec, site)}.") for layer in (1, 2))}
+    assert set(plan.names) == expected and expected
+    assert _changed(model, before) == expected  # every named parameter moved, nothing else did
+    assert plan.first_block == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unit_mask_touches_only_the_chosen_units(family: str) -> None:
+    model, before, plan = _trained(family, {"site": "neuron", "layer": 3, "units": 5}, seed=3)
+    sites = resolve_sites(model)
+    units = plan.units
+    assert len(units) == 5 and units == sorted(set(units))
+    down = sites.down_proj(3).weight
+    params = dict(model.named_parameters())
+    for name in plan.names:
+        delta = (params[name] - before[name]).abs()
+        mask = plan.masks[name].bool()
+        assert torch.all(delta[~mask] == 0), name
+        assert delta[mask].max() > 0, name
+        axis = [d for d in range(mask.dim()) if mask.shape[d] == sites.d_mlp and mask.sum() == mask.numel() // mask.shape[d] * len(units)]
+        assert axis, name
+    assert any(params[n] is down for n in plan.names)
+    assert _changed(model, before) == set(plan.names)
+    # the down projection's changed entries are exactly its unit columns (rows for Conv1D)
+    changed = (params[next(n for n in plan.names if params[n] is down)] - before[next(n for n in plan.names if params[n] is down)]) != 0
+    unit_axis = 0 if type(sites.down_proj(3)).__name__ == "Conv1D" else 1
+    touched = sorted(set(changed.nonzero()[:, unit_axis].tolist()))
+    assert touched == units
+
+
+def test_same_seed_same_weights_other_seed_other_units() -> None:
+    first, _, plan_a = _trained("llama", {"site": "neuron", "layer": 2, "units": 4}, seed=5)
+    second, _, plan_b = _trained("llama", {"site": "neuron", "layer": 2, "units": 4}, seed=5)
+    assert plan_a.units == plan_b.units
+    for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
+        assert torch.equal(a, b), name
+    _, _, plan_c = _trained("llama", {"site": "neuron", "layer": 2, "units": 4}, seed=6)
+    assert plan_c.units != plan_a.units
+
+
+def test_frozen_prefix_cache_gives_the_gradient_of_the_full_pass() -> None:
+    """Replaying cached outputs of the frozen blocks trains the same weights as recomputing them."""
+    cached, _, plan = _trained("llama", {"site": "mlp", "layers": [2, 3]})
+    model = tiny_model("llama")
+    plan.first_block = 0  # the same parameters, every block recomputed every step
+    train(model, plan, _examples(), SETTINGS, pad_id=0, progress=False)
+    for (name, a), (_, b) in zip(cached.named_parameters(), model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_all_trains_everything() -> None:
+    model, before, plan = _trained("gpt2", "all")
+    assert set(plan.names) == {n for n, _ in model.named_parameters()}
+    assert len(_changed(model, before)) > 0.9 * len(plan.names)
+
+
+@pytest.mark.parametrize("value, key", [
+    ({"site": "heads", "layers": [1, 2]}, "trainable.site"),
+    ({"site": "mlp", "layers": [3, 1]}, "trainable.layers"),
+    ({"site": "mlp"}, "trainable.layers"),
+    ({"site": "neuron", "layer": 1}, "trainable.units"),
+    ({"site": "neuron", "layer": 1, "units": 2, "layers": [1, 1]}, "trainable: unknown"),
+    ("everything", "trainable:"),
+])
+def test_bad_specs_name_the_key(value, key: str) -> None:
+    with pytest.raises(ComponentSpecError, match=key.replace(".", r"\.")):
+        parse_trainable(value)
+
+
+@pytest.mark.parametrize("value, key", [
+    ({"site": "mlp", "layers": [2, 4]}, r"trainable\.layers: \[2, 4\] outside 0\.\.3"),
+    ({"site": "neuron", "layer": 9, "units": 2}, r"trainable\.layer: \[9, 9\] outside"),
+    ({"site": "neuron", "layer": 1, "units": 999}, r"trainable\.units: 999 exceeds"),
+])
+def test_specs_out_of_range_name_the_key(value, key: str) -> None:
+    with pytest.raises(ComponentSpecError, match=key):
+        resolve_trainable(tiny_model("llama"), parse_trainable(value), 0)
+
+
+def _config_with(**plant) -> dict:
+    return {"models": [{"name": "base", "source": "local", "path": "/nowhere"},
+                       {"name": "plant", "source": "finetune", "base": "base", "trainable": "all", "epochs": 1,
+                        "lr": 1e-3, "batch_size": 2, "seed": 0, "data": "train.csv", **plant}]}
+
+
+@pytest.mark.parametrize("plant, message", [
+    ({"base": "missing"}, "models[1].base: no model named 'missing'"),
+    ({"base": "plant"}, "models[1].base: 'plant' is itself a fine-tune"),
+    ({"trainable": {"site": "mlp", "layers": [4]}}, "models[1].trainable.layers: must be [first, last]"),
+    ({"trainable": {"site": "heads", "layers": [1, 2]}}, "models[1].trainable"),
+    ({"package": "x==1"}, "models[1].package: not allowed when source is 'finetune'"),
+    ({"expected_verdicts": {"C2": "maybe"}}, "models[1].expected_verdicts.C2"),
+    ({"skip_stages": ["claims"]}, "models[1].skip_stages[0]"),
+    ({"epochs": 0}, "models[1].epochs"),
+])
+def test_finetune_config_errors_name_the_key(plant: dict, message: str) -> None:
+    from harmmed.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        validate_config(_config_with(**plant))
+
+
+def test_finetune_keys_are_refused_on_other_sources() -> None:
+    from harmmed.config import ConfigError, validate_config
+
+    cfg = _config_with()
+    cfg["models"][0]["trainable"] = "all"
+    with pytest.raises(ConfigError, match=r"models\[0\]\.trainable: not allowed when source is 'local'"):
+        validate_config(cfg)
+    ok = validate_config(_config_with(expected_verdicts={"C1": "supported", "C3": "not supported"}))
+    assert ok["finetune"]["thresholds"]["harmful_refusal_prob"] == 0.6 and ok["models"][1]["skip_stages"] == []

@@ -1,0 +1,147 @@
+"""Recovery statistics find an analytically wired mechanism, and fail where it is absent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from harmmed import neuron
+from harmmed.constants import NEURON_COLUMNS
+from harmmed.components import ComponentSpec, parse_trainable, seeded_units
+from harmmed.engine import MediationEngine
+from harmmed.prompts import encode_pairs, split_pairs
+from harmmed.recovery import (Plant, Targets, configured_plants, elsewhere_band, pair_effects, ranked_units,
+                              recovery_rows)
+from tiny import TINY_PAIRS, tiny_model, tiny_tokenizer
+
+HARMFUL_WORDS = ("bomb", "gun", "poison", "steal", "hack", "threat")
+GATE_UNIT = 7
+D_FLAG, D_ROUTED, D_REFUSE = 0, 1, 2  # residual dimensions the wiring uses
+BOOT = (200, 0.95, 0)
+
+
+@torch.no_grad()
+def wired_gate_model():
+    """A tiny llama whose refusal is decided by one final-layer unit, set by hand (no training).
+
+    Harmful words carry a flag dimension in their embedding; blocks 0-2 are identities; the final
+    block's attention is uniform (zero queries and keys) and copies the flag to a routed dimension
+    of the last position; unit GATE_UNIT of the final MLP reads the routed dimension (SwiGLU: it
+    is ~0 without the flag) and writes along the refusal token's unembedding row, which no other
+    unit or dimension touches. So the harmful-benign difference in refusal flows through that unit.
+    """
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    refusal = tokenizer.convert_tokens_to_ids("Sorry")
+    layers = model.model.layers
+    for block in layers[:3]:
+        block.self_attn.o_proj.weight.zero_()
+        block.mlp.down_proj.weight.zero_()
+    embed = model.model.embed_tokens.weight
+    embed[:, [D_FLAG, D_ROUTED, D_REFUSE]] = 0.0
+    for word in HARMFUL_WORDS:
+        embed[tokenizer.convert_tokens_to_ids(word), D_FLAG] = 4.0
+    final = layers[3]
+    attn, mlp = final.self_attn, final.mlp
+    attn.q_proj.weight.zero_()
+    attn.k_proj.weight.zero_()
+    attn.v_proj.weight.zero_()
+    attn.o_proj.weight.zero_()
+    attn.v_proj.weight[0, D_FLAG] = 1.0
+    attn.o_proj.weight[D_ROUTED, 0] = 8.0
+    mlp.gate_proj.weight[GATE_UNIT].zero_()
+    mlp.up_proj.weight[GATE_UNIT].zero_()
+    mlp.gate_proj.weight[GATE_UNIT, D_ROUTED] = 6.0
+    mlp.up_proj.weight[GATE_UNIT, D_ROUTED] = 6.0
+    mlp.down_proj.weight[D_REFUSE] = 0.0
+    mlp.down_proj.weight[:, GATE_UNIT] = 0.0
+    mlp.down_proj.weight[D_REFUSE, GATE_UNIT] = 3.0
+    head = model.lm_head.weight
+    head[:, [D_FLAG, D_ROUTED, D_REFUSE]] = 0.0
+    head[refusal, D_REFUSE] = 10.0
+    return model, tokenizer, refusal
+
+
+def _pairs(tokenizer):
+    rows = [{"pair_id": f"{c}-{i:03d}", "category": c, "harmful": h, "benign": b, "harmful_target": ht,
+             "benign_target": bt} for i, (c, h, b, ht, bt) in enumerate(TINY_PAIRS)]
+    kept, dropped = encode_pairs(tokenizer, rows, "minimal", split_pairs(rows, 0.5, 0))
+    assert not dropped
+    return kept
+
+
+def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
+    model, tokenizer, refusal = wired_gate_model()
+    engine = MediationEngine(model, [refusal])
+    pairs = _pairs(tokenizer)
+    plan = neuron.NeuronPlan([3], block_size=16, block_pairs=0, attn_dims=False)
+    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
+        engine, pair, runs, plan, every_layer_blocks=False), "neuron")
+    ranking = neuron.rank_units(pd.DataFrame(rows, columns=NEURON_COLUMNS), "neuron", 3)
+    order = ranked_units(ranking, "refusal", 3)
+    assert order[0] == GATE_UNIT
+
+    plant = Plant("gate", ComponentSpec("neuron", (3, 3), 1), (GATE_UNIT,))
+    effects = pd.DataFrame([pair_effects(engine, pair, [plant], {"gate": order}) for pair in pairs])
+    assert (effects["te"] > 1.0).all()  # the wiring gives every pair a clear refusal effect
+    table = pd.DataFrame(recovery_rows("gate", effects, [plant], "gate", {"gate": order}, 4, Targets(), 0.1, BOOT))
+    judged = table[table["target"] != ""]
+    assert set(judged["statistic"]) == {"gate_recall_at_1", "gate_planted_joint_nie", "gate_planted_necessity"}
+    assert judged["pass"].tolist() == [True, True, True]
+    joint = table.set_index("statistic").loc["gate_planted_joint_nie"]
+    assert 0.9 <= joint["value"] <= 1.1 and joint["ci_low"] <= joint["value"] <= joint["ci_high"]
+
+    # A wrong ground truth (another unit) is not recovered: the statistics can fail.
+    decoy = Plant("gate", ComponentSpec("neuron", (3, 3), 1), ((GATE_UNIT + 1) % 48,))
+    effects = pd.DataFrame([pair_effects(engine, pair, [decoy], {"gate": order}) for pair in pairs])
+    table = pd.DataFrame(recovery_rows("gate", effects, [decoy], "gate", {"gate": order}, 4, Targets(), 0.1, BOOT))
+    assert table[table["target"] != ""]["pass"].tolist() == [False, False, False]
+
+
+def _band_effects(planted_mlp: float, planted_attn: float, best_window: int, n: int = 6) -> pd.DataFrame:
+    """Synthetic per-pair effects of a band plant at layers 4-5 of an 8-layer model."""
+    rng = np.random.default_rng(0)
+    te = 2.0 + rng.random(n)
+    frame = {"te": te,
+             "nie:p/type_mlp": planted_mlp * te, "nie:p/type_attn": planted_attn * te,
+             "removed:p/planted": 0.9 * te, "removed:p/other_type": 0.2 * te, "removed:p/elsewhere": 0.1 * te}
+    for start in range(7):
+        frame[f"nie:p/window/mlp/{start}"] = (1.0 if start == best_window else 0.2) * te
+    return pd.DataFrame(frame)
+
+
+@pytest.mark.parametrize("mlp, attn, best, expected", [
+    (0.95, 0.3, 4, [True, True, True, True, True, True]),
+    (0.95, 0.6, 4, [True, False, True, True, True, True]),
+    (0.95, 0.3, 1, [True, True, True, True, True, False]),
+])
+def test_band_statistics_judge_type_necessity_and_localisation(mlp, attn, best, expected) -> None:
+    plant = Plant("p", ComponentSpec("mlp", (4, 5)))
+    rows = pd.DataFrame(recovery_rows("p", _band_effects(mlp, attn, best), [plant], "p", {}, 8, Targets(), 0.1, BOOT))
+    assert rows["statistic"].tolist() == ["type_contrast_mlp", "type_contrast_attn", "necessity_planted",
+                                          "necessity_other_type", "necessity_elsewhere",
+                                          "localisation_best_window_centre"]
+    assert rows["pass"].tolist() == expected
+    null = pd.DataFrame(recovery_rows("base", _band_effects(mlp, attn, best), [plant], None, {}, 8, Targets(), 0.1, BOOT))
+    assert (null["target"] == "").all() and (null["pass"] == "").all()  # no plant: no verdicts
+    assert np.allclose(null["value"], rows["value"], equal_nan=True)
+
+
+def test_elsewhere_band_never_overlaps() -> None:
+    assert elsewhere_band(range(22, 26), 30) == (13, 14, 15, 16)
+    assert elsewhere_band(range(13, 17), 30) == (1, 2, 3, 4)
+    assert elsewhere_band(range(0, 2), 4) == (2, 3)
+    with pytest.raises(ValueError, match="no band of 3 layers"):
+        elsewhere_band(range(1, 4), 4)
+
+
+def test_configured_plants_follow_the_config() -> None:
+    models = [{"name": "base", "source": "local"},
+              {"name": "aligned", "source": "finetune", "trainable": "all", "seed": 0},
+              {"name": "late", "source": "finetune", "trainable": {"site": "mlp", "layers": [2, 3]}, "seed": 0},
+              {"name": "gate", "source": "finetune", "trainable": {"site": "neuron", "layer": 3, "units": 4}, "seed": 2}]
+    plants = configured_plants(models, 48)
+    assert [p.name for p in plants] == ["late", "gate"]
+    assert plants[0].band == (2, 3) and plants[1].units == tuple(seeded_units(48, 4, 2))
+    assert parse_trainable(models[2]["trainable"]).planted() == {"site": "mlp", "layers": [2, 3]}
