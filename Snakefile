@@ -14,6 +14,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")])
 )
 
+
 envvars:
     "PYTHONPATH",
 
@@ -27,6 +28,7 @@ if not workflow.non_local_exec:  # a cluster's GPUs are on its nodes, not where 
     from harmmed.provenance import check_config_devices
 
     check_config_devices(config)
+
 
 report: "workflow/report/workflow.rst"
 
@@ -58,7 +60,9 @@ rule all:
         results("provenance.json"),
         expand("figures/{model}/claims.md", model=MODELS),
         per_model("figures/{model}/{figure}.png", "figures", figure=MODEL_FIGURES + NEURON_FIGURES + ["probe_accuracy"]),
-        per_model("figures/{model}/{figure}.png", "mediate_token", figure=["token_heatmap_harm", "token_heatmap_refusal"]),
+        per_model(
+            "figures/{model}/{figure}.png", "mediate_token", figure=["token_heatmap_harm", "token_heatmap_refusal"]
+        ),
         per_model("figures/{model}/generation_rates.png", "generate"),
         "results/calibration.csv",
         "figures/calibration.png",

@@ -13,6 +13,7 @@ set -euo pipefail
 
 T="timeout -k 5"   # every call is bounded
 MUNGE_SOCKET=/run/munge/munge.socket.2
+SYSTEM_CONF=/etc/slurm/slurm.conf
 
 install_packages() {
     local missing=()
@@ -102,6 +103,12 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succ
 up() {
     local run=$1
     write_configs "$run"
+    # The plugin's job steps drop SLURM_* variables (SLURM_CONF too), so srun inside a job reads
+    # the default path: link it to this cluster's file for as long as the cluster runs.
+    if [ -e "$SYSTEM_CONF" ] && [ "$(readlink "$SYSTEM_CONF")" != "$run/slurm.conf" ]; then
+        echo "slurm: $SYSTEM_CONF exists and is not ours; refusing to replace it" >&2; return 1
+    fi
+    mkdir -p "$(dirname "$SYSTEM_CONF")"; ln -sfn "$run/slurm.conf" "$SYSTEM_CONF"
     # shellcheck disable=SC1091
     source "$run/env.sh"
 
@@ -150,6 +157,7 @@ down() {
         for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
         kill -9 "$pid" 2>/dev/null || true
     done
+    if [ "$(readlink "$SYSTEM_CONF" 2>/dev/null)" = "$run/slurm.conf" ]; then rm -f "$SYSTEM_CONF"; fi
     echo "slurm: daemons stopped"
 }
 

@@ -9,16 +9,15 @@ rule calibration:
         csv="results/calibration.csv",
         png=report("figures/calibration.png", caption="../report/calibration.rst", category="calibration"),
         pdf="figures/calibration.pdf",
-        md=[report(f"figures/{model}/claims.md", caption="../report/claims.rst", category=model)
-            for model in MODELS],
-    params:
-        expected={m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
-        metric=config["calibration"]["metric"],
+        md=[report(f"figures/{model}/claims.md", caption="../report/claims.rst", category=model) for model in MODELS],
     log:
         "logs/calibration/calibration.log",
     benchmark:
         "benchmarks/calibration/calibration.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        expected={m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
+        metric=config["calibration"]["metric"],
     script:
         "../scripts/calibration.py"

@@ -7,15 +7,15 @@ rule claims:
         probe="results/{model}/probe.csv",
     output:
         csv="results/{model}/claims.csv",
-    params:
-        thresholds=config["claims"]["thresholds"],
-        effects=config["effects"],
-        probe_level=config["probe"]["accuracy_level"],
     log:
         "logs/claims/{model}.log",
     benchmark:
         "benchmarks/claims/{model}.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        thresholds=config["claims"]["thresholds"],
+        effects=config["effects"],
+        probe_level=config["probe"]["accuracy_level"],
     script:
         "../scripts/claims.py"

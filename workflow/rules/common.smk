@@ -1,6 +1,7 @@
 # Globals, input functions and resource requests shared by the rules and by `rule all` (included
 # first by the Snakefile). Functions live here only (rule files hold rules), as `snakemake --lint` asks.
 import os
+import re
 
 from harmmed.cluster import JobNeverFits, check_fits, model_mem_mb, slurm_nodes, weights_mb
 from harmmed.shards import shard_ids
@@ -8,6 +9,7 @@ from harmmed.provenance import config_digest, git_state, short_commit
 from harmmed.storage import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
+FINETUNED = {m["name"]: m for m in config["models"] if m["source"] == "finetune"}
 SKIPPED = {m["name"]: set(m["skip_stages"]) for m in config["models"]}  # a model's skip_stages
 PUBLIC = config["prompts"]["public"]
 
@@ -22,6 +24,11 @@ SHARDED_TABLES = ["layer", "severed", "module", "heatmap", "heatmap_tokens", "to
 SHARDS = shard_ids(config["shards"])
 
 
+def _names_regex(names):
+    """A wildcard constraint matching exactly these model names (nothing, for none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
 def results(path):
     """``results/<model>/<path>`` for every configured model."""
     return expand(f"results/{{model}}/{path}", model=MODELS)
@@ -33,8 +40,9 @@ def per_model(pattern, stage, **wildcards):
 
 
 def model_figure(name, caption):
-    return report(f"figures/{{model}}/{name}.png", caption=f"../report/{caption}.rst",
-                  category="{model}", subcategory=name)
+    return report(
+        f"figures/{{model}}/{name}.png", caption=f"../report/{caption}.rst", category="{model}", subcategory=name
+    )
 
 
 def shard_parts(wildcards):
@@ -102,11 +110,30 @@ def download_mem_mb(wildcards, threads):
 
 
 # Verification: the result files a provenance record lists and a bundle carries.
-RESULT_FILES = ["manifest.json", "inputs.jsonl", "dropped_pairs.csv", "layer.csv", "severed.csv", "module.csv",
-                "heatmap.csv", "heatmap_tokens.json", "neuron.csv", "neuron_ranking.csv", "sparsity.csv",
-                "gating.csv", "gating_units.json", "token.csv", "probe.csv", "generations.jsonl",
-                "generation_rates.csv", "claim_patches.csv", "claims.csv", "screen.csv", "screen_report.csv",
-                "screen_heldout.csv"]
+RESULT_FILES = [
+    "manifest.json",
+    "inputs.jsonl",
+    "dropped_pairs.csv",
+    "layer.csv",
+    "severed.csv",
+    "module.csv",
+    "heatmap.csv",
+    "heatmap_tokens.json",
+    "neuron.csv",
+    "neuron_ranking.csv",
+    "sparsity.csv",
+    "gating.csv",
+    "gating_units.json",
+    "token.csv",
+    "probe.csv",
+    "generations.jsonl",
+    "generation_rates.csv",
+    "claim_patches.csv",
+    "claims.csv",
+    "screen.csv",
+    "screen_report.csv",
+    "screen_heldout.csv",
+]
 # Result files of stages a model may skip (skip_stages): left out of its provenance and bundle.
 STAGE_FILES = {
     "figures": ["heatmap.csv", "heatmap_tokens.json"],  # the heatmaps feed only the figures
@@ -117,7 +144,9 @@ STAGE_FILES = {
 COMMIT = short_commit(git_state(workflow.basedir))
 # the threads a model stage runs with: MODEL_THREADS, scaled down to --cores on one machine
 _cores = getattr(workflow, "cores", None)
-MODEL_STAGE_THREADS = min(MODEL_THREADS, _cores) if isinstance(_cores, int) and not workflow.non_local_exec else MODEL_THREADS
+MODEL_STAGE_THREADS = (
+    min(MODEL_THREADS, _cores) if isinstance(_cores, int) and not workflow.non_local_exec else MODEL_THREADS
+)
 
 
 def dataset_files(wildcards):

@@ -3,12 +3,12 @@ rule download_model:
     its checksums, convert it once to safetensors and record a manifest."""
     output:
         manifest="results/{model}/manifest.json",
-    wildcard_constraints:
-        model=_names_regex([m for m in MODELS if m not in FINETUNED]),
     log:
         "logs/download_model/{model}.log",
     benchmark:
         "benchmarks/download_model/{model}.tsv"
+    wildcard_constraints:
+        model=_names_regex([m for m in MODELS if m not in FINETUNED]),
     conda:
         "../../envs/prepare.yaml"
     threads: 1

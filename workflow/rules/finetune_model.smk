@@ -1,13 +1,3 @@
-import re
-
-FINETUNED = {m["name"]: m for m in config["models"] if m["source"] == "finetune"}
-
-
-def _names_regex(names):
-    """A wildcard constraint matching exactly these model names (nothing, for none)."""
-    return "|".join(re.escape(n) for n in names) or "(?!)"
-
-
 rule finetune_model:
     """Train a copy of the base model's `trainable` components to refuse harmful requests
     (data: the model entry's `data`, disjoint from the analysed pairs), save it as safetensors,
@@ -18,19 +8,13 @@ rule finetune_model:
         pairs=config["prompts"]["pairs_file"],
     output:
         manifest="results/{model}/manifest.json",
-    wildcard_constraints:
-        model=_names_regex(FINETUNED),
-    params:
-        spec=lambda w: FINETUNED[w.model],
-        check=config["finetune"],
-        prompts=config["prompts"],
-        phrases=config["metrics"]["refusal_phrases"],
-        judge_phrases=config["generation"]["judge"]["phrases"],
-    priority: 60  # every stage of the model waits for it
     log:
         "logs/finetune_model/{model}.log",
     benchmark:
         "benchmarks/finetune_model/{model}.tsv"
+    wildcard_constraints:
+        model=_names_regex(FINETUNED),
+    priority: 60  # every stage of the model waits for it
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS  # recorded in the manifest: byte-identical weights need the same thread count
@@ -39,5 +23,11 @@ rule finetune_model:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:
+        spec=lambda w: FINETUNED[w.model],
+        check=config["finetune"],
+        prompts=config["prompts"],
+        phrases=config["metrics"]["refusal_phrases"],
+        judge_phrases=config["generation"]["judge"]["phrases"],
     script:
         "../scripts/finetune_model.py"

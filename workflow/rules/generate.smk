@@ -31,11 +31,11 @@ rule generate_and_judge:
     output:
         generations="results/{model}/generations.jsonl",
         rates="results/{model}/generation_rates.csv",
-    priority: 40  # long jobs first, so the two CPU lanes stay busy
     log:
         "logs/generate_and_judge/{model}.log",
     benchmark:
         "benchmarks/generate_and_judge/{model}.tsv"
+    priority: 40  # long jobs first, so the two CPU lanes stay busy
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -54,8 +54,7 @@ rule generation_figure:
         manifest="results/{model}/manifest.json",
         rates="results/{model}/generation_rates.csv",
     output:
-        png=report("figures/{model}/generation_rates.png", caption="../report/generation.rst",
-                   category="{model}"),
+        png=report("figures/{model}/generation_rates.png", caption="../report/generation.rst", category="{model}"),
         pdf="figures/{model}/generation_rates.pdf",
     log:
         "logs/generation_figure/{model}.log",

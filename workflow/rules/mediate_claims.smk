@@ -9,15 +9,11 @@ rule mediate_claims:
         ranking="results/{model}/neuron_ranking.csv",
     output:
         patches="results/{model}/claim_patches.csv",
-    params:
-        claims={k: v for k, v in config["claims"].items() if k != "thresholds"},
-        positions=config["mediation"]["module_positions"][0],
-        min_abs_te=config["effects"]["min_abs_te"],
-    priority: 40
     log:
         "logs/mediate_claims/{model}.log",
     benchmark:
         "benchmarks/mediate_claims/{model}.tsv"
+    priority: 40
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -26,5 +22,9 @@ rule mediate_claims:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:
+        claims={k: v for k, v in config["claims"].items() if k != "thresholds"},
+        positions=config["mediation"]["module_positions"][0],
+        min_abs_te=config["effects"]["min_abs_te"],
     script:
         "../scripts/mediate_claims.py"

@@ -7,14 +7,11 @@ rule mediate_heatmap:
     output:
         heatmap="results/{model}/shards/heatmap/{shard}.csv",
         tokens="results/{model}/shards/heatmap_tokens/{shard}.json",
-    priority: 50  # long jobs first, so the two CPU lanes stay busy
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "heatmap")},
-        mode=config["prompts"]["mode"],
     log:
         "logs/mediate_heatmap/{model}.{shard}.log",
     benchmark:
         "benchmarks/mediate_heatmap/{model}.{shard}.tsv"
+    priority: 50  # long jobs first, so the two CPU lanes stay busy
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -23,5 +20,8 @@ rule mediate_heatmap:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "heatmap")},
+        mode=config["prompts"]["mode"],
     script:
         "../scripts/mediate_heatmap.py"

@@ -8,13 +8,11 @@ rule mediate_layer:
     output:
         layer="results/{model}/shards/layer/{shard}.csv",
         severed="results/{model}/shards/severed/{shard}.csv",
-    priority: 60  # the longest job first, so the two CPU lanes stay busy
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "layer_positions", "severed_positions")},
     log:
         "logs/mediate_layer/{model}.{shard}.log",
     benchmark:
         "benchmarks/mediate_layer/{model}.{shard}.tsv"
+    priority: 60  # the longest job first, so the two CPU lanes stay busy
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -23,5 +21,7 @@ rule mediate_layer:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "layer_positions", "severed_positions")},
     script:
         "../scripts/mediate_layer.py"

@@ -5,13 +5,11 @@ rule mediate_module:
         inputs="results/{model}/inputs.jsonl",
     output:
         module="results/{model}/shards/module/{shard}.csv",
-    priority: 35  # long jobs first, so the two CPU lanes stay busy
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "module_positions", "windows")},
     log:
         "logs/mediate_module/{model}.{shard}.log",
     benchmark:
         "benchmarks/mediate_module/{model}.{shard}.tsv"
+    priority: 35  # long jobs first, so the two CPU lanes stay busy
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -20,5 +18,7 @@ rule mediate_module:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "module_positions", "windows")},
     script:
         "../scripts/mediate_module.py"

@@ -6,13 +6,11 @@ rule mediate_neuron:
         inputs="results/{model}/inputs.jsonl",
     output:
         neuron="results/{model}/shards/neuron/{shard}.csv",
-    priority: 55  # long jobs first, so the two CPU lanes stay busy
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings={k: config["neuron"][k] for k in ("split", "max_pairs", "extra_layers", "block_size", "block_max_pairs")},
     log:
         "logs/mediate_neuron/{model}.{shard}.log",
     benchmark:
         "benchmarks/mediate_neuron/{model}.{shard}.tsv"
+    priority: 55  # long jobs first, so the two CPU lanes stay busy
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -21,6 +19,10 @@ rule mediate_neuron:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings={
+            k: config["neuron"][k] for k in ("split", "max_pairs", "extra_layers", "block_size", "block_max_pairs")
+        },
     script:
         "../scripts/mediate_neuron.py"
 
@@ -35,14 +37,11 @@ rule neuron_sparsity:
     output:
         ranking="results/{model}/neuron_ranking.csv",
         sparsity="results/{model}/sparsity.csv",
-    priority: 50
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings=config["neuron"],
-        top_k=config["gating"]["top_k"],
     log:
         "logs/neuron_sparsity/{model}.log",
     benchmark:
         "benchmarks/neuron_sparsity/{model}.tsv"
+    priority: 50
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -51,6 +50,9 @@ rule neuron_sparsity:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["neuron"],
+        top_k=config["gating"]["top_k"],
     script:
         "../scripts/neuron_sparsity.py"
 
@@ -65,14 +67,11 @@ rule gating:
     output:
         gating="results/{model}/gating.csv",
         units="results/{model}/gating_units.json",
-    priority: 45  # long jobs first, so the two CPU lanes stay busy
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings=config["gating"],
-        discovery={k: config["neuron"][k] for k in ("split", "max_pairs")},
     log:
         "logs/gating/{model}.log",
     benchmark:
         "benchmarks/gating/{model}.tsv"
+    priority: 45  # long jobs first, so the two CPU lanes stay busy
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -81,6 +80,9 @@ rule gating:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["gating"],
+        discovery={k: config["neuron"][k] for k in ("split", "max_pairs")},
     script:
         "../scripts/gating.py"
 
@@ -94,8 +96,9 @@ rule neuron_figures:
         sparsity="results/{model}/sparsity.csv",
         gating="results/{model}/gating.csv",
     output:
-        distribution=report("figures/{model}/neuron_distribution.png", caption="../report/neuron_distribution.rst",
-                            category="{model}"),
+        distribution=report(
+            "figures/{model}/neuron_distribution.png", caption="../report/neuron_distribution.rst", category="{model}"
+        ),
         sparsity=report("figures/{model}/sparsity.png", caption="../report/sparsity.rst", category="{model}"),
         block=report("figures/{model}/block_vs_sum.png", caption="../report/block_vs_sum.rst", category="{model}"),
         gating=report("figures/{model}/gating.png", caption="../report/gating.rst", category="{model}"),

@@ -7,8 +7,6 @@ rule mediate_token:
         pairs=pairs_source,
     output:
         token="results/{model}/shards/token/{shard}.csv",
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings=config["token"],
     log:
         "logs/mediate_token/{model}.{shard}.log",
     benchmark:
@@ -21,6 +19,8 @@ rule mediate_token:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:  # the config keys the stage reads, so changing one reruns it
+        settings=config["token"],
     script:
         "../scripts/mediate_token.py"
 
@@ -32,10 +32,18 @@ rule token_figures:
         token="results/{model}/token.csv",
         inputs="results/{model}/inputs.jsonl",
     output:
-        harm=report("figures/{model}/token_heatmap_harm.png", caption="../report/token.rst",
-                    category="{model}", subcategory="token_heatmap_harm"),
-        refusal=report("figures/{model}/token_heatmap_refusal.png", caption="../report/token.rst",
-                       category="{model}", subcategory="token_heatmap_refusal"),
+        harm=report(
+            "figures/{model}/token_heatmap_harm.png",
+            caption="../report/token.rst",
+            category="{model}",
+            subcategory="token_heatmap_harm",
+        ),
+        refusal=report(
+            "figures/{model}/token_heatmap_refusal.png",
+            caption="../report/token.rst",
+            category="{model}",
+            subcategory="token_heatmap_refusal",
+        ),
         pdfs=expand("figures/{{model}}/token_heatmap_{metric}.pdf", metric=TOKEN_METRICS),
     log:
         "logs/token_figures/{model}.log",

@@ -5,14 +5,14 @@ rule merge_shards:
         shards=shard_parts,
     output:
         "results/{model}/{table}.{ext}",
-    wildcard_constraints:
-        table="|".join(SHARDED_TABLES),
-        ext="csv|json",
-    localrule: True
     log:
         "logs/merge_shards/{model}.{table}.{ext}.log",
     benchmark:
         "benchmarks/merge_shards/{model}.{table}.{ext}.tsv"
+    wildcard_constraints:
+        table="|".join(SHARDED_TABLES),
+        ext="csv|json",
+    localrule: True
     conda:
         "../../envs/analysis.yaml"
     script:

@@ -3,18 +3,18 @@ rule fetch_public_datasets:
     and sample unpaired harmful/benign pairs from them."""
     output:
         pairs="data/raw/unpaired_pairs.csv",
-    params:  # every key the stage reads, so changing one reruns it (url_overrides only say where the pinned bytes are)
-        harmful=PUBLIC["harmful"],
-        benign=PUBLIC["benign"],
-        n_pairs=PUBLIC["n_pairs"],
-        seed=PUBLIC["seed"],
-        lock_file=PUBLIC["lock_file"],
     log:
         "logs/fetch_public_datasets/all.log",
     benchmark:
         "benchmarks/fetch_public_datasets/all.tsv"
     conda:
         "../../envs/prepare.yaml"
+    params:  # every key the stage reads, so changing one reruns it (url_overrides only say where the pinned bytes are)
+        harmful=PUBLIC["harmful"],
+        benign=PUBLIC["benign"],
+        n_pairs=PUBLIC["n_pairs"],
+        seed=PUBLIC["seed"],
+        lock_file=PUBLIC["lock_file"],
     script:
         "../scripts/fetch_public_datasets.py"
 
@@ -28,17 +28,17 @@ rule prepare_prompts:
     output:
         inputs="results/{model}/inputs.jsonl",
         dropped="results/{model}/dropped_pairs.csv",
-    params:  # every config key the stage reads
-        mode=config["prompts"]["mode"],
-        split_seed=config["prompts"]["split_seed"],
-        discovery_fraction=config["prompts"]["discovery_fraction"],
-        request_span=PUBLIC["enabled"],
-        noise=config["noise"] if config["prompts"]["mode"] == "noise" else None,
     log:
         "logs/prepare_prompts/{model}.log",
     benchmark:
         "benchmarks/prepare_prompts/{model}.tsv"
     conda:
         "../../envs/prepare.yaml"
+    params:  # every config key the stage reads
+        mode=config["prompts"]["mode"],
+        split_seed=config["prompts"]["split_seed"],
+        discovery_fraction=config["prompts"]["discovery_fraction"],
+        request_span=PUBLIC["enabled"],
+        noise=config["noise"] if config["prompts"]["mode"] == "noise" else None,
     script:
         "../scripts/prepare_prompts.py"

@@ -28,8 +28,12 @@ rule probe_figure:
         manifest="results/{model}/manifest.json",
         probe="results/{model}/probe.csv",
     output:
-        png=report("figures/{model}/probe_accuracy.png", caption="../report/probe.rst",
-                   category="{model}", subcategory="probe_accuracy"),
+        png=report(
+            "figures/{model}/probe_accuracy.png",
+            caption="../report/probe.rst",
+            category="{model}",
+            subcategory="probe_accuracy",
+        ),
         pdf="figures/{model}/probe_accuracy.pdf",
     log:
         "logs/probe_figure/{model}.log",

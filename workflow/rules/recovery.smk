@@ -7,15 +7,11 @@ rule recovery:
         ranking="results/{model}/neuron_ranking.csv",
     output:
         recovery="results/{model}/recovery.csv",
-    params:
-        recovery=config["recovery"],
-        plants=[m for m in config["models"] if m["source"] == "finetune"],
-        metric=config["gating"]["metric"],
-    priority: 30
     log:
         "logs/recovery/{model}.log",
     benchmark:
         "benchmarks/recovery/{model}.tsv"
+    priority: 30
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -24,6 +20,10 @@ rule recovery:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:
+        recovery=config["recovery"],
+        plants=[m for m in config["models"] if m["source"] == "finetune"],
+        metric=config["gating"]["metric"],
     script:
         "../scripts/recovery.py"
 

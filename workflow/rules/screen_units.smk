@@ -9,14 +9,11 @@ rule screen_units:
         screen="results/{model}/screen.csv",
         screen_report="results/{model}/screen_report.csv",
         screen_heldout="results/{model}/screen_heldout.csv",
-    params:
-        settings=lambda wildcards: {"screen": config["screen"], "min_abs_te": config["effects"]["min_abs_te"],
-                                    "engine": config["engine"]},
-    priority: 50  # long jobs first, so the two CPU lanes stay busy
     log:
         "logs/screen_units/{model}.log",
     benchmark:
         "benchmarks/screen_units/{model}.tsv"
+    priority: 50  # long jobs first, so the two CPU lanes stay busy
     conda:
         "../../envs/mediate.yaml"
     threads: MODEL_THREADS
@@ -25,6 +22,12 @@ rule screen_units:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:
+        settings=lambda wildcards: {
+            "screen": config["screen"],
+            "min_abs_te": config["effects"]["min_abs_te"],
+            "engine": config["engine"],
+        },
     script:
         "../scripts/screen_units.py"
 
@@ -38,22 +41,22 @@ rule screen_figures:
         screen_report="results/{model}/screen_report.csv",
         screen_heldout="results/{model}/screen_heldout.csv",
     output:
-        scatter=report("figures/{model}/screen_scatter.png", caption="../report/screen_scatter.rst",
-                       category="{model}"),
-        heatmap=report("figures/{model}/screen_heatmap.png", caption="../report/screen_heatmap.rst",
-                       category="{model}"),
-        sparsity=report("figures/{model}/screen_sparsity.png", caption="../report/screen_sparsity.rst",
-                        category="{model}"),
-        adjacency=report("figures/{model}/screen_adjacency.png", caption="../report/screen_adjacency.rst",
-                         category="{model}"),
+        scatter=report("figures/{model}/screen_scatter.png", caption="../report/screen_scatter.rst", category="{model}"),
+        heatmap=report("figures/{model}/screen_heatmap.png", caption="../report/screen_heatmap.rst", category="{model}"),
+        sparsity=report(
+            "figures/{model}/screen_sparsity.png", caption="../report/screen_sparsity.rst", category="{model}"
+        ),
+        adjacency=report(
+            "figures/{model}/screen_adjacency.png", caption="../report/screen_adjacency.rst", category="{model}"
+        ),
         pdfs=expand("figures/{{model}}/{name}.pdf", name=SCREEN_FIGURES),
-    params:
-        held_out=lambda wildcards: config["screen"]["held_out"],
     log:
         "logs/screen_figures/{model}.log",
     benchmark:
         "benchmarks/screen_figures/{model}.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        held_out=lambda wildcards: config["screen"]["held_out"],
     script:
         "../scripts/screen_figures.py"

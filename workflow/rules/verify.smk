@@ -12,16 +12,16 @@ rule provenance:
         datasets=dataset_files,
     output:
         provenance="results/{model}/provenance.json",
-    params:
-        repo=workflow.basedir,
-        threads=MODEL_STAGE_THREADS,
-        config_hash=lambda wildcards: config_digest(config),  # a config change rewrites the record
     log:
         "logs/provenance/{model}.log",
     benchmark:
         "benchmarks/provenance/{model}.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        repo=workflow.basedir,
+        threads=getattr(workflow.get_rule("mediate_layer").resources.get("_cores"), "value", None),  # model stages' threads
+        config_hash=lambda wildcards: config_digest(config),  # a config change rewrites the record
     script:
         "../scripts/provenance.py"
 
@@ -37,8 +37,6 @@ rule verify:
     output:
         csv="results/{model}/verification.csv",
         md="figures/{model}/verification.md",
-    params:
-        settings=lambda wildcards: config["verify"],
     log:
         "logs/verify/{model}.log",
     benchmark:
@@ -51,6 +49,8 @@ rule verify:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:
+        settings=lambda wildcards: config["verify"],
     script:
         "../scripts/verify.py"
 
