@@ -142,11 +142,21 @@ STAGE_FILES = {
     "screen": ["screen.csv", "screen_report.csv", "screen_heldout.csv"],
 }
 COMMIT = short_commit(git_state(workflow.basedir))
-# the threads a model stage runs with: MODEL_THREADS, scaled down to --cores on one machine
-_cores = getattr(workflow, "cores", None)
-MODEL_STAGE_THREADS = (
-    min(MODEL_THREADS, _cores) if isinstance(_cores, int) and not workflow.non_local_exec else MODEL_THREADS
-)
+
+
+def _model_stage_threads():
+    """The threads a model stage runs with: MODEL_THREADS, scaled down to --cores on one machine
+    (a cluster run defines no total of cores, and asking for it raises)."""
+    if workflow.non_local_exec:
+        return MODEL_THREADS
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        return MODEL_THREADS
+    return min(MODEL_THREADS, cores) if isinstance(cores, int) else MODEL_THREADS
+
+
+MODEL_STAGE_THREADS = _model_stage_threads()
 
 
 def dataset_files(wildcards):
