@@ -105,7 +105,8 @@ def test_model_rules_ask_for_their_threads_memory_and_gpus():
             if "envs/mediate.yaml" in body:
                 model_rules.add(name)
                 assert "threads: MODEL_THREADS" in body, name
-                assert f'mem_mb=model_job_mem_mb("{name}")' in body, name
+                # memory from the model's size, checked against the nodes (training asks for more)
+                assert f'mem_mb=model_job_mem_mb("{name}")' in body or f'_checked("{name}", threads,' in body, name
                 assert "gpu=MODEL_GPUS" in body and "slurm_partition=MODEL_PARTITION" in body, name
     assert {"mediate_layer", "mediate_heatmap", "neuron_sparsity", "generate_and_judge"} <= model_rules
     listed = yaml.safe_load((REPO / "profiles" / "gpu-local" / "config.yaml").read_text())["set-resources"]
