@@ -10,7 +10,9 @@ from harmmed.storage import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
 FINETUNED = {m["name"]: m for m in config["models"] if m["source"] == "finetune"}
-SKIPPED = {m["name"]: set(m["skip_stages"]) for m in config["models"]}  # a model's skip_stages
+# A model's skip_stages; the attribution screen needs a real benign run, so noise mode skips it.
+NOISE_SKIPS = {"screen"} if config["prompts"]["mode"] == "noise" else set()
+SKIPPED = {m["name"]: set(m["skip_stages"]) | NOISE_SKIPS for m in config["models"]}
 PUBLIC = config["prompts"]["public"]
 
 # Figures written per model (PNG for the report, PDF beside each).
