@@ -27,6 +27,9 @@ from harmmed.fetch import (
 )
 from harmmed.public_datasets import (
     SOURCES,
+    TARGET_BUILT,
+    TARGET_FROM_DATASET,
+    affirmative_target,
     build_unpaired_pairs,
     fetch_sources,
     load_prompts,
@@ -268,10 +271,13 @@ def test_build_unpaired_pairs_is_deterministic(shared_dir: Path) -> None:
     assert len({p["harmful"] for p in pairs}) == 32  # drawn without replacement
     by_prompt = {r["prompt"]: r for r in harmful}
     for p in pairs:
-        assert set(p) == {"pair_id", "category", "harmful", "benign", "harmful_target", "benign_target"}
+        assert set(p) == {"pair_id", "category", "harmful", "benign", "harmful_target", "benign_target",
+                          "harmful_target_source"}
         assert p["benign_target"] == "Sure, here is"
         source_row = by_prompt[p["harmful"]]
-        assert p["harmful_target"] == (source_row["target"] or "Sure, here is")
+        # a target from the dataset where it has one (AdvBench), else one built from the behaviour
+        assert p["harmful_target"] == (source_row["target"] or affirmative_target(p["harmful"]))
+        assert p["harmful_target_source"] == (TARGET_FROM_DATASET if source_row["target"] else TARGET_BUILT)
         assert p["category"] == (source_row["category"] or source_row["id"].split("-")[0])
     assert any(p["harmful_target"] != "Sure, here is" for p in pairs)  # AdvBench targets are used
 
