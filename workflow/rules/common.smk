@@ -10,9 +10,10 @@ from harmmed.storage import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
 FINETUNED = {m["name"]: m for m in config["models"] if m["source"] == "finetune"}
-# A model's skip_stages; the attribution screen needs a real benign run, so noise mode skips it.
-NOISE_SKIPS = {"screen"} if config["prompts"]["mode"] == "noise" else set()
-SKIPPED = {m["name"]: set(m["skip_stages"]) | NOISE_SKIPS for m in config["models"]}
+# A model's skip_stages. The attribution screen needs a position-aligned real benign run (its
+# "all" positions), so the noise and unpaired modes skip it.
+MODE_SKIPS = {"screen"} if config["prompts"]["mode"] in ("noise", "unpaired") else set()
+SKIPPED = {m["name"]: set(m["skip_stages"]) | MODE_SKIPS for m in config["models"]}
 PUBLIC = config["prompts"]["public"]
 
 # Figures written per model (PNG for the report, PDF beside each).

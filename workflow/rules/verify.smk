@@ -9,7 +9,6 @@ rule provenance:
     input:
         results=result_files,
         pairs=pairs_source,
-        datasets=dataset_files,
     output:
         provenance="results/{model}/provenance.json",
     log:
@@ -19,6 +18,8 @@ rule provenance:
     conda:
         "../../envs/analysis.yaml"
     params:
+        # the dataset lock is a param, not an input: a first fetch writes it (trust on first use)
+        datasets=dataset_files,
         repo=workflow.basedir,
         threads=getattr(workflow.get_rule("mediate_layer").resources.get("_cores"), "value", None),  # model stages' threads
         config_hash=lambda wildcards: config_digest(config),  # a config change rewrites the record
