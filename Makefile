@@ -57,7 +57,7 @@ bundle: venv
 # Needs only the analysis packages (pandas, matplotlib): no torch, no model, no GPU.
 figures:
 	@test -n "$(BUNDLE)" || { echo "usage: make figures BUNDLE=results-<model>-<commit>.tar.gz"; exit 2; }
-	PYTHONPATH=$(CURDIR)/src $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)) -m harmmed.redraw $(BUNDLE) $(OUT)
+	PYTHONPATH=$(CURDIR)/src $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)) $(CURDIR)/workflow/scripts/redraw.py $(BUNDLE) $(OUT)
 
 test: venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -4,7 +4,6 @@ byte-identical to one unsharded job (the workflow's `shards: N`)."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 

@@ -184,12 +184,12 @@ def test_an_empty_requested_split_names_its_key():
 
 # ---------------------------------------------------------------- defect 7: figures of zero effects
 def test_sparsity_figure_says_why_when_every_effect_is_zero(tmp_path):
-    from harmmed import plotting
+    from harmmed import neuron_plots
 
     rows = [dict(pair_id=p, metric=m, selection=s, draw=d, k=k, y_benign=1.0, y_harmful=1.0, y_patched=1.0,
                  effect=0.0, layer_effect=0.0)
             for p in "ab" for m in ("harm", "refusal") for s, d in (("top", ""), ("random", 0)) for k in (1, 2)]
-    written = plotting.plot_sparsity(pd.DataFrame(rows, columns=SPARSITY_COLUMNS),
+    written = neuron_plots.plot_sparsity(pd.DataFrame(rows, columns=SPARSITY_COLUMNS),
                                      {"name": "tiny", "d_mlp": 4, "n_layers": 2}, tmp_path / "sparsity")
     assert written and all(p.stat().st_size > 1000 for p in written)
 

@@ -21,8 +21,8 @@ TABLES = ["layer", "module", "heatmap", "severed", "neuron", "neuron_attn_dims",
 NO_TORCH = ("import runpy, sys\n"
             "for name in ('torch', 'transformers', 'safetensors', 'accelerate'):\n"
             "    sys.modules[name] = None  # any import of them now raises ImportError\n"
-            "sys.argv = ['harmmed.redraw', *sys.argv[1:]]\n"
-            "runpy.run_module('harmmed.redraw', run_name='__main__')\n")
+            f"sys.argv = [{str(REPO / 'workflow' / 'scripts' / 'redraw.py')!r}, *sys.argv[1:]]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Results bundles: one model's tables, provenance and claims in one checksummed archive, from
 which a reviewer redraws every figure on a laptop (no model, no torch, no GPU).
 
-``python -m harmmed.redraw BUNDLE [OUT]`` (what ``make figures BUNDLE=...`` runs) checks the
+``python workflow/scripts/redraw.py BUNDLE [OUT]`` (what ``make figures BUNDLE=...`` runs) checks the
 bundle against its ``.sha256`` file, unpacks it and regenerates the figures, ``claims.md`` and an
 HTML report. Archives are byte-reproducible: members sorted, owners and times zeroed.
 """

@@ -46,6 +46,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def portable_path(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the working directory when it lies inside it (so two identical runs
+    in two folders record the same manifest), else as given."""
+    path = Path(path)
+    if path.is_absolute():
+        try:
+            return str(path.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(path)
+    return str(path)
+
+
 def normalize_sha256(value: str, what: str = "sha256") -> str:
     """Lower-case a pinned digest and reject anything that is not 64 hex digits.
 

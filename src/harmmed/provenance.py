@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .fetch import sha256_file
+from .fetch import portable_path, sha256_file
 
 VERSIONED_PACKAGES = ("torch", "transformers", "snakemake", "numpy", "pandas", "safetensors", "tokenizers")
 
@@ -28,18 +28,6 @@ class WeightsChangedError(RuntimeError):
 
 class DeviceUnavailableError(RuntimeError):
     """A model spec asks for a device this machine does not have."""
-
-
-def portable_path(path: str | os.PathLike[str]) -> str:
-    """``path`` relative to the working directory when it lies inside it (so two identical runs
-    in two folders record the same manifest), else as given."""
-    path = Path(path)
-    if path.is_absolute():
-        try:
-            return str(path.resolve().relative_to(Path.cwd().resolve()))
-        except ValueError:
-            return str(path)
-    return str(path)
 
 
 def weights_digest(path: str | os.PathLike[str]) -> str:

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .constants import RECOVERY_COLUMNS
 from .components import ComponentSpec, parse_trainable, seeded_units
 from .effects import paired_statistic
 from .prompts import EncodedPair

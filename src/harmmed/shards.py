@@ -18,7 +18,7 @@ from typing import TypeVar
 from .storage import atomic_path, write_json
 
 T = TypeVar("T")
-Shard = tuple[int, int]  # (index, count)
+Shard = tuple[int, int] | str  # (index, count), or its {shard} wildcard value "<index>of<count>"
 WHOLE: Shard = (0, 1)
 _SHARD_RE = re.compile(r"^(\d+)of(\d+)$")
 
@@ -30,7 +30,10 @@ def shard_ids(count: int) -> list[str]:
     return [f"{i}of{count}" for i in range(count)]
 
 
-def parse_shard(shard_id: str) -> Shard:
+def parse_shard(shard_id: Shard) -> tuple[int, int]:
+    """(index, count) of a shard given as a tuple or as its wildcard value."""
+    if not isinstance(shard_id, str):
+        return shard_id
     match = _SHARD_RE.match(shard_id)
     if not match or int(match[1]) >= int(match[2]):
         raise ValueError(f"shard {shard_id!r}: expected <index>of<count> with index < count, e.g. 0of4")
@@ -39,13 +42,14 @@ def parse_shard(shard_id: str) -> Shard:
 
 def take_shard(items: Sequence[T], shard: Shard) -> list[T]:
     """Shard ``index`` of ``count``: the contiguous slice ``[index*n//count, (index+1)*n//count)``."""
-    index, count = shard
+    index, count = parse_shard(shard)
     return list(items[index * len(items) // count: (index + 1) * len(items) // count])
 
 
 def shard_offset(n_items: int, shard: Shard) -> int:
     """Position in the whole list of a shard's first item (for per-pair seeds and plans)."""
-    return shard[0] * n_items // shard[1]
+    index, count = parse_shard(shard)
+    return index * n_items // count
 
 
 def concat_tables(paths: Sequence[str | Path], out: str | Path) -> int:

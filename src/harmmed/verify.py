@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .fetch import sha256_file
-from .prompts import EncodedPair, read_inputs, select_pairs
+from .prompts import EncodedPair, select_pairs
 from .reference import Edit, ReferencePatcher
 from .storage import write_table
 

@@ -1,4 +1,5 @@
-"""Entry point of ``make figures BUNDLE=...``: ``python -m harmmed.redraw BUNDLE [OUT_DIR]``.
+"""Entry point of ``make figures BUNDLE=...``: ``python workflow/scripts/redraw.py BUNDLE [OUT_DIR]``
+(with ``src`` on PYTHONPATH).
 
 Like a rule script it calls one function in :mod:`harmmed.stages` (which imports no torch for
 this), so it runs where only pandas and matplotlib are installed.
@@ -9,19 +10,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from harmmed.bundle import BundleError
 from harmmed.stages import figures_from_bundle
 
 
 def main(argv: list[str]) -> int:
     if not 1 <= len(argv) <= 2:
-        print("usage: python -m harmmed.redraw BUNDLE.tar.gz [OUT_DIR]", file=sys.stderr)
+        print("usage: python workflow/scripts/redraw.py BUNDLE.tar.gz [OUT_DIR]", file=sys.stderr)
         return 2
     bundle = Path(argv[0])
     out = Path(argv[1]) if len(argv) > 1 else bundle.parent / bundle.name.removesuffix(".tar.gz")
     try:
         root = figures_from_bundle(bundle, out)
-    except BundleError as err:
+    except ValueError as err:  # harmmed.bundle.BundleError: a bad or tampered bundle
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"figures, claims.md and report.html regenerated under {root / 'figures'}")

@@ -1,0 +1,134 @@
+"""Stages for reviewers: provenance, the independent verification, and bundles redrawn
+without a model."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from ..prompts import read_inputs
+from ..storage import atomic_path, model_spec, read_json, read_manifest, write_json
+from .base import ManifestSource, log
+from .models import prepare_prompts
+from .tables import (calibration, claims, figures, generation_figure, neuron_figures, probe_figure, screen_figures,
+                     token_figures)
+
+
+# ---------------------------------------------------------------- provenance, verification, bundles
+def _result_paths(results: Path) -> dict[str, str]:
+    """One model's result files under the input names the figure and claims stages take."""
+    names = {"manifest": "manifest.json", "inputs": "inputs.jsonl", "layer": "layer.csv", "module": "module.csv",
+             "severed": "severed.csv", "heatmap": "heatmap.csv", "tokens": "heatmap_tokens.json",
+             "neuron": "neuron.csv", "ranking": "neuron_ranking.csv", "sparsity": "sparsity.csv",
+             "gating": "gating.csv", "token": "token.csv", "probe": "probe.csv", "rates": "generation_rates.csv",
+             "patches": "claim_patches.csv",
+             "screen": "screen.csv", "screen_report": "screen_report.csv", "screen_heldout": "screen_heldout.csv"}
+    return {key: str(results / name) for key, name in names.items()}
+
+
+def provenance(cfg: dict, manifest: ManifestSource, pairs_file: str, dataset_files: list[str],
+               result_files: list[str], repo: str | Path, threads: int | None, out: str | Path) -> None:
+    """results/<model>/provenance.json: the code, config, machine, weights and every file's sha256."""
+    from ..fetch import portable_path
+    from ..provenance import build_provenance
+
+    record = build_provenance(cfg, read_manifest(manifest), [pairs_file, *dataset_files], result_files, repo, threads)
+    record["pairs_file"] = portable_path(pairs_file)
+    write_json(record, out)
+
+
+def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, verification_md: str | Path,
+           threads: int = 1) -> None:
+    """Recompute sampled rows with the reference patcher and check every recorded digest, the
+    input encoding and the claims table; write the report, then fail if anything failed."""
+    from .. import verify as checks_of
+    from ..provenance import weights_digest
+
+    results = Path(results_dir)
+    record = checks_of.read_provenance(results / "provenance.json")
+    recorded_cfg, manifest, paths = record["config"], read_manifest(results / "manifest.json"), _result_paths(results)
+    digest = weights_digest(manifest["path"])
+    checks = checks_of.file_checks(record, results, manifest, digest)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
+        checks.append(checks_of.same_bytes("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
+                                           tmp / "inputs.jsonl"))
+        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv"})
+        checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
+                                           tmp / "claims.csv"))
+    rows = []
+    ran = digest == manifest["sha256"] == record["weights"]["sha256"]  # other weights cannot reproduce a row
+    if recorded_cfg["prompts"]["mode"] == "noise":
+        ran = False
+        checks.append(checks_of.Check("rows recomputed", False, "noise mode: the reference draws no embedding noise"))
+    if ran:
+        rows = checks_of.verify_rows(results, _recomputer(cfg, recorded_cfg, manifest, results, threads),
+                                     cfg["verify"]["n_rows"], cfg["verify"]["seed"])
+    summary = checks_of.table_summary(rows, cfg["verify"]["tolerance"], results, ran)
+    with atomic_path(verification_csv) as tmp_csv, atomic_path(verification_md) as tmp_md:
+        text = checks_of.write_report(rows, summary, checks, cfg["verify"]["tolerance"], manifest["name"],
+                                      tmp_csv, tmp_md)
+    log.info("verification:\n%s", text)
+    failed = checks_of.failures(summary, checks)
+    if failed:
+        raise checks_of.VerificationFailed(f"verification of {results} failed: {', '.join(failed)} (see the log)")
+
+
+def _recomputer(cfg: dict, recorded_cfg: dict, manifest: dict, results: Path, threads: int):
+    """The reference patcher on this machine's device (this config) in the recorded dtype."""
+    import torch
+
+    from ..models import load_model
+    from ..provenance import check_device
+    from ..reference import ReferencePatcher
+    from ..verify import RowRecomputer
+
+    device = model_spec(cfg, manifest["name"])["device"]
+    check_device(device, f"models[{manifest['name']}].device")
+    torch.set_num_threads(max(1, threads))
+    trust = model_spec(recorded_cfg, manifest["name"]).get("trust_remote_code", False)
+    model, _ = load_model(manifest["path"], manifest["dtype"], device, trust)
+    return RowRecomputer(ReferencePatcher(model, manifest["refusal_token_ids"]), read_inputs(results / "inputs.jsonl"),
+                         recorded_cfg, pd.read_csv(results / "neuron_ranking.csv"))
+
+
+def bundle(provenance_path: str | Path, out: str | Path) -> None:
+    """results-<model>-<commit>.tar.gz (+ .sha256): the tables, provenance and claims."""
+    from ..bundle import pack
+
+    pack(Path(provenance_path), Path(out))
+
+
+def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
+    """Check and unpack a bundle, then redraw every figure, claims.md and the report from its tables
+    alone (with the config its provenance records); no model, no torch. Returns the folder."""
+    from ..bundle import BundleError, unpack, write_report
+
+    root = unpack(Path(bundle_path), Path(out_dir))
+    for results in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
+        cfg, paths = read_json(results / "provenance.json")["config"], _result_paths(results)
+        figs = root / "figures" / results.name
+        if Path(paths["heatmap"]).is_file():  # absent for a model that skips figures
+            figures(cfg, paths, figs)
+            neuron_figures(cfg, paths, figs)
+        if Path(paths["screen"]).is_file():  # absent for a model that skips screen
+            screen_figures(cfg, paths, figs)
+        if Path(paths["token"]).is_file():  # absent for a model that skips mediate_token
+            token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
+        probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
+        if Path(paths["rates"]).is_file():  # absent for a model that skips generate
+            generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
+        claims(cfg, paths, {"csv": figs / "claims.csv"})
+        if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
+            raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
+        one_model = {**cfg, "models": [model_spec(cfg, results.name)]}  # claims.md, marked against its plant
+        with tempfile.TemporaryDirectory() as grid:  # the cross-model grid needs every model: not redrawn
+            calibration(one_model, [str(figs / "claims.csv")], {"csv": Path(grid) / "calibration.csv",
+                                                                "png": Path(grid) / "calibration.png",
+                                                                "md": [figs / "claims.md"]})
+        (figs / "claims.csv").unlink()
+        write_report(figs, results.name)
+    return root

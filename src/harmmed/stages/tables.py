@@ -1,0 +1,136 @@
+"""Stages that read result tables only (no torch): every figure, the claims table and the
+calibration grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..prompts import read_inputs
+from ..storage import atomic_path, read_json, read_jsonl, read_manifest, read_table
+from .base import ManifestSource, Paths, log
+
+
+# ---------------------------------------------------------------- figures and claims
+def _boot(cfg: dict) -> dict[str, Any]:
+    from ..effects import Bootstrap
+
+    return Bootstrap.from_config(cfg).kwargs()
+
+
+def figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
+    """Layer, module, severed-path curves and the heatmaps. ``inputs``: manifest, layer, module,
+    severed, heatmap, inputs (inputs.jsonl), tokens (heatmap_tokens.json)."""
+    from .. import plotting
+
+    manifest, boot, out_dir = read_manifest(inputs["manifest"]), _boot(cfg), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plotting.plot_layer_curves(read_table(inputs["layer"]), manifest, out_dir / "layer_curves", **boot)
+    plotting.plot_module_curves(read_table(inputs["module"]), manifest, out_dir / "module_curves", **boot)
+    plotting.plot_severed(read_table(inputs["severed"]), manifest, out_dir / "severed_paths", **boot)
+    rows = read_jsonl(inputs["inputs"])
+    plotting.plot_heatmaps(read_table(inputs["heatmap"]), rows, read_json(inputs["tokens"]), manifest,
+                           out_dir / "heatmap")
+
+
+def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], out: str | Path) -> None:
+    from .. import plotting
+
+    named = {read_manifest(m)["name"]: (m, csv) for m, csv in zip(manifests, layer_csvs)}
+    plotting.plot_cross_model({n: read_table(c) for n, (_, c) in named.items()},
+                              {n: read_manifest(m) for n, (m, _) in named.items()},
+                              Path(out).with_suffix(""), **_boot(cfg))
+
+
+def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
+    """claims.csv of one model. ``inputs``: manifest, patches (claim_patches.csv), probe;
+    ``outputs``: csv. claims.md is written by the calibration stage, which knows every model."""
+    from ..claims import compute_claims, write_claims_csv
+    from ..effects import Bootstrap
+    from ..probe import c4_row
+
+    manifest, thresholds, boot = read_manifest(inputs["manifest"]), cfg["claims"]["thresholds"], Bootstrap.from_config(cfg)
+    c4 = c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
+                float(thresholds["C4_probe_depth"]), *boot.kwargs().values())
+    patches = read_table(inputs["patches"], ("positions", "layers", "units", "draw"))
+    table = compute_claims(patches, thresholds, boot, float(cfg["effects"]["min_abs_te"]), c4)
+    with atomic_path(outputs["csv"]) as tmp:
+        write_claims_csv(table, tmp)
+
+
+def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths, manifests: list[str] | None = None) -> None:
+    """Every model's claims against its expected verdicts. ``claims_csvs`` (and ``manifests``)
+    follow the config's model order; ``outputs``: csv, png, md (every model's claims.md, in model
+    order). A fine-tune that failed its behaviour check has no ground truth to calibrate against:
+    its expected verdicts are dropped (grey in the grid), never counted."""
+    from ..calibration import write_calibration_outputs
+    from ..claims import read_claims
+
+    names = [spec["name"] for spec in cfg["models"]]
+    expected = {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]}
+    for name, path in zip(names, manifests or []):
+        behaviour = read_json(path).get("behaviour")
+        if behaviour is not None and not behaviour["passed"] and expected[name]:
+            log.warning("%s failed its behaviour check: left out of the calibration", name)
+            expected[name] = {}
+    write_calibration_outputs(dict(zip(names, (read_claims(path) for path in claims_csvs))), expected,
+                              cfg["calibration"]["metric"], outputs)
+
+
+def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
+    """Neuron distribution, sparsity, block-vs-sum and gating figures. ``inputs``: manifest,
+    neuron, ranking, sparsity, gating."""
+    from .. import neuron_plots
+
+    manifest, boot, out_dir = read_manifest(inputs["manifest"]), _boot(cfg), Path(out_dir)
+    neuron_df = read_table(inputs["neuron"], ("positions", "block", "neuron"))
+    neuron_plots.plot_neuron_distribution(pd.read_csv(inputs["ranking"]), manifest, out_dir / "neuron_distribution")
+    neuron_plots.plot_sparsity(read_table(inputs["sparsity"], ()), manifest, out_dir / "sparsity", **boot)
+    neuron_plots.plot_block_vs_sum(neuron_df, manifest, out_dir / "block_vs_sum")
+    neuron_plots.plot_gating(read_table(inputs["gating"], ()), manifest, out_dir / "gating", **boot)
+
+
+def token_figures(manifest: ManifestSource, token_csv: str | Path, inputs_path: str | Path, out: str | Path) -> None:
+    """The token heatmaps from token.csv (analysis environment, no torch)."""
+    from ..token import plot_token_heatmap
+
+    token_df = read_table(token_csv, ("positions", "pair_id"))
+    plot_token_heatmap(token_df, read_inputs(inputs_path), read_manifest(manifest), out)
+
+
+def probe_figure(cfg: dict, manifest: ManifestSource, probe_csv: str | Path, out: str | Path) -> None:
+    """The probe accuracy figure from probe.csv (analysis environment)."""
+    from ..probe import plot_probe
+
+    plot_probe(pd.read_csv(probe_csv), read_manifest(manifest), out, level=float(cfg["probe"]["accuracy_level"]))
+
+
+def screen_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
+    """The screen's four figures. ``inputs``: manifest, screen, screen_report, screen_heldout."""
+    from .. import screen_plots
+    from ..screen_report import pair_outcomes, read_screen
+
+    manifest, out_dir, held = read_manifest(inputs["manifest"]), Path(out_dir), cfg["screen"]["held_out"]
+    screen = read_screen(inputs["screen"])
+    heldout = read_table(inputs["screen_heldout"], ("positions", "units", "draw"))
+    outcomes = pair_outcomes(read_table(inputs["screen_report"]))
+    screen_plots.plot_screen_scatter(screen, manifest, out_dir / "screen_scatter")
+    screen_plots.plot_screen_heatmap(screen, outcomes, manifest, held["positions"], out_dir / "screen_heatmap")
+    screen_plots.plot_screen_sparsity(heldout, manifest, out_dir / "screen_sparsity")
+    screen_plots.plot_screen_adjacency(heldout, manifest, held["block_size"], out_dir / "screen_adjacency")
+
+
+def generation_figure(manifest: ManifestSource, rates_csv: str | Path, out: str | Path) -> None:
+    """``out`` is the PNG path; the PDF is written beside it."""
+    from ..generation import plot_generation_rates, read_rates
+
+    plot_generation_rates(read_rates(rates_csv), read_manifest(manifest), Path(out).with_suffix(""))
+
+
+def recovery_figure(recovery_csvs: list[str], out: str | Path) -> None:
+    """figures/recovery.png (and PDF) from every model's recovery.csv (analysis environment)."""
+    from ..recovery import plot_recovery, read_recovery
+
+    plot_recovery([read_recovery(path) for path in recovery_csvs], Path(out).with_suffix(""))
