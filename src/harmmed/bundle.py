@@ -9,12 +9,13 @@ HTML report. Archives are byte-reproducible: members sorted, owners and times ze
 from __future__ import annotations
 
 import gzip
-import hashlib
 import html
 import io
 import json
 import tarfile
 from pathlib import Path
+
+from .fetch import sha256_file
 
 CAPTIONS = Path(__file__).resolve().parents[2] / "workflow" / "report"
 # figure (file stem) -> caption file in workflow/report, in reading order
@@ -31,10 +32,6 @@ class BundleError(ValueError):
     pass
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def pack(provenance_path: Path, out: Path) -> Path:
     """Write ``out`` (.tar.gz) with every result file the provenance lists, the provenance itself,
     and ``out``.sha256 in ``sha256sum`` format. Fails if a file changed since the provenance."""
@@ -46,7 +43,7 @@ def pack(provenance_path: Path, out: Path) -> Path:
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in names:
             path = results / name
-            if name in record["results"] and _sha256(path) != record["results"][name]:
+            if name in record["results"] and sha256_file(path) != record["results"][name]:
                 raise BundleError(f"{path} changed after {provenance_path} was written; rerun the workflow")
             info = tarfile.TarInfo(f"results/{model}/{name}")
             data = path.read_bytes()
@@ -57,7 +54,7 @@ def pack(provenance_path: Path, out: Path) -> Path:
     with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(buffer.getvalue())
     tmp.replace(out)
-    Path(f"{out}.sha256").write_text(f"{_sha256(out)}  {out.name}\n", encoding="utf-8")
+    Path(f"{out}.sha256").write_text(f"{sha256_file(out)}  {out.name}\n", encoding="utf-8")
     return out
 
 
@@ -69,7 +66,7 @@ def check(bundle: Path) -> None:
     if not digest_file.is_file():
         raise BundleError(f"{bundle}: its checksum file {digest_file.name} is missing")
     expected = digest_file.read_text(encoding="utf-8").split()[0]
-    actual = _sha256(bundle)
+    actual = sha256_file(bundle)
     if actual != expected:
         raise BundleError(f"{bundle}: sha256 {actual} does not match {digest_file.name} ({expected})")
 

@@ -74,13 +74,12 @@ def write_calibration_outputs(tables: Mapping[str, pd.DataFrame], expected: Mapp
                               metric: str, outputs: Mapping[str, Any]) -> pd.DataFrame:
     """calibration.csv, the grid figure and every model's claims.md (``outputs``: csv, png, md
     in the order of ``tables``), each written whole or not at all."""
-    from .claims import claims_markdown
-    from .storage import atomic_path
+    from .claims import CLAIMS_FLOAT_FORMAT, claims_markdown
+    from .storage import atomic_path, write_table
 
     calibration = calibration_table(tables, expected, metric)
     marks = calibrated_marks(calibration)
-    with atomic_path(outputs["csv"]) as tmp:
-        calibration.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+    write_table(calibration, list(calibration.columns), outputs["csv"], float_format=CLAIMS_FLOAT_FORMAT)
     plot_calibration(calibration, list(tables), outputs["png"])
     for (name, table), md in zip(tables.items(), outputs["md"]):
         with atomic_path(md) as tmp:

@@ -44,7 +44,9 @@ import numpy as np
 import pandas as pd
 
 from harmmed.constants import METRICS
-from harmmed.effects import Bootstrap, bootstrap_ci
+
+CLAIMS_FLOAT_FORMAT = "%.6g"  # claims and calibration tables: summaries, not raw outcomes
+from harmmed.effects import Bootstrap, bootstrap_ci, pair_te
 
 CLAIM_COLUMNS: tuple[str, ...] = (
     "claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict", "n_pairs", "n_excluded",
@@ -102,8 +104,8 @@ def late_band(n_layers: int) -> range:
 
 
 def window_layers(layer: int, window: int, n_layers: int) -> range:
-    """Layers of a module window centred on ``layer`` (clipped at the ends); must equal
-    ``mediation.window_layers``, which is not importable here without torch."""
+    """Layers of a module window centred on ``layer`` (clipped at the ends): the module sweep's
+    windows (``mediation`` imports this), defined here so torch-free claims can use it."""
     half = window // 2
     return range(max(0, layer - half), min(n_layers - 1, layer + half) + 1)
 
@@ -209,9 +211,7 @@ def role_shares(patches: pd.DataFrame, metric: str, kind: str, roles: list[str],
 
 def behaviour_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootstrap) -> dict[str, Any]:
     """Held-out mean TE (every pair) with its CI against the behaviour threshold."""
-    rows = patches[patches["metric"] == metric].sort_values("pair_id", kind="mergesort")
-    first = rows.drop_duplicates("pair_id")
-    te = (first["y_harmful"] - first["y_benign"]).to_numpy(dtype=float)
+    te = pair_te(patches, metric).to_numpy(dtype=float)
     return row("B", f"behaviour_present_TE[{metric}]", threshold, te, 0, boot)
 
 
@@ -300,8 +300,10 @@ def claims_markdown(df: pd.DataFrame, title: str, calibrated: Mapping[str, str] 
 
 
 def write_claims_csv(df: pd.DataFrame, path: str | Path) -> None:
-    """The claims table as CSV (%.6g floats, blank for missing, "\\n" line endings)."""
-    df[list(CLAIM_COLUMNS)].to_csv(path, index=False, float_format="%.6g", lineterminator="\n")
+    """The claims table through the one table writer, rounded to %.6g (blank for missing)."""
+    from harmmed.storage import write_table
+
+    write_table(df, CLAIM_COLUMNS, path, float_format=CLAIMS_FLOAT_FORMAT)
 
 
 def read_claims(path: str | Path) -> pd.DataFrame:

@@ -28,10 +28,14 @@ def weights_mb(model_dir: str | Path) -> int:
     return -(-sum(f.stat().st_size for f in files) // 2**20)
 
 
+def model_dir_mem_mb(model_dir: str | Path) -> int:
+    """Memory a job that loads the model in ``model_dir`` asks for: a few copies of its weights."""
+    return WEIGHT_COPIES * weights_mb(model_dir) + BASE_MEM_MB
+
+
 def model_mem_mb(manifest_path: str | Path) -> int:
     """Memory a job that loads the manifest's model asks for."""
-    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-    return WEIGHT_COPIES * weights_mb(manifest["path"]) + BASE_MEM_MB
+    return model_dir_mem_mb(json.loads(Path(manifest_path).read_text(encoding="utf-8"))["path"])
 
 
 @dataclass(frozen=True)

@@ -125,21 +125,6 @@ def paired_statistic(
     return value, low, high
 
 
-def pair_matrix(df: pd.DataFrame, column: str = "layer", **filters: Any) -> pd.DataFrame:
-    """Pairs (rows, sorted) x values of `column` (columns, sorted) of `effect`, after filtering.
-
-    Pairs missing any column are dropped so the matrix can be resampled by rows.
-    """
-    mask = np.ones(len(df), dtype=bool)
-    for key, value in filters.items():
-        mask &= (df[key].astype(str) == str(value)).to_numpy()
-    rows = df.loc[mask, ["pair_id", column, "effect"]]
-    if rows.duplicated(["pair_id", column]).any():
-        raise ValueError(f"duplicate (pair_id, {column}) rows for filters {filters}")
-    wide = rows.pivot(index="pair_id", columns=column, values="effect")
-    return wide.sort_index().sort_index(axis=1).dropna(how="any")
-
-
 def pair_te(df: pd.DataFrame, metric: str) -> pd.Series:
     """Total effect y_harmful - y_benign per pair for one metric (first row of each pair)."""
     rows = df[df["metric"] == metric].sort_values("pair_id", kind="mergesort")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .claims import window_layers
 from .constants import METRICS
 from .engine import FROZEN_BASE, Intervention, MediationEngine, NoisedRuns, Patch, Run
 from .prompts import EncodedPair
@@ -65,11 +66,6 @@ def aligned_positions(pair: EncodedPair, kind: str = "NIE") -> range:
     base = base_prompt_len(pair, kind)
     source = len(pair.harmful_ids) + len(pair.benign_ids) - base if pair.noise_span is None else base
     return range(max(0, base - source), base)
-
-
-def window_layers(layer: int, window: int, n_layers: int) -> range:
-    half = window // 2
-    return range(max(0, layer - half), min(n_layers - 1, layer + half) + 1)
 
 
 def clean_runs(engine: MediationEngine, pair: EncodedPair) -> tuple[Run, Run | NoisedRuns]:

@@ -67,12 +67,13 @@ def read_manifest(path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_table(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, columns: Sequence[str],
-                path: str | Path) -> None:
-    """The one CSV writer: fixed column order, ``%.9g`` floats, ``\\n`` line ends, atomic, so
-    reruns are byte-identical and a failure leaves nothing half-written."""
+                path: str | Path, float_format: str = FLOAT_FORMAT) -> None:
+    """The one CSV writer: fixed column order, ``%.9g`` floats (summary tables such as claims
+    round coarser), ``\\n`` line ends, atomic, so reruns are byte-identical and a failure leaves
+    nothing half-written."""
     frame = pd.DataFrame(rows if isinstance(rows, pd.DataFrame) else list(rows), columns=list(columns))
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+        frame.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
 
 
 def read_table(path: str | Path, text_columns: Sequence[str] = ("positions",)) -> pd.DataFrame:

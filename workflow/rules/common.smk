@@ -3,7 +3,7 @@
 import os
 import re
 
-from harmmed.cluster import JobNeverFits, check_fits, model_mem_mb, slurm_nodes, weights_mb
+from harmmed.cluster import JobNeverFits, check_fits, model_dir_mem_mb, model_mem_mb, slurm_nodes
 from harmmed.shards import shard_ids
 from harmmed.provenance import config_digest, git_state, short_commit
 from harmmed.storage import model_spec
@@ -106,7 +106,7 @@ def download_mem_mb(wildcards, threads):
     """download_model loads the model once on the CPU: a local model is measured, others by source."""
     spec = model_spec(config, wildcards.model)
     if spec["source"] == "local":
-        mem_mb = 3 * weights_mb(spec["path"]) + 1024
+        mem_mb = model_dir_mem_mb(spec["path"])
     else:
         mem_mb = DOWNLOAD_MEM_MB[spec["source"]]
     return _checked("download_model", threads, mem_mb, gpus=0)

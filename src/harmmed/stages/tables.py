@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from ..prompts import read_inputs
-from ..storage import atomic_path, read_json, read_jsonl, read_manifest, read_table
+from ..storage import read_json, read_jsonl, read_manifest, read_table
 from .base import ManifestSource, Paths, log
 
 
@@ -56,8 +56,7 @@ def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
                 float(thresholds["C4_probe_depth"]), *boot.kwargs().values())
     patches = read_table(inputs["patches"], ("positions", "layers", "units", "draw"))
     table = compute_claims(patches, thresholds, boot, float(cfg["effects"]["min_abs_te"]), c4)
-    with atomic_path(outputs["csv"]) as tmp:
-        write_claims_csv(table, tmp)
+    write_claims_csv(table, outputs["csv"])
 
 
 def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths, manifests: list[str] | None = None) -> None:
