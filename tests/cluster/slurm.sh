@@ -6,7 +6,8 @@
 #   tests/cluster/slurm.sh down RUN_DIR # stops what `up` started, by PID
 #
 # Everything lives under RUN_DIR (configs, keys, database, state, logs, PID files): no system
-# service is started or changed, and nothing outside RUN_DIR is written but the packages.
+# service is started or changed, and nothing outside RUN_DIR is written but the packages (and,
+# outside a private mount namespace, a link at /etc/slurm/slurm.conf while the cluster runs).
 # Clients find the cluster through `source RUN_DIR/env.sh` (SLURM_CONF).
 # Runs as root without systemd: the daemons are started directly.
 set -euo pipefail
@@ -104,9 +105,17 @@ up() {
     local run=$1
     write_configs "$run"
     # The plugin's job steps drop SLURM_* variables (SLURM_CONF too), so srun inside a job reads
-    # the default path: link it to this cluster's file for as long as the cluster runs.
-    if [ -e "$SYSTEM_CONF" ] && [ "$(readlink "$SYSTEM_CONF")" != "$run/slurm.conf" ]; then
-        echo "slurm: $SYSTEM_CONF exists and is not ours; refusing to replace it" >&2; return 1
+    # the default path. In a private mount namespace (test_cluster.sh makes one) a tmpfs over
+    # /etc/slurm holds a link to this cluster's file, and the host's /etc/slurm is never touched,
+    # whatever it holds. Without one, the link is made on the host while the cluster runs.
+    if [ -n "${HARMMED_SLURM_PRIVATE_MOUNTS:-}" ]; then
+        mkdir -p "$(dirname "$SYSTEM_CONF")"
+        mount -t tmpfs -o size=1m harmmed-slurm-etc "$(dirname "$SYSTEM_CONF")"
+    elif [ -e "$SYSTEM_CONF" ] || [ -L "$SYSTEM_CONF" ]; then
+        case "$(readlink "$SYSTEM_CONF")" in
+            /tmp/harmmed-cluster.*/slurm/slurm.conf) ;;   # left by an interrupted run of this test
+            *) echo "slurm: $SYSTEM_CONF exists and is not ours; refusing to replace it" >&2; return 1 ;;
+        esac
     fi
     mkdir -p "$(dirname "$SYSTEM_CONF")"; ln -sfn "$run/slurm.conf" "$SYSTEM_CONF"
     # shellcheck disable=SC1091
@@ -116,6 +125,9 @@ up() {
     chmod 700 "$run/munge"; chmod 400 "$run/munge/munge.key"
     # The default socket: Slurm 22.05's accounting clients ignore AuthInfo=socket=.
     mkdir -p "$(dirname "$MUNGE_SOCKET")"
+    if [ -n "${HARMMED_SLURM_PRIVATE_MOUNTS:-}" ]; then   # hides a host munged's socket too
+        mount -t tmpfs -o size=1m harmmed-munge "$(dirname "$MUNGE_SOCKET")"
+    fi
     if $T 2 munge --socket="$MUNGE_SOCKET" -n >/dev/null 2>&1; then
         echo "slurm: a munged already serves $MUNGE_SOCKET; stop it first" >&2; return 1
     fi
@@ -157,7 +169,11 @@ down() {
         for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
         kill -9 "$pid" 2>/dev/null || true
     done
-    if [ "$(readlink "$SYSTEM_CONF" 2>/dev/null)" = "$run/slurm.conf" ]; then rm -f "$SYSTEM_CONF"; fi
+    if [ -n "${HARMMED_SLURM_PRIVATE_MOUNTS:-}" ]; then
+        umount "$(dirname "$SYSTEM_CONF")" "$(dirname "$MUNGE_SOCKET")" 2>/dev/null || true
+    elif [ "$(readlink "$SYSTEM_CONF" 2>/dev/null)" = "$run/slurm.conf" ]; then
+        rm -f "$SYSTEM_CONF"
+    fi
     echo "slurm: daemons stopped"
 }
 

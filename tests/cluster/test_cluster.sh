@@ -7,6 +7,11 @@
 # profiles/slurm` plus the documented settings for this 2-CPU node), compares every file under
 # results/ and figures/, and stops the daemons it started. Prints the time of each phase.
 set -euo pipefail
+# In a private mount namespace, the test's /etc/slurm is a tmpfs of its own (tests/cluster/slurm.sh):
+# a machine's own SLURM config, or one left by an interrupted run, is neither read nor replaced.
+if [ -z "${HARMMED_SLURM_PRIVATE_MOUNTS:-}" ] && unshare --mount --propagation private true 2>/dev/null; then
+    exec env HARMMED_SLURM_PRIVATE_MOUNTS=1 unshare --mount --propagation private bash "${BASH_SOURCE[0]}" "$@"
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO=$PWD
 VENV=${VENV:-$REPO/.venv}
