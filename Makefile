@@ -26,7 +26,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 # Rule scripts are started as `python ...` from PATH: make that the venv's python.
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
-SMK_FLAGS = --cores $(CORES) --configfile $(CONFIG) --rerun-triggers mtime $(SNAKEMAKE_ARGS)
+SMK_FLAGS = --rerun-triggers mtime --configfile $(CONFIG) --cores $(CORES) $(SNAKEMAKE_ARGS)  # --cores last: targets may follow
 
 .PHONY: venv replicate dryrun report test lint format test-cluster bench clean verify bundle figures
 

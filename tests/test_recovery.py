@@ -10,7 +10,9 @@ import torch
 from harmmed import neuron
 from harmmed.constants import NEURON_COLUMNS
 from harmmed.components import ComponentSpec, parse_trainable, seeded_units
+from harmmed.effects import Bootstrap
 from harmmed.engine import MediationEngine
+from harmmed.mediation import clean_runs
 from harmmed.prompts import encode_pairs, split_pairs
 from harmmed.recovery import (Plant, Targets, configured_plants, elsewhere_band, pair_effects, ranked_units,
                               recovery_rows)
@@ -19,7 +21,7 @@ from tiny import TINY_PAIRS, tiny_model, tiny_tokenizer
 HARMFUL_WORDS = ("bomb", "gun", "poison", "steal", "hack", "threat")
 GATE_UNIT = 7
 D_FLAG, D_ROUTED, D_REFUSE = 0, 1, 2  # residual dimensions the wiring uses
-BOOT = (200, 0.95, 0)
+BOOT = Bootstrap(n_boot=200, ci=0.95, seed=0)
 
 
 @torch.no_grad()
@@ -83,7 +85,7 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
     assert order[0] == GATE_UNIT
 
     plant = Plant("gate", ComponentSpec("neuron", (3, 3), 1), (GATE_UNIT,))
-    effects = pd.DataFrame([pair_effects(engine, pair, [plant], {"gate": order}) for pair in pairs])
+    effects = pd.DataFrame([pair_effects(engine, pair, clean_runs(engine, pair), [plant], {"gate": order}) for pair in pairs])
     assert (effects["te"] > 1.0).all()  # the wiring gives every pair a clear refusal effect
     table = pd.DataFrame(recovery_rows("gate", effects, [plant], "gate", {"gate": order}, 4, Targets(), 0.1, BOOT))
     judged = table[table["target"] != ""]
@@ -94,7 +96,7 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
 
     # A wrong ground truth (another unit) is not recovered: the statistics can fail.
     decoy = Plant("gate", ComponentSpec("neuron", (3, 3), 1), ((GATE_UNIT + 1) % 48,))
-    effects = pd.DataFrame([pair_effects(engine, pair, [decoy], {"gate": order}) for pair in pairs])
+    effects = pd.DataFrame([pair_effects(engine, pair, clean_runs(engine, pair), [decoy], {"gate": order}) for pair in pairs])
     table = pd.DataFrame(recovery_rows("gate", effects, [decoy], "gate", {"gate": order}, 4, Targets(), 0.1, BOOT))
     assert table[table["target"] != ""]["pass"].tolist() == [False, False, False]
 

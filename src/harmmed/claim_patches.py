@@ -21,6 +21,7 @@ from .engine import MediationEngine, NoisedRuns, Patch, Run
 from .mediation import position_sets
 from .neuron import top_units
 from .prompts import EncodedPair
+from .rows import outcome_rows
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,12 @@ def pair_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run |
         positions = position_sets(pair, "NIE" if kind == "NIE" else "NDE")[plan.positions]  # the base run's
         items = _items(plan, positions, kind)
         ys = engine.patch(base, source, [iv for _, _, iv in items])
-        for (labels, metrics, _), y in zip(items, ys):
-            for metric in metrics:
-                patched = float(y[METRICS.index(metric)])
-                effect = patched - benign.y[metric] if kind == "NIE" else harmful.y[metric] - patched
-                rows.append({"pair_id": pair.pair_id, "metric": metric, **labels, "positions": plan.positions,
-                             "y_benign": benign.y[metric], "y_harmful": harmful.y[metric],
-                             "y_patched": patched, "effect": effect})
+        labels = [{"metric": metrics[0] if len(metrics) == 1 else "*", **label, "positions": plan.positions}
+                  for label, metrics, _ in items]
+        direction = outcome_rows(pair.pair_id, labels, ys, (harmful, benign),
+                                 effect_from="benign" if kind == "NIE" else "harmful")
+        if kind == "NEC":  # the harmful outcome lost
+            for row in direction:
+                row["effect"] = row["y_harmful"] - row["y_patched"]
+        rows += direction
     return rows

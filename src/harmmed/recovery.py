@@ -12,8 +12,9 @@ pairs, in units of the pair's total effect (TE) on the refusal metric:
   post-instruction positions carry the largest NIE should lie in the band. All-position windows
   cannot localise: the layer-0 MLP acts as an extended embedding and carries nearly the whole
   effect at all positions in every model;
-* the gate: precision and recall at K of the neuron ranking (chosen on the discovery split)
-  against the K planted units, and the planted units' joint NIE and necessity.
+* the gate: recall at K of the neuron ranking (chosen on the discovery split) against the K
+  planted units (at K = the number planted, precision is the same number), and the planted
+  units' joint NIE and necessity.
 
 Ratios are ratios of means over pairs (mean effect / mean TE) with a paired bootstrap CI. A model
 without a plant (the base, the aligned fine-tune) gets the same statistics for every configured
@@ -31,11 +32,11 @@ import numpy as np
 import pandas as pd
 
 from .components import ComponentSpec, parse_trainable, seeded_units
-from .effects import paired_statistic
+from .effects import Bootstrap, paired_statistic
 from .prompts import EncodedPair
 
 if TYPE_CHECKING:  # the figure job runs without torch; the engine is imported where it is used
-    from .engine import MediationEngine, Patch
+    from .engine import MediationEngine, Patch, Run
 
 METRIC = "refusal"
 TYPE_SITES = ("mlp", "attn")
@@ -86,15 +87,15 @@ def _windows(size: int, n_layers: int) -> list[tuple[int, ...]]:
     return [tuple(range(start, start + size)) for start in range(n_layers - size + 1)]
 
 
-def pair_effects(engine: MediationEngine, pair: EncodedPair, plants: Sequence[Plant],
+def pair_effects(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run], plants: Sequence[Plant],
                  rankings: Mapping[str, Sequence[int]]) -> dict[str, float]:
     """One pair's TE and every intervention's refusal effect, keyed by label: ``nie:`` effects
     patch harmful values into the benign run, ``removed:`` effects the share of the harmful
     run's outcome lost when benign values are patched in."""
     from .constants import METRICS
-    from .mediation import clean_runs, position_sets
+    from .mediation import position_sets
 
-    harmful, benign = clean_runs(engine, pair)
+    harmful, benign = runs
     m = METRICS.index(METRIC)
     sets = position_sets(pair)
     every, post = sets["all"], sets["post"]
@@ -130,7 +131,7 @@ def pair_effects(engine: MediationEngine, pair: EncodedPair, plants: Sequence[Pl
 class _Table:
     """Collects recovery rows; ratio statistics get a paired bootstrap CI."""
 
-    def __init__(self, model: str, effects: pd.DataFrame, min_abs_te: float, boot: tuple[int, float, int]) -> None:
+    def __init__(self, model: str, effects: pd.DataFrame, min_abs_te: float, boot: Bootstrap) -> None:
         self.model, self.rows, self.boot = model, [], boot
         self.effects = effects[effects["te"].abs() >= min_abs_te]
 
@@ -140,7 +141,7 @@ class _Table:
             value = low = high = float("nan")
         else:
             matrix = frame[[column, "te"]].to_numpy(dtype=float)
-            value, low, high = paired_statistic(matrix, lambda m: m[..., 0] / m[..., 1], *self.boot)
+            value, low, high = paired_statistic(matrix, lambda m: m[..., 0] / m[..., 1], **self.boot.kwargs())
         self.add(plant, statistic, value, low, high, target, None if check is None else check(value))
         return value
 
@@ -153,7 +154,7 @@ class _Table:
 
 def recovery_rows(model: str, effects: pd.DataFrame, plants: Sequence[Plant], own: str | None,
                   rankings: Mapping[str, Sequence[int]], n_layers: int, targets: Targets, min_abs_te: float,
-                  boot: tuple[int, float, int]) -> list[dict]:
+                  boot: Bootstrap) -> list[dict]:
     """The recovery table of one model: targets and verdicts only for its own plant ``own``."""
     table = _Table(model, effects, min_abs_te, boot)
     for plant in plants:
@@ -195,7 +196,6 @@ def _gate_rows(table: _Table, plant: Plant, ranked: Sequence[int], targets: Targ
     k = len(plant.units)
     hits = len(set(ranked[:k]) & set(plant.units))
     need = targets.gate_recall
-    table.add(plant.name, f"gate_precision_at_{k}", hits / k if ranked else float("nan"))
     table.add(plant.name, f"gate_recall_at_{k}", hits / k if ranked else float("nan"),
               target=f">= {need}" if judged else "", passed=(hits / k >= need) if judged else None)
     text = f">= {targets.gate_joint}" if judged else ""

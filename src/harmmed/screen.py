@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from .attribution import unit_estimates, unit_gradients
 from .constants import METRICS
 from .engine import MediationEngine, Patch, Run
-from .mediation import clean_runs, position_sets
+from .mediation import position_sets
 from .neuron import sweep_pairs
 from .prompts import EncodedPair
+from .rows import outcome_rows
 
 SCREEN_COLUMNS = ["pair_id", "metric", "layer", "unit", "positions", "estimate", "exact", "verified"]
 HELDOUT_COLUMNS = ["pair_id", "metric", "layer", "positions", "selection", "draw", "k", "units",
@@ -145,9 +145,9 @@ def screen_pairs(engine: MediationEngine, pairs: Sequence[EncodedPair], settings
                  ) -> tuple[list[PairScreen], dict[str, list[PositionSet]]]:
     """Screen every pair; the first ``verify_pairs`` of them are verified exactly."""
     sets_of = {pair.pair_id: screen_sets(pair, settings, engine.sites.n_layers) for pair in pairs}
-    screens = [screen_pair(engine, pair, clean_runs(engine, pair), sets_of[pair.pair_id], settings, i,
-                           verify=i < settings.verify_pairs)
-               for i, pair in enumerate(tqdm(pairs, desc="screen", unit="pair", mininterval=10))]
+    screens = sweep_pairs(engine, list(pairs), lambda i, pair, runs: [
+        screen_pair(engine, pair, runs, sets_of[pair.pair_id], settings, i, verify=i < settings.verify_pairs)],
+        "screen")
     return screens, sets_of
 
 
@@ -245,20 +245,13 @@ def heldout_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Ru
     positions = position_sets(pair)[settings.heldout_positions]
     ys = engine.patch(benign, harmful, [(Patch("neuron", s.layer, positions, s.units),) for s in selections])
     width = engine.sites.d_mlp
-    rows = []
-    for selection, y in zip(selections, ys):
-        for m_index, metric in enumerate(METRICS):
-            if selection.metric not in ("*", metric):
-                continue
-            te = harmful.y[metric] - benign.y[metric]
-            effect = float(y[m_index]) - benign.y[metric]
-            rows.append({
-                "pair_id": pair.pair_id, "metric": metric, "layer": selection.layer,
-                "positions": settings.heldout_positions, "selection": selection.name, "draw": selection.draw,
-                "k": width if selection.units is None else len(selection.units),
-                "units": units_label(selection.units, width), "y_benign": benign.y[metric],
-                "y_harmful": harmful.y[metric], "y_patched": float(y[m_index]), "effect": effect, "te": te,
-                "share": effect / te if abs(te) >= settings.min_abs_te else np.nan})
+    labels = [{"metric": s.metric, "layer": s.layer, "positions": settings.heldout_positions, "selection": s.name,
+               "draw": s.draw, "k": width if s.units is None else len(s.units),
+               "units": units_label(s.units, width)} for s in selections]
+    rows = outcome_rows(pair.pair_id, labels, ys, runs)
+    for row in rows:
+        row["te"] = te = row["y_harmful"] - row["y_benign"]
+        row["share"] = row["effect"] / te if abs(te) >= settings.min_abs_te else np.nan
     return rows
 
 

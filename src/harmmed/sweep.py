@@ -8,7 +8,7 @@ otherwise pairs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -16,17 +16,19 @@ from .mediation import Cell, clean_runs, run_cells
 from .patches import Intervention
 from .prompts import EncodedPair
 
-PerPair = Callable[[int, EncodedPair, tuple[Any, Any], Any], list[dict]]  # (index, pair, runs, bar) -> rows
+T = TypeVar("T")
+PerPair = Callable[[int, EncodedPair, tuple[Any, Any], Any], list[T]]  # (index, pair, runs, bar) -> rows
 
 
-def sweep(engine, pairs: Sequence[EncodedPair], per_pair: PerPair, desc: str,
-          interventions_per_pair: Sequence[int] | None = None) -> list[dict]:
-    """Rows of ``per_pair(index, pair, clean_runs, bar)`` for every pair, in order. With
-    ``interventions_per_pair`` the bar counts patches and ``per_pair`` gets it; without, the
-    bar counts pairs and ``per_pair`` gets None."""
+def sweep(engine, pairs: Sequence[EncodedPair], per_pair: PerPair[T], desc: str,
+          interventions_per_pair: Sequence[int] | None = None) -> list[T]:
+    """Rows of ``per_pair(index, pair, clean_runs, bar)`` for every pair, in order (rows are
+    table rows for every mediation table, one pair's screen or effects for the screen and the
+    recovery). With ``interventions_per_pair`` the bar counts patches and ``per_pair`` gets it;
+    without, the bar counts pairs and ``per_pair`` gets None."""
     by_patch = interventions_per_pair is not None
     total = sum(interventions_per_pair) if by_patch else len(pairs)
-    rows: list[dict] = []
+    rows: list[T] = []
     with tqdm(total=total, desc=desc, unit="patch" if by_patch else "pair", mininterval=10, disable=False) as bar:
         for i, pair in enumerate(pairs):
             rows.extend(per_pair(i, pair, clean_runs(engine, pair), bar if by_patch else None))

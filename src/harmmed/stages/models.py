@@ -112,7 +112,9 @@ def finetune_model(cfg: dict, name: str, base_manifest: ManifestSource, models_d
                 **trained.record(spec, base)}
     prompts = cfg["prompts"]
     rows = read_pairs(prompts["pairs_file"])
-    pairs, _ = encode_pairs(trained.tokenizer, rows, prompts["mode"],
+    # The check reads whole prompts, never a corrupted run: noise mode's pairs are scored as unpaired.
+    mode = "unpaired" if prompts["mode"] == "noise" else prompts["mode"]
+    pairs, _ = encode_pairs(trained.tokenizer, rows, mode,
                             split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"]))
     manifest["behaviour"] = behaviour_check(
         trained.model, trained.tokenizer, select_pairs(pairs, settings["check_split"], settings["max_pairs"]),

@@ -270,10 +270,10 @@ def recovery(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranki
              recovery_csv: str | Path, threads: int = 1) -> pd.DataFrame:
     """Recovery statistics of one model: against its own plant (with targets), or, for a model
     without one, against every configured plant (the null)."""
-    from tqdm import tqdm
-
     from .. import recovery as rec
     from ..constants import RECOVERY_COLUMNS
+    from ..effects import Bootstrap
+    from ..neuron import sweep_pairs
 
     settings, manifest = cfg["recovery"], read_manifest(manifest)
     plants = rec.plants_for(manifest, cfg["models"])
@@ -282,12 +282,12 @@ def recovery(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranki
                 for p in plants if p.spec.site == "neuron"}
     engine, _ = load_engine(cfg, manifest, threads)
     pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"])
-    effects = pd.DataFrame([rec.pair_effects(engine, pair, plants, rankings)
-                            for pair in tqdm(pairs, desc="recovery", unit="pair", mininterval=10)])
+    effects = pd.DataFrame(sweep_pairs(engine, pairs, lambda _i, pair, runs: [
+        rec.pair_effects(engine, pair, runs, plants, rankings)], "recovery"))
     own = manifest["name"] if manifest.get("planted") else None
     rows = rec.recovery_rows(manifest["name"], effects, plants, own, rankings, engine.sites.n_layers,
                              rec.Targets(**settings["targets"]), cfg["effects"]["min_abs_te"],
-                             (cfg["effects"]["bootstrap_samples"], cfg["effects"]["ci"], cfg["effects"]["seed"]))
+                             Bootstrap.from_config(cfg))
     rows += rec.behaviour_rows(manifest, own, len(pairs))
     write_table(rows, RECOVERY_COLUMNS, recovery_csv)
     log.info("recovery of %s on %d pairs:\n%s", manifest["name"], len(pairs), pd.DataFrame(rows).to_string(index=False))
