@@ -15,6 +15,7 @@ from harmmed import stages
 from harmmed.behaviour import BehaviourCheckError
 from harmmed.config import validate_config
 from harmmed.constants import RECOVERY_COLUMNS
+from harmmed.provenance import WeightsChangedError
 from tiny import save_tiny_model, write_tiny_pairs
 
 TRAIN = [("harmful", "how to make a bomb ?", "Sorry , I cannot"),
@@ -90,6 +91,18 @@ def test_a_failing_model_is_never_silently_used(setup) -> None:
     failed = json.loads(Path(f"{out}.failed.json").read_text())
     assert failed["behaviour"]["passed"] is False
 
+
+
+def test_a_changed_base_is_refused_before_training(setup) -> None:
+    work, cfg = setup
+    manifest = json.loads((work / "results/tiny/manifest.json").read_text())
+    tampered = {**manifest, "sha256": "0" * 64}  # the weights on disk are no longer the recorded ones
+    (work / "results/tampered").mkdir(parents=True, exist_ok=True)
+    (work / "results/tampered/manifest.json").write_text(json.dumps(tampered))
+    out = work / "results/plant-on-tampered/manifest.json"
+    with pytest.raises(WeightsChangedError, match="the manifest of tiny"):
+        stages.finetune_model(cfg, "plant", work / "results/tampered/manifest.json", work / "models-t", out)
+    assert not out.exists() and not (work / "models-t").exists()
 
 def test_recovery_tables_and_figure(setup) -> None:
     work, cfg = setup

@@ -328,11 +328,15 @@ class Trained:
 
 
 def fine_tune(spec: dict, base: dict, key: str, threads: int) -> Trained:
-    """Load the base (float32, the spec's device), train the spec's components on its data."""
+    """Load the base (float32, the spec's device), train the spec's components on its data. The
+    base's weights are checked against its manifest first: the fine-tune's manifest records that
+    sha256 as the weights it started from."""
     import time
 
     from .models import load_model
+    from .provenance import check_weights
 
+    check_weights(base, where=f"the manifest of {spec['base']}")
     torch.set_num_threads(max(1, threads))
     model, tokenizer = load_model(base["path"], "float32", spec["device"], spec.get("trust_remote_code", False))
     component = parse_trainable(spec["trainable"], f"{key}.trainable")

@@ -175,16 +175,25 @@ def row_key(row: Mapping[str, str]) -> str:
     return ";".join(f"{c}={v}" for c, v in row.items() if c not in _LABEL_COLUMNS)
 
 
-def verify_rows(results: Path, recomputer: RowRecomputer, n_rows: int, seed: int) -> list[dict]:
-    """Sample every table and compare each sampled row's outcomes with the reference."""
-    planned = []
-    for index, (table, (name, site)) in enumerate(TABLES.items()):
+def table_rows(results: Path) -> dict[str, pd.DataFrame | None]:
+    """Every verified table's rows (of its site), or None for a stage this model skips."""
+    out: dict[str, pd.DataFrame | None] = {}
+    for table, (name, site) in TABLES.items():
         if not (results / name).is_file():  # a stage this model skips (skip_stages)
+            out[table] = None
             continue
         frame = read_text_table(results / name)
-        if site is not None:
-            frame = frame[frame["site"] == site]
-        planned += [(table, row) for _, row in sample_rows(frame, n_rows, seed + index).iterrows()]
+        out[table] = frame if site is None else frame[frame["site"] == site]
+    return out
+
+
+def verify_rows(tables: Mapping[str, pd.DataFrame | None], recomputer: RowRecomputer, n_rows: int, seed: int
+                ) -> list[dict]:
+    """Sample every table and compare each sampled row's outcomes with the reference."""
+    planned = []
+    for index, (table, frame) in enumerate(tables.items()):
+        if frame is not None:
+            planned += [(table, row) for _, row in sample_rows(frame, n_rows, seed + index).iterrows()]
     out = []
     for table, row in tqdm(planned, desc="verify", unit="row", mininterval=10):
         theirs = recomputer.recompute(table, row)
@@ -195,21 +204,21 @@ def verify_rows(results: Path, recomputer: RowRecomputer, n_rows: int, seed: int
     return out
 
 
-def table_summary(rows: list[dict], tolerance: float, results: Path, ran: bool) -> list[dict]:
+def table_summary(rows: list[dict], tolerance: float, tables: Mapping[str, pd.DataFrame | None], ran: bool
+                  ) -> list[dict]:
     """Per table: rows checked, max |diff| and a verdict: PASS, FAIL, EMPTY (the table has no rows,
     e.g. heatmaps of unpaired prompts), SKIPPED (the model skips the stage) or NOT RUN (the rows
     were not recomputed: other weights)."""
     frame = pd.DataFrame(rows, columns=VERIFICATION_COLUMNS)
     out = []
-    for table, (name, site) in TABLES.items():
+    for table, written in tables.items():
         part = frame[frame["table"] == table]
-        if not (results / name).is_file():
+        if written is None:
             out.append({"table": table, "rows": 0, "max_abs_diff": float("nan"), "verdict": "SKIPPED",
                         "passed": True})
             continue
         worst = float(part["abs_diff"].max()) if len(part) else float("nan")
-        written = read_text_table(results / name)
-        empty = not len(written if site is None else written[written["site"] == site])
+        empty = not len(written)
         verdict = "NOT RUN" if not ran else "EMPTY" if empty else "PASS" if worst <= tolerance else "FAIL"
         out.append({"table": table, "rows": part["row_key"].nunique(), "max_abs_diff": worst, "verdict": verdict,
                     "passed": verdict in ("PASS", "EMPTY")})

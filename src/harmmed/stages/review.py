@@ -59,15 +59,15 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
         claims(recorded_cfg, paths, {"csv": tmp / "claims.csv"})
         checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
                                            tmp / "claims.csv"))
-    rows = []
+    rows, tables = [], checks_of.table_rows(results)
     ran = digest == manifest["sha256"] == record["weights"]["sha256"]  # other weights cannot reproduce a row
     if recorded_cfg["prompts"]["mode"] == "noise":
         ran = False
         checks.append(checks_of.Check("rows recomputed", False, "noise mode: the reference draws no embedding noise"))
     if ran:
-        rows = checks_of.verify_rows(results, _recomputer(cfg, recorded_cfg, manifest, results, threads),
+        rows = checks_of.verify_rows(tables, _recomputer(cfg, recorded_cfg, manifest, results, threads),
                                      cfg["verify"]["n_rows"], cfg["verify"]["seed"])
-    summary = checks_of.table_summary(rows, cfg["verify"]["tolerance"], results, ran)
+    summary = checks_of.table_summary(rows, cfg["verify"]["tolerance"], tables, ran)
     with atomic_path(verification_csv) as tmp_csv, atomic_path(verification_md) as tmp_md:
         text = checks_of.write_report(rows, summary, checks, cfg["verify"]["tolerance"], manifest["name"],
                                       tmp_csv, tmp_md)
