@@ -99,10 +99,6 @@ def pair_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run |
         ys = engine.patch(base, source, [iv for _, _, iv in items])
         labels = [{"metric": metrics[0] if len(metrics) == 1 else "*", **label, "positions": plan.positions}
                   for label, metrics, _ in items]
-        direction = outcome_rows(pair.pair_id, labels, ys, (harmful, benign),
-                                 effect_from="benign" if kind == "NIE" else "harmful")
-        if kind == "NEC":  # the harmful outcome lost
-            for row in direction:
-                row["effect"] = row["y_harmful"] - row["y_patched"]
-        rows += direction
+        rows += outcome_rows(pair.pair_id, labels, ys, (harmful, benign),  # NEC: the harmful outcome lost
+                             effect_from="benign" if kind == "NIE" else "harmful", lost=kind == "NEC")
     return rows

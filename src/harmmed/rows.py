@@ -15,10 +15,12 @@ from .constants import METRICS
 
 
 def outcome_rows(pair_id: str, labels: Iterable[Mapping[str, Any]], outcomes: Iterable[Sequence[float]],
-                 runs: tuple[Any, Any], effect_from: Literal["benign", "harmful"] = "benign") -> list[dict]:
+                 runs: tuple[Any, Any], effect_from: Literal["benign", "harmful"] = "benign",
+                 lost: bool = False) -> list[dict]:
     """One row per (intervention, metric), in the order given; ``outcomes[i][m]`` is metric
     ``METRICS[m]`` under intervention ``i``. ``runs`` is (harmful, benign) (anything with a
-    ``y`` mapping); ``effect = y_patched - y_<effect_from>``. A label's ``metric`` key other
+    ``y`` mapping); ``effect = y_patched - y_<effect_from>``, or with ``lost`` the outcome lost,
+    ``y_<effect_from> - y_patched`` (necessity). A label's ``metric`` key other
     than ``"*"`` keeps only that metric's row (an intervention chosen for one metric)."""
     if effect_from not in ("benign", "harmful"):
         raise ValueError(f"effect_from must be 'benign' or 'harmful', not {effect_from!r}")
@@ -32,7 +34,7 @@ def outcome_rows(pair_id: str, labels: Iterable[Mapping[str, Any]], outcomes: It
                 continue
             patched = float(y[m_index])
             row = {"pair_id": pair_id, "metric": metric, **label, "y_benign": benign.y[metric],
-                   "y_harmful": harmful.y[metric], "y_patched": patched, "effect": patched - reference.y[metric]}
+                   "y_harmful": harmful.y[metric], "y_patched": patched, "effect": reference.y[metric] - patched if lost else patched - reference.y[metric]}
             row["metric"] = metric  # a label's metric filter is not the row's metric
             rows.append(row)
     return rows

@@ -178,11 +178,14 @@ def row_key(row: Mapping[str, str]) -> str:
 def table_rows(results: Path) -> dict[str, pd.DataFrame | None]:
     """Every verified table's rows (of its site), or None for a stage this model skips."""
     out: dict[str, pd.DataFrame | None] = {}
+    read: dict[str, pd.DataFrame] = {}  # neuron.csv holds two tables (its unit sites): read it once
     for table, (name, site) in TABLES.items():
         if not (results / name).is_file():  # a stage this model skips (skip_stages)
             out[table] = None
             continue
-        frame = read_text_table(results / name)
+        if name not in read:
+            read[name] = read_text_table(results / name)
+        frame = read[name]
         out[table] = frame if site is None else frame[frame["site"] == site]
     return out
 
