@@ -13,6 +13,7 @@ from harmmed.components import ComponentSpec, parse_trainable, seeded_units
 from harmmed.effects import Bootstrap
 from harmmed.engine import MediationEngine
 from harmmed.mediation import clean_runs
+from harmmed.sweep import sweep_pairs
 from harmmed.prompts import encode_pairs, split_pairs
 from harmmed.recovery import (Plant, Targets, configured_plants, elsewhere_band, pair_effects, ranked_units,
                               recovery_rows)
@@ -78,7 +79,7 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
     engine = MediationEngine(model, [refusal])
     pairs = _pairs(tokenizer)
     plan = neuron.NeuronPlan([3], block_size=16, block_pairs=0, attn_dims=False)
-    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
+    rows = sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
         engine, pair, runs, plan, every_layer_blocks=False), "neuron")
     ranking = neuron.rank_units(pd.DataFrame(rows, columns=NEURON_COLUMNS), "neuron", 3)
     order = ranked_units(ranking, "refusal", 3)

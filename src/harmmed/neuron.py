@@ -182,11 +182,6 @@ def gating_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run
                         list(patched) + list(ablated), runs, effect_from="harmful")
 
 
-def sweep_pairs(engine: MediationEngine, pairs: list[EncodedPair], per_pair, desc: str) -> list[dict]:
-    """``sweep.sweep`` with a progress bar over pairs, for ``per_pair(index, pair, runs)``."""
-    return sweep(engine, pairs, lambda i, pair, runs, _bar: per_pair(i, pair, runs), desc)
-
-
 def gating_units_json(path: str | Path, layer: int, top: list[int], means: np.ndarray, random_units: list[int]) -> None:
     Path(path).write_text(json.dumps({
         "layer": layer, "units": top, "benign_mean": [float(means[j]) for j in top],

@@ -22,7 +22,7 @@ from .attribution import unit_estimates, unit_gradients
 from .constants import METRICS
 from .engine import MediationEngine, Patch, Run
 from .mediation import position_sets
-from .neuron import sweep_pairs
+from .sweep import sweep_pairs
 from .prompts import EncodedPair
 from .rows import outcome_rows
 

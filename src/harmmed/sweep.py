@@ -37,6 +37,12 @@ def sweep(engine, pairs: Sequence[EncodedPair], per_pair: PerPair[T], desc: str,
     return rows
 
 
+def sweep_pairs(engine, pairs: Sequence[EncodedPair], per_pair: Callable[[int, EncodedPair, tuple[Any, Any]], list[T]],
+                desc: str) -> list[T]:
+    """``sweep`` with a progress bar over pairs, for ``per_pair(index, pair, runs)``."""
+    return sweep(engine, pairs, lambda i, pair, runs, _bar: per_pair(i, pair, runs), desc)
+
+
 def sweep_cells(engine, pairs: Sequence[EncodedPair],
                 cells_of: Callable[[int, EncodedPair], list[tuple[Cell, Intervention]]], desc: str) -> list[dict]:
     """Run ``cells_of(index, pair)`` for every pair with one progress bar over interventions."""

@@ -97,6 +97,7 @@ def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
     """Exact per-neuron NIE (final and extra layers) and blocks of adjacent neurons, per pair:
     the rows of ``shard``'s pairs (blocks at every layer on the first ``block_max_pairs``)."""
     from .. import neuron
+    from ..sweep import sweep_pairs
 
     settings = cfg["neuron"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
@@ -104,7 +105,7 @@ def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
     plan = neuron.NeuronPlan(neuron.final_and_extra_layers(engine.sites.n_layers, settings["extra_layers"]),
                              settings["block_size"], settings["block_max_pairs"] or len(all_pairs))
     offset, pairs = shard_offset(len(all_pairs), shard), take_shard(all_pairs, shard)
-    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
+    rows = sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
         engine, pair, runs, plan, every_layer_blocks=offset + i < plan.block_pairs), "neuron")
     write_table(rows, NEURON_COLUMNS, neuron_csv)
     log.info("neuron stage: %d pairs, engine stats %s", len(pairs), engine.stats)
@@ -115,6 +116,7 @@ def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
     """The discovery ranking of final-layer units over every pair of neuron.csv, and the
     sparsity curve (joint top-k vs random-k at the final layer) under that ranking."""
     from .. import neuron
+    from ..sweep import sweep_pairs
 
     settings = cfg["neuron"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
@@ -123,7 +125,7 @@ def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
     ranking = pd.concat([neuron.rank_units(frame, site, final) for site in UNIT_SITES], ignore_index=True)
     pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "neuron.split")
     grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
-    sparsity = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
+    sparsity = sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.sparsity_rows(
         engine, pair, runs, ranking, grid, settings["random_draws"], settings["seed"] + i), "sparsity")
     write_table(ranking, list(ranking.columns), ranking_csv)
     write_table(sparsity, SPARSITY_COLUMNS, sparsity_csv)
@@ -134,6 +136,7 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
            units_json: str | Path, threads: int = 1) -> None:
     """Held-out test of the top-k final-layer neurons chosen on the discovery split."""
     from .. import neuron
+    from ..sweep import sweep_pairs
 
     settings = cfg["gating"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
@@ -151,7 +154,7 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
                           for _ in range(settings["random_draws"])],
     }
     means = neuron.benign_means(engine, discovery, UNIT_SITES, final)
-    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.gating_rows(
+    rows = sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.gating_rows(
         engine, pair, runs, unit_sets, means), "gating")
     write_table(rows, GATING_COLUMNS, gating_csv)
     with atomic_path(units_json) as tmp:
@@ -163,6 +166,7 @@ def mediate_claims(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
                    ranking_csv: str | Path, patches_csv: str | Path, threads: int = 1) -> None:
     """Held-out interventions of the C1-C3 statistics, every component chosen on discovery."""
     from .. import claim_patches, neuron
+    from ..sweep import sweep_pairs
     from ..claims import PATCH_COLUMNS
 
     settings, manifest = cfg["claims"], read_manifest(manifest)
@@ -170,7 +174,7 @@ def mediate_claims(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
     pairs = select_pairs(read_inputs(inputs_path), settings["split"], settings["max_pairs"], "claims.split")
     plan = claim_patches.build_plan(cfg, manifest, read_table(module_csv), pd.read_csv(ranking_csv))
     log.info("claim plan: %s", plan)
-    rows = neuron.sweep_pairs(engine, pairs, lambda i, pair, runs: claim_patches.pair_rows(
+    rows = sweep_pairs(engine, pairs, lambda i, pair, runs: claim_patches.pair_rows(
         engine, pair, runs, plan), "claims")
     write_table(rows, PATCH_COLUMNS, patches_csv)
     log.info("claim patches: %d pairs, engine stats %s", len(pairs), engine.stats)
@@ -273,7 +277,7 @@ def recovery(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranki
     from .. import recovery as rec
     from ..constants import RECOVERY_COLUMNS
     from ..effects import Bootstrap
-    from ..neuron import sweep_pairs
+    from ..sweep import sweep_pairs
 
     settings, manifest = cfg["recovery"], read_manifest(manifest)
     plants = rec.plants_for(manifest, cfg["models"])
