@@ -68,4 +68,4 @@ rule all:
         "figures/calibration.png",
         per_model("figures/{model}/{figure}.png", "screen", figure=SCREEN_FIGURES),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],
-        ["figures/recovery.png"] if any(m.get("trainable", "all") != "all" for m in FINETUNED.values()) else [],
+        ["figures/recovery.png"] if PLANTED else [],

@@ -101,14 +101,15 @@ def test_planted_late_mlp_is_found_and_calibration_marks_it(calibrated_run):
 
     calibration = pd.read_csv(workdir / "results" / "calibration.csv", keep_default_na=False)
     assert list(calibration.columns) == ["statistic", "model", "expected", "verdict", "value", "ci_low",
-                                         "ci_high", "correct"]
+                                         "ci_high", "correct", "ground_truth"]
     judged = calibration[calibration["expected"] != ""].set_index("statistic")
     assert judged.loc["late_minus_early_window_NIE_share[refusal]", "correct"] == "true"
     assert judged.loc["final_layer_topk_gate_sufficiency[refusal]", "expected"] == "not supported"
     assert (judged["correct"] == "true").all()
     assert (calibration[calibration["statistic"].str.endswith("[harm]")]["expected"] == "").all()
     md = (workdir / "figures" / "plant-late-mlp" / "claims.md").read_text()
-    assert "| calibrated (right on 1 plant) |" in md and "| no ground truth |" in md
+    assert (judged["ground_truth"] == "established").all()
+    assert "| calibrated (right on 1 plant; only 'supported' expected) |" in md and "| no ground truth |" in md
     assert (workdir / "figures" / "calibration.png").stat().st_size > 5000
 
 
@@ -178,3 +179,38 @@ def test_calibration_table_and_marks():
     assert marks["late_minus_early_window_NIE_share[refusal]"] == "not calibrated (wrong on early)"
     assert marks["behaviour_present_TE[refusal]"] == "calibrated (right on 2 plants)"
     assert marks["probe_rel_depth_acc_ge_0.9"] == "no ground truth"
+
+
+def _claims(*verdicts: str) -> pd.DataFrame:
+    return pd.DataFrame({"claim": ["B", "C1"], "verdict": list(verdicts), "value": 0.5, "ci_low": 0.1, "ci_high": 0.9,
+                         "statistic": ["behaviour_present_TE[refusal]", "late_minus_early_window_NIE_share[refusal]"]})
+
+
+def test_a_plant_whose_own_recovery_fails_gives_no_ground_truth():
+    from harmmed.calibration import calibrated_marks, calibration_table, unmet_ground_truth
+
+    def recovery(model: str, type_pass: bool, necessity_pass: bool) -> pd.DataFrame:
+        rows = [("behaviour_check", "1", True), ("type_contrast_mlp", ">= 0.8", type_pass),
+                ("type_contrast_attn", "<= 0.4", False),  # the method's test, not the ground truth's
+                ("necessity_planted", ">= 0.5", necessity_pass), ("localisation_best_window_centre", "in", False)]
+        return pd.DataFrame([{"model": model, "plant": model, "statistic": s, "target": t, "pass": str(p)}
+                             for s, t, p in rows])
+
+    assert unmet_ground_truth(recovery("late", True, True), "late") == []
+    assert unmet_ground_truth(recovery("early", False, True), "early") == ["type_contrast_mlp"]
+    assert unmet_ground_truth(recovery("early", False, False), "early") == ["type_contrast_mlp", "necessity_planted"]
+    with pytest.raises(ValueError, match="recovery table of other"):
+        unmet_ground_truth(recovery("early", True, True), "other")
+
+    tables = {"late": _claims("supported", "supported"), "early": _claims("supported", "supported"),
+              "late2": _claims("supported", "supported")}
+    expected = {"late": {"C1": "supported"}, "early": {"C1": "not supported"}, "late2": {"C1": "supported"}}
+    cal = calibration_table(tables, expected, "refusal", {"early": "own recovery missed type_contrast_mlp"})
+    early = cal[cal["model"] == "early"]
+    assert (early["correct"] == "").all() and (early["expected"] != "").all()
+    assert set(early["ground_truth"]) == {"not established: own recovery missed type_contrast_mlp"}
+    marks = calibrated_marks(cal)
+    assert marks["late_minus_early_window_NIE_share[refusal]"] == "calibrated (right on 2 plants; only 'supported' expected)"
+    assert marks["behaviour_present_TE[refusal]"] == "calibrated (right on 2 plants)"
+    judged = calibrated_marks(calibration_table(tables, expected, "refusal"))
+    assert judged["late_minus_early_window_NIE_share[refusal]"] == "not calibrated (wrong on early)"

@@ -5,6 +5,7 @@ rule calibration:
     input:
         claims=expand("results/{model}/claims.csv", model=MODELS),
         manifests=expand("results/{model}/manifest.json", model=MODELS),
+        recovery=expand("results/{model}/recovery.csv", model=PLANTED),  # is the ground truth real?
     output:
         csv="results/calibration.csv",
         png=report("figures/calibration.png", caption="../report/calibration.rst", category="calibration"),

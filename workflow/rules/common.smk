@@ -10,6 +10,8 @@ from harmmed.storage import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
 FINETUNED = {m["name"]: m for m in config["models"] if m["source"] == "finetune"}
+# Fine-tunes with a ground truth (a restricted `trainable`).
+PLANTED = [name for name, m in FINETUNED.items() if m.get("trainable", "all") != "all"]
 # A model's skip_stages. The attribution screen needs a position-aligned real benign run (its
 # "all" positions), so the noise and unpaired modes skip it.
 MODE_SKIPS = {"screen"} if config["prompts"]["mode"] in ("noise", "unpaired") else set()

@@ -59,23 +59,35 @@ def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
     write_claims_csv(table, outputs["csv"])
 
 
-def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths, manifests: list[str] | None = None) -> None:
+def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths, manifests: list[str] | None = None,
+                recovery_csvs: list[str] | None = None) -> None:
     """Every model's claims against its expected verdicts. ``claims_csvs`` (and ``manifests``)
     follow the config's model order; ``outputs``: csv, png, md (every model's claims.md, in model
-    order). A fine-tune that failed its behaviour check has no ground truth to calibrate against:
-    its expected verdicts are dropped (grey in the grid), never counted."""
-    from ..calibration import write_calibration_outputs
+    order); ``recovery_csvs``: the planted fine-tunes' recovery tables. A fine-tune that failed
+    its behaviour check, or whose own recovery rows say its trained components do not carry the
+    mechanism, has no ground truth to calibrate against: its verdicts are recorded with the
+    reason (yellow in the grid), never counted."""
+    from ..calibration import unmet_ground_truth, write_calibration_outputs
     from ..claims import read_claims
+    from ..recovery import read_recovery
 
     names = [spec["name"] for spec in cfg["models"]]
     expected = {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]}
+    unestablished: dict[str, str] = {}
     for name, path in zip(names, manifests or []):
         behaviour = read_json(path).get("behaviour")
         if behaviour is not None and not behaviour["passed"] and expected[name]:
-            log.warning("%s failed its behaviour check: left out of the calibration", name)
-            expected[name] = {}
+            unestablished[name] = "behaviour check failed"
+    for path in recovery_csvs or []:
+        recovery = read_recovery(path)
+        for name in sorted(set(recovery["model"]) & {n for n, e in expected.items() if e}):
+            unmet = unmet_ground_truth(recovery, name)
+            if unmet and name not in unestablished:
+                unestablished[name] = f"own recovery missed {', '.join(unmet)}"
+    for name, reason in unestablished.items():
+        log.warning("%s: ground truth not established (%s), left out of the calibration", name, reason)
     write_calibration_outputs(dict(zip(names, (read_claims(path) for path in claims_csvs))), expected,
-                              cfg["calibration"]["metric"], outputs)
+                              cfg["calibration"]["metric"], outputs, unestablished)
 
 
 def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
