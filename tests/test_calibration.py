@@ -85,7 +85,7 @@ def test_planted_late_mlp_is_found_and_calibration_marks_it(calibrated_run):
     assert claims.loc["behaviour_present_TE[refusal]", "verdict"] == "supported"
     assert claims.loc["behaviour_present_TE[refusal]", "ci_low"] > 1.0
     c1 = claims.loc["late_minus_early_window_NIE_share[refusal]"]
-    c2 = claims.loc["late_band_mlp_minus_attn_NIE_share[refusal]"]
+    c2 = claims.loc["late_window_mlp_minus_attn_NIE_share[refusal]"]
     gate = claims.loc["final_layer_topk_gate_sufficiency[refusal]"]
     necessity = claims.loc["final_layer_topk_gate_necessity[refusal]"]
     assert c1["verdict"] == "supported" and c1["value"] > 0.8
@@ -153,6 +153,17 @@ def test_unpaired_claim_patches_use_the_configured_positions(lengths):
     assert layer.loc["NIE", "y_patched"] == pytest.approx(last_only["NIE"], abs=1e-5)
     assert layer.loc["NEC", "y_patched"] == pytest.approx(last_only["NEC"], abs=1e-5)
     assert abs(layer.loc["NIE", "effect"]) > 1e-4 and abs(layer.loc["NEC", "effect"]) > 1e-4
+    # C2 compares the types on C1's late window; the window of C1's own type runs once, and every
+    # row equals its intervention run alone
+    late = plan.c1[("refusal", "late")]
+    nie = rows[(rows["kind"] == "NIE") & (rows["metric"] == "refusal")].set_index("role")
+    assert nie.loc[f"c2_{late.site}", "layers"] == nie.loc["c1_late", "layers"] == late.label
+    assert nie.loc[f"c2_{late.site}", "y_patched"] == nie.loc["c1_late", "y_patched"]
+    for site in ("mlp", "attn"):
+        alone = engine.patch(benign, harmful, [tuple(Patch(site, layer, tuple(range(len(pair.benign_ids) - 3,
+                                                                                  len(pair.benign_ids))))
+                                                     for layer in late.layers)])[0][1]
+        assert nie.loc[f"c2_{site}", "y_patched"] == pytest.approx(alone, abs=1e-6)
 
 
 def test_calibration_table_and_marks():

@@ -38,6 +38,9 @@ def weights(pattern: str) -> dict[tuple[str, int], float]:
         w.update({("attn", layer): 0.06 for layer in range(20, 30)})  # routing to the MLPs
     elif pattern == "late_attn":
         w.update({("attn", layer): 0.25 for layer in range(22, 26)})
+    elif pattern == "late_attn_computed_on_by_mlps":  # later MLPs carry most of what the attention computed
+        w.update({("attn", layer): 0.25 for layer in range(22, 26)})
+        w.update({("mlp", layer): 0.23 for layer in range(26, 30)})
     elif pattern == "gate":
         w[("mlp", N_LAYERS - 1)] = 0.95
         w.update({("attn", layer): 0.05 for layer in range(20, 29)})
@@ -97,9 +100,10 @@ def patch_rows(pattern: str, te_by_metric: dict[str, np.ndarray], windows, seed:
                 window = windows.get(("refusal", band))
                 if window is not None:
                     add(pid, metric, t, f"c1_{band}", "NIE", share(w, window.site, window.layers))
-            late = claims.late_band(N_LAYERS)
-            add(pid, metric, t, "c2_mlp", "NIE", share(w, "mlp", late))
-            add(pid, metric, t, "c2_attn", "NIE", share(w, "attn", late))
+            late = windows.get(("refusal", "late"))  # C2 compares the types on C1's late window
+            if late is not None:
+                add(pid, metric, t, "c2_mlp", "NIE", share(w, "mlp", late.layers))
+                add(pid, metric, t, "c2_attn", "NIE", share(w, "attn", late.layers))
             units = unit_contributions(pattern, rng)
             top = np.argsort(-units, kind="stable")[:K]  # ranked on discovery: the true order here
             for kind in ("NIE", "NEC"):
@@ -127,11 +131,12 @@ def verdicts(table: pd.DataFrame) -> dict[str, str]:
 
 
 C1 = "late_minus_early_window_NIE_share[refusal]"
-C2 = "late_band_mlp_minus_attn_NIE_share[refusal]"
+C2 = "late_window_mlp_minus_attn_NIE_share[refusal]"
 C3 = ("final_layer_topk_gate_sufficiency[refusal]", "final_layer_topk_gate_necessity[refusal]")
 INTENDED = {
     "late_mlp": {C1: "supported", C2: "supported", C3[0]: "not supported", C3[1]: "not supported"},
     "late_attn": {C1: "supported", C2: "not supported", C3[0]: "not supported", C3[1]: "not supported"},
+    "late_attn_computed_on_by_mlps": {C1: "supported", C2: "not supported", C3[0]: "not supported"},
     "gate": {C1: "supported", C3[0]: "supported", C3[1]: "supported"},
     "early_mlp_routed_late": {C1: "not supported", C3[0]: "not supported", C3[1]: "not supported"},
     "cancelling_units": {C3[0]: "not supported", C3[1]: "not supported"},
@@ -162,9 +167,14 @@ def test_windows_are_chosen_inside_the_bands_and_never_at_layer_zero() -> None:
 def test_values_are_shares_of_the_te() -> None:
     table, _ = run_pattern("late_attn")
     rows = table.set_index("statistic")
-    # C2 = mlp band (10 x 0.01) - attn band (capped at 1); C1 = attn 22-26 (1.0) - mlp w5 in 1..9 (0.2).
-    assert rows.loc[C2, "value"] == pytest.approx(0.1 - 1.0, abs=0.03)
+    # C1 = attn w5 over 22-25 (1.0) - mlp w5 in 1..9 (0.2); C2 on C1's five layers: mlp 5 x 0.01 - attn 1.0.
     assert rows.loc[C1, "value"] == pytest.approx(1.0 - 0.2, abs=0.03)
+    assert rows.loc[C2, "value"] == pytest.approx(0.05 - 1.0, abs=0.03)
+    table, windows = run_pattern("late_attn_computed_on_by_mlps")
+    # The whole late band would give mlp 0.06 + 4 x 0.23 - attn 1.0 = -0.02 (inconclusive); C1's window
+    # holds the computing attention and at most one carrying MLP.
+    assert windows[("refusal", "late")].site == "attn"
+    assert table.set_index("statistic").loc[C2, "value"] < -0.6
     table, _ = run_pattern("cancelling_units")
     # The top three alone carry 1.2 of the TE (the overshoot); counted up to the layer's 0.2.
     assert table.set_index("statistic").loc[C3[0], "value"] == pytest.approx(0.2, abs=0.05)

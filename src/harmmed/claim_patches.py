@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .claims import Window, late_band, select_c1_windows, top_k
+from .claims import Window, select_c1_windows, top_k
 from .constants import METRICS
 from .engine import MediationEngine, NoisedRuns, Patch, Run
 from .mediation import position_sets
@@ -30,7 +30,7 @@ class ClaimPlan:
 
     positions: str  # named position set of every patch (from mediation.module_positions)
     c1: dict[tuple[str, str], Window]  # (metric, "early" | "late") -> window chosen on discovery
-    c2: tuple[Window, Window]  # the late band's mlp and attn outputs
+    c2: dict[str, tuple[Window, Window]]  # metric -> mlp and attn outputs on the layers of its C1 late window
     top: dict[str, tuple[int, ...]]  # metric -> its top-k final-layer units
     random: list[tuple[int, ...]]  # random k-unit sets, shared by every pair
     final_layer: int
@@ -44,11 +44,12 @@ def build_plan(cfg: Mapping[str, Any], manifest: Mapping[str, Any], module_df: p
     positions = cfg["mediation"]["module_positions"][0]
     k = top_k(d_mlp, float(settings["top_fraction"]))
     rng = np.random.default_rng(settings["seed"])
-    late = tuple(late_band(n_layers))
+    c1 = select_c1_windows(module_df, positions, n_layers, float(cfg["effects"]["min_abs_te"]))
     return ClaimPlan(
         positions=positions,
-        c1=select_c1_windows(module_df, positions, n_layers, float(cfg["effects"]["min_abs_te"])),
-        c2=(Window("mlp", late), Window("attn", late)),
+        c1=c1,
+        c2={metric: (Window("mlp", window.layers), Window("attn", window.layers))
+            for (metric, band), window in sorted(c1.items()) if band == "late"},
         top={metric: tuple(top_units(ranking, metric, "neuron", k)) for metric in METRICS},
         random=[tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist())) for _ in range(settings["random_draws"])],
         final_layer=n_layers - 1,
@@ -74,9 +75,9 @@ def _items(plan: ClaimPlan, positions: tuple[int, ...], kind: str) -> list[Item]
     if kind == "NIE":
         for (metric, name), window in sorted(plan.c1.items()):
             items.append((label(f"c1_{name}", window.site, window.label), (metric,), band(window)))
-        for window in plan.c2:
-            if window.layers:
-                items.append((label(f"c2_{window.site}", window.site, window.label), METRICS, band(window)))
+        for metric, windows in sorted(plan.c2.items()):
+            for window in windows:
+                items.append((label(f"c2_{window.site}", window.site, window.label), (metric,), band(window)))
     for metric, chosen in plan.top.items():
         if chosen:
             items.append((label("c3_topk", "neuron", final, len(chosen)), (metric,), units(chosen)))
@@ -96,7 +97,10 @@ def pair_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run |
     for kind, base, source in (("NIE", benign, harmful), ("NEC", harmful, benign)):
         positions = position_sets(pair, "NIE" if kind == "NIE" else "NDE")[plan.positions]  # the base run's
         items = _items(plan, positions, kind)
-        ys = engine.patch(base, source, [iv for _, _, iv in items])
+        # C2's window of C1's type is C1's late window again: each distinct intervention runs once.
+        unique = list(dict.fromkeys(iv for _, _, iv in items))
+        index = {iv: i for i, iv in enumerate(unique)}
+        ys = engine.patch(base, source, unique)[[index[iv] for _, _, iv in items]]
         labels = [{"metric": metrics[0] if len(metrics) == 1 else "*", **label, "positions": plan.positions}
                   for label, metrics, _ in items]
         rows += outcome_rows(pair.pair_id, labels, ys, (harmful, benign),  # NEC: the harmful outcome lost

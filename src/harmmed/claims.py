@@ -14,8 +14,11 @@ the paper's formulas are not public):
   arrives at the response positions: when an early MLP computes the decision and late
   attention only routes it, the early window is sufficient on its own and a late window can at
   best route part of it, so the difference is <= 0.
-- C2 (MLP over attention): (NIE(every late-band mlp output) - NIE(every late-band attn
-  output)) / TE, each band patched jointly: a difference of TE-normalised effects.
+- C2 (MLP over attention): on the layers of C1's late window (where the late effect is
+  computed, chosen on discovery), (NIE(their mlp outputs) - NIE(their attn outputs)) / TE, each
+  type patched jointly: a difference of TE-normalised effects. Not the whole late band: modules
+  downstream of the computing ones carry its result too (late MLPs compute on what planted late
+  attention wrote), which pulls a whole-band difference towards 0.
 - C3 (sparse final-layer gate): k = ceil(claims.top_fraction x d_mlp) final-layer units, ranked
   on the discovery split. Per pair, share(S) = effect of patching unit set S / TE, and the
   statistic is min(share(top k), share(whole final MLP)) - mean share(random k). Counting the
@@ -73,7 +76,8 @@ DEFINITIONS: tuple[str, ...] = (
     "|TE| < effects.min_abs_te are left out (n_excluded)",
     "C1 = (NIE of the best late-band window - NIE of the best early-band window) / TE; windows "
     "(attn or mlp, every layer inside the band) are chosen on the discovery split",
-    "C2 = (NIE of all late-band mlp outputs jointly - NIE of all late-band attn outputs jointly) / TE",
+    "C2 = (NIE of the mlp outputs - NIE of the attn outputs, each jointly over the layers of C1's "
+    "late window) / TE",
     "C3 = min(share of the top k final-layer units, share of the whole final MLP) - mean share of "
     "random k, k = ceil(claims.top_fraction x d_mlp), ranked on discovery; sufficiency patches "
     "harmful values into the benign run, necessity holds the units at benign values in the "
@@ -241,7 +245,7 @@ def metric_rows(patches: pd.DataFrame, metric: str, thresholds: Mapping[str, Any
     rows = [
         difference_row("C1", "late_minus_early_window_NIE_share", patches, metric, ("c1_late", "c1_early"),
                        float(thresholds["C1_late_minus_early"]), boot, min_abs_te),
-        difference_row("C2", "late_band_mlp_minus_attn_NIE_share", patches, metric, ("c2_mlp", "c2_attn"),
+        difference_row("C2", "late_window_mlp_minus_attn_NIE_share", patches, metric, ("c2_mlp", "c2_attn"),
                        float(thresholds["C2_mlp_minus_attn"]), boot, min_abs_te),
         gate_row(patches, metric, "NIE", float(thresholds["C3_gate_share"]), boot, min_abs_te),
         gate_row(patches, metric, "NEC", float(thresholds["C3_gate_share"]), boot, min_abs_te),
