@@ -82,4 +82,4 @@ bench: venv
 
 # Generated outputs only; downloaded data (data/raw, data/models) and .snakemake/ stay.
 clean:
-	rm -rf results/ logs/ benchmarks/ figures/*/ report.html results-*.tar.gz results-*.tar.gz.sha256
+	rm -rf results/ logs/ benchmarks/ figures/ report.html results-*.tar.gz results-*.tar.gz.sha256
