@@ -96,7 +96,8 @@ def calibrated_marks(calibration: pd.DataFrame) -> dict[str, str]:
         elif wrong:
             marks[statistic] = f"not calibrated (wrong on {', '.join(wrong)})"
         else:
-            only = f"; only '{sides[0]}' expected" if len(sides) == 1 and statistic.split("[")[0] != "behaviour_present_TE" else ""
+            one_sided = len(sides) == 1 and not statistic.startswith("behaviour_present_TE")  # B: a precondition
+            only = f"; only '{sides[0]}' expected" if one_sided else ""
             marks[statistic] = f"calibrated (right on {len(judged)} plant{'s' if len(judged) > 1 else ''}{only})"
     return marks
 

@@ -21,7 +21,6 @@ from .constants import METRICS, UNIT_SITES
 from .mediation import clean_runs, joint_positions
 from .prompts import EncodedPair
 from .rows import outcome_rows
-from .sweep import sweep
 
 def blocks(width: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, width)) for start in range(0, width, size)]

@@ -33,8 +33,9 @@ def outcome_rows(pair_id: str, labels: Iterable[Mapping[str, Any]], outcomes: It
             if only not in ("*", metric):
                 continue
             patched = float(y[m_index])
+            effect = reference.y[metric] - patched if lost else patched - reference.y[metric]  # never -0.0
             row = {"pair_id": pair_id, "metric": metric, **label, "y_benign": benign.y[metric],
-                   "y_harmful": harmful.y[metric], "y_patched": patched, "effect": reference.y[metric] - patched if lost else patched - reference.y[metric]}
+                   "y_harmful": harmful.y[metric], "y_patched": patched, "effect": effect}
             row["metric"] = metric  # a label's metric filter is not the row's metric
             rows.append(row)
     return rows

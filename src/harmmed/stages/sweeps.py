@@ -165,7 +165,7 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
 def mediate_claims(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, module_csv: str | Path,
                    ranking_csv: str | Path, patches_csv: str | Path, threads: int = 1) -> None:
     """Held-out interventions of the C1-C3 statistics, every component chosen on discovery."""
-    from .. import claim_patches, neuron
+    from .. import claim_patches
     from ..sweep import sweep_pairs
     from ..claims import PATCH_COLUMNS
 
