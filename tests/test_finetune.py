@@ -91,6 +91,36 @@ def test_same_seed_same_weights_other_seed_other_units() -> None:
     assert plan_c.units != plan_a.units
 
 
+def test_unit_dropout_drops_whole_units_per_row_and_rescales_the_kept() -> None:
+    from harmmed.finetune import _unit_dropout
+
+    x = torch.randn(64, 5, 10) + 3.0
+    units = [1, 4, 7]
+    out = _unit_dropout(units, 0.5, torch.Generator().manual_seed(0))(x)
+    others = [j for j in range(10) if j not in units]
+    assert torch.equal(out[..., others], x[..., others])
+    ratio = out[..., units] / x[..., units]
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio))  # one draw per row and unit, every position
+    values = set(ratio[:, 0].flatten().tolist())
+    assert values == {0.0, 2.0}
+    assert 0.35 < (ratio[:, 0] == 0).float().mean() < 0.65
+
+
+def test_unit_dropout_trains_only_the_units_reproducibly() -> None:
+    spec = {"site": "neuron", "layer": 2, "units": 4}
+    runs = []
+    for dropout in (0.5, 0.5, 0.0):
+        model = tiny_model("llama")
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        plan = resolve_trainable(model, parse_trainable(spec), 5)
+        settings = TrainSettings(epochs=2, lr=1e-2, batch_size=3, seed=0, unit_dropout=dropout)
+        train(model, plan, _examples(), settings, pad_id=0, progress=False)
+        assert _changed(model, before) == set(plan.names)
+        runs.append(dict(model.named_parameters()))
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+    assert not all(torch.equal(runs[0][n], runs[2][n]) for n in runs[0])  # the drops changed the training
+
+
 def test_frozen_prefix_cache_gives_the_gradient_of_the_full_pass() -> None:
     """Replaying cached outputs of the frozen blocks trains the same weights as recomputing them."""
     cached, _, plan = _trained("llama", {"site": "mlp", "layers": [2, 3]})
@@ -145,6 +175,8 @@ def _config_with(**plant) -> dict:
     ({"expected_verdicts": {"C2": "maybe"}}, "models[1].expected_verdicts.C2"),
     ({"skip_stages": ["claims"]}, "models[1].skip_stages[0]"),
     ({"epochs": 0}, "models[1].epochs"),
+    ({"unit_dropout": 0.5}, "models[1].unit_dropout: only a trainable {site: neuron} plant"),
+    ({"unit_dropout": 1.0, "trainable": {"site": "neuron", "layer": 1, "units": 2}}, "models[1].unit_dropout"),
 ])
 def test_finetune_config_errors_name_the_key(plant: dict, message: str) -> None:
     from harmmed.config import ConfigError, validate_config

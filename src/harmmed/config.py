@@ -206,7 +206,8 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
 
 
 def _finetune_checks(models: list[Any]) -> list[str]:
-    """A fine-tune's base must be another, non-finetune model; its trainable spec must parse."""
+    """A fine-tune's base must be another, non-finetune model; its trainable spec must parse; only
+    a neuron plant has units to drop."""
     from .components import ComponentSpecError, parse_trainable
 
     sources = {m.get("name"): m.get("source") for m in models if isinstance(m, dict)}
@@ -220,9 +221,12 @@ def _finetune_checks(models: list[Any]) -> list[str]:
         elif sources[base] == "finetune":
             problems.append(f"models[{i}].base: {base!r} is itself a fine-tune; name a downloaded model")
         try:
-            parse_trainable(model.get("trainable"), f"models[{i}].trainable")
+            spec = parse_trainable(model.get("trainable"), f"models[{i}].trainable")
         except ComponentSpecError as err:
             problems.append(str(err))
+            continue
+        if model.get("unit_dropout") and spec.site != "neuron":
+            problems.append(f"models[{i}].unit_dropout: only a trainable {{site: neuron}} plant has units to drop")
     return problems
 
 

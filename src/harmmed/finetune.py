@@ -179,6 +179,24 @@ class TrainSettings:
     lr: float
     batch_size: int
     seed: int
+    unit_dropout: float = 0.0  # neuron plants: per batch row, each trained unit is zeroed with this probability
+
+
+def _unit_dropout(units: Sequence[int], p: float, generator: torch.Generator):
+    """A down-projection input hook that drops each of ``units`` per batch row with probability
+    ``p`` and scales the kept ones by 1 / (1 - p), so no single unit can carry the gate alone.
+    Without it the first unit to pick up the harmful direction took most of the gate and most
+    planted units stayed near zero, which leaves a recall test little to find (README: p = 0.5
+    spread it only partly and broke the behaviour check)."""
+    index = torch.tensor(list(units), dtype=torch.long)
+
+    def hook(x: torch.Tensor) -> torch.Tensor:
+        keep = (torch.rand((x.shape[0], 1, len(index)), generator=generator) >= p).to(x.dtype) / (1.0 - p)
+        scale = torch.ones((x.shape[0], 1, x.shape[-1]), dtype=x.dtype)
+        scale[..., index] = keep
+        return x * scale.to(x.device)
+
+    return hook
 
 
 def _padded(examples: Sequence[Example], pad_id: int, device: torch.device | str = "cpu"
@@ -240,7 +258,7 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
           pad_id: int, progress: bool = True) -> list[float]:
     """Fine-tune ``plan``'s parameters in place; returns the mean loss of each epoch.
 
-    Dropout stays off (eval mode) and the shuffle is seeded, so a rerun on the same machine with
+    Dropout stays off (eval mode; ``unit_dropout`` is seeded) and the shuffle is seeded, so a rerun on the same machine with
     the same thread count reproduces every weight bit for bit.
     """
     torch.manual_seed(settings.seed)
@@ -254,6 +272,7 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
     cached = (frozen_outputs(model, examples, plan.first_block - 1, settings.batch_size, pad_id)
               if plan.first_block > 0 else None)
     rng = np.random.default_rng(settings.seed)
+    dropout_rng = torch.Generator().manual_seed(settings.seed)
     losses = []
     for epoch in range(settings.epochs):
         order = rng.permutation(len(examples))
@@ -272,6 +291,9 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
                 # the loss applies the head only where it is read; the model's own head call is a stub
                 normed: list[torch.Tensor] = []
                 hooks.on_output(sites.final_norm, normed.append)
+                if settings.unit_dropout:
+                    hooks.on_input(sites.down_proj(plan.first_block),
+                                   _unit_dropout(plan.units, settings.unit_dropout, dropout_rng))
                 hooks.replace_forward(head, lambda x: x[..., :1])
                 model(input_ids=ids, use_cache=False)
             loss = _loss(normed[0], lambda h: _logits(model, head, h), batch, ids)
@@ -322,7 +344,8 @@ class Trained:
             "examples": [e.example_id for e in self.examples], "trainable": spec["trainable"],
             "trainable_parameters": self.plan.names, "trainable_count": self.plan.count(self.model),
             "planted": planted, "seed": spec["seed"], "epochs": spec["epochs"], "lr": spec["lr"],
-            "batch_size": spec["batch_size"], "threads": self.threads, "torch": torch.__version__,
+            "batch_size": spec["batch_size"], "unit_dropout": spec.get("unit_dropout", 0.0),
+            "threads": self.threads, "torch": torch.__version__,
             "loss_per_epoch": self.losses, "training_seconds": round(self.seconds, 3),
         }
 
@@ -343,7 +366,8 @@ def fine_tune(spec: dict, base: dict, key: str, threads: int) -> Trained:
     plan = resolve_trainable(model, component, spec["seed"], f"{key}.trainable")
     rows = balanced_subset(read_training_rows(spec["data"]), spec.get("max_examples"), spec["seed"])
     examples = encode_examples(tokenizer, rows)
-    settings = TrainSettings(spec["epochs"], spec["lr"], spec["batch_size"], spec["seed"])
+    settings = TrainSettings(spec["epochs"], spec["lr"], spec["batch_size"], spec["seed"],
+                             spec.get("unit_dropout", 0.0))
     start = time.perf_counter()
     losses = train(model, plan, examples, settings, tokenizer.pad_token_id)
     model.eval()
