@@ -258,8 +258,8 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
           pad_id: int, progress: bool = True) -> list[float]:
     """Fine-tune ``plan``'s parameters in place; returns the mean loss of each epoch.
 
-    Dropout stays off (eval mode; ``unit_dropout`` is seeded) and the shuffle is seeded, so a rerun on the same machine with
-    the same thread count reproduces every weight bit for bit.
+    Dropout stays off (eval mode), and the shuffle and ``unit_dropout`` are seeded, so a rerun on
+    the same machine with the same thread count reproduces every weight bit for bit.
     """
     torch.manual_seed(settings.seed)
     params = dict(model.named_parameters())
@@ -272,7 +272,8 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
     cached = (frozen_outputs(model, examples, plan.first_block - 1, settings.batch_size, pad_id)
               if plan.first_block > 0 else None)
     rng = np.random.default_rng(settings.seed)
-    dropout_rng = torch.Generator().manual_seed(settings.seed)
+    drop_units = (_unit_dropout(plan.units, settings.unit_dropout, torch.Generator().manual_seed(settings.seed))
+                  if settings.unit_dropout else None)  # one hook and one generator for the whole run
     losses = []
     for epoch in range(settings.epochs):
         order = rng.permutation(len(examples))
@@ -291,9 +292,8 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
                 # the loss applies the head only where it is read; the model's own head call is a stub
                 normed: list[torch.Tensor] = []
                 hooks.on_output(sites.final_norm, normed.append)
-                if settings.unit_dropout:
-                    hooks.on_input(sites.down_proj(plan.first_block),
-                                   _unit_dropout(plan.units, settings.unit_dropout, dropout_rng))
+                if drop_units is not None:
+                    hooks.on_input(sites.down_proj(plan.first_block), drop_units)
                 hooks.replace_forward(head, lambda x: x[..., :1])
                 model(input_ids=ids, use_cache=False)
             loss = _loss(normed[0], lambda h: _logits(model, head, h), batch, ids)
