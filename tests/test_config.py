@@ -183,6 +183,23 @@ def test_duplicate_model_names(cfg):
     assert "models[1].name: duplicate model name 'smollm2-135m-instruct'" in message
 
 
+@pytest.mark.parametrize("skipped, missing", [
+    (["gating"], ["'figures'", "'generate'"]),
+    (["gating", "figures"], ["'generate'"]),
+])
+def test_skipping_a_stage_others_read_names_its_readers(cfg, skipped, missing):
+    cfg["models"][0]["skip_stages"] = skipped
+    message = error_of(cfg)
+    for reader in missing:
+        assert f"models[0].skip_stages: 'gating' feeds {reader}; skip {reader} too" in message
+    assert message.count("'gating' feeds") == len(missing)
+
+
+def test_skipping_gating_with_its_readers_is_valid(cfg):
+    cfg["models"][0]["skip_stages"] = ["gating", "figures", "generate"]
+    assert validate_config(cfg)["models"][0]["skip_stages"] == ["gating", "figures", "generate"]
+
+
 def test_error_names_the_file(tmp_path, raw):
     bad = copy.deepcopy(raw)
     bad["models"] = bad["models"][:1] + [dict(HUB_MODEL, revision="main")]

@@ -185,6 +185,7 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
             )
         else:
             seen[name] = i
+        problems += _skip_checks(model.get("skip_stages") or [], f"models[{i}].skip_stages")
     problems += _finetune_checks(cfg.get("models") or [])
     prompts = cfg.get("prompts") or {}
     mediation = cfg.get("mediation") or {}
@@ -203,6 +204,16 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
         if mediation.get("severed_positions") == "all":
             problems.append("mediation.severed_positions: 'all' needs token-aligned minimal pairs (mode unpaired)")
     return problems
+
+
+# Stages whose outputs other per-model stages read: skipping one means skipping its readers.
+SKIP_READERS = {"gating": ("figures", "generate")}  # the neuron figures; generation's gated run
+
+
+def _skip_checks(skipped: list[str], key: str) -> list[str]:
+    return [f"{key}: {stage!r} feeds {reader!r}; skip {reader!r} too"
+            for stage, readers in SKIP_READERS.items() if stage in skipped
+            for reader in readers if reader not in skipped]
 
 
 def _finetune_checks(models: list[Any]) -> list[str]:

@@ -145,6 +145,7 @@ STAGE_FILES = {
     "mediate_token": ["token.csv"],
     "generate": ["generations.jsonl", "generation_rates.csv"],
     "screen": ["screen.csv", "screen_report.csv", "screen_heldout.csv"],
+    "gating": ["gating.csv", "gating_units.json"],  # read by the neuron figures and generation only
 }
 COMMIT = short_commit(git_state(workflow.basedir))
 
