@@ -71,16 +71,36 @@ def test_slurm_profile_settings_reach_the_resources():
     assert profile["max-threads"] == 16
 
 
+def dry_run(env: dict, *args: str, cores: int = 2) -> str:
+    """The printed plan of a dry run of the default config."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HARMMED_SLURM_")}, **env,
+           "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(REPO),
+                           "-n", "--forceall", "--cores", str(cores), *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def dry_run_resources(env: dict, *args: str) -> dict[str, str]:
     """Rule name -> its resources line in a dry run of the default config."""
     import re
 
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HARMMED_SLURM_")}, **env,
-           "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(REPO),
-                           "-n", "--forceall", "--cores", "2", *args], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return dict(re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", done.stdout, re.M))
+    return dict(re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", dry_run(env, *args), re.M))
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(2, 1), (4, 2), (16, 4)])
+def test_on_one_machine_a_model_job_takes_half_the_cores(cores, threads):
+    """Two model jobs share one machine (at most MODEL_THREADS each); a dry run prints no
+    threads line for a 1-thread job. The fine-tune's weights depend on it: its manifest records it."""
+    import re
+
+    plan = dry_run({}, cores=cores)
+    for rule in ("mediate_layer", "finetune_model", "probe"):
+        jobs = re.findall(rf"^rule {rule}:\n((?:    .*\n)*)", plan, re.M)
+        assert jobs, rule
+        for body in jobs:
+            found = re.search(r"^    threads: (\d+)$", body, re.M)
+            assert (int(found.group(1)) if found else 1) == threads, (rule, cores, body)
 
 
 def test_model_job_settings_survive_a_command_line_set_resources():
