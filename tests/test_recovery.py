@@ -148,3 +148,17 @@ def test_configured_plants_follow_the_config() -> None:
     assert [p.name for p in plants] == ["late", "gate"]
     assert plants[0].band == (2, 3) and plants[1].units == tuple(seeded_units(48, 4, 2))
     assert parse_trainable(models[2]["trainable"]).planted() == {"site": "mlp", "layers": [2, 3]}
+
+
+def test_recovery_figure_reads_numeric_targets_and_draws_only_plants() -> None:
+    """Dashes are drawn at numeric targets only, and a model without a plant gets no panel."""
+    from harmmed.recovery import recovery_panels, target_threshold
+
+    assert target_threshold(">= 0.8") == 0.8
+    assert target_threshold("<= 0.4") == 0.4
+    assert target_threshold(">= 0.75") == 0.75
+    assert target_threshold("< necessity_planted") is None
+    assert target_threshold("window centre in [22, 25]") is None
+    assert target_threshold("") is None
+    frame = pd.DataFrame({"plant": ["late", "gate", "", "late"], "model": ["base", "base", "aligned", "late"]})
+    assert recovery_panels(frame) == ["late", "gate"]

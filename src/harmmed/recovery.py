@@ -23,6 +23,7 @@ plant, with no target: what "no plant" looks like.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,36 +255,74 @@ def ranked_units(ranking: pd.DataFrame, metric: str, layer: int) -> list[int]:
     return chosen.sort_values("rank", kind="mergesort")["unit"].astype(int).tolist()
 
 
+RATIO_AXIS = (-0.5, 1.5)  # effect / TE; a model without the behaviour has ratios far outside
+NOT_RATIOS = ("localisation_best_window_centre", "behaviour_check")  # a layer index, a flag
+
+
+def target_threshold(target: str) -> float | None:
+    """The number in a target such as ``>= 0.8``; None for a relative or non-numeric target."""
+    match = re.fullmatch(r"\s*(>=|<=|>|<)\s*(-?\d+(?:\.\d*)?)\s*", target)
+    return float(match.group(2)) if match else None
+
+
+def recovery_panels(frame: pd.DataFrame) -> list[str]:
+    """The plants to draw, in table order; rows of models without a plant (``plant`` empty, the
+    aligned model's behaviour check) have no panel."""
+    return [plant for plant in dict.fromkeys(frame["plant"]) if plant]
+
+
 def plot_recovery(tables: Sequence[pd.DataFrame], out: str | Path) -> list[Path]:
-    """One panel per plant: each statistic of the plant itself (bar, CI, green = meets its
-    target, red = misses) beside the same statistic on the models without that plant (dots)."""
+    """One panel per plant: each ratio statistic of the plant itself (bar, CI, green = meets its
+    target, red = misses, dashes = the target) beside the same statistic on the models without
+    that plant (dots; triangles where clipped to the ratio axis). The window centre and the
+    behaviour check are not ratios, so they are written in the panel, not drawn as bars."""
     from .plotting import new_figure, save_figure
 
     frame = pd.concat(tables, ignore_index=True)
-    plants = list(dict.fromkeys(frame["plant"]))
+    plants = recovery_panels(frame)
     fig, axes = new_figure(max(len(plants), 1), width=5.2, height=5.0, bottom=1.9)
     axes = np.atleast_1d(axes).ravel()
+    low, high = RATIO_AXIS
+    colors = {"True": "tab:green", "False": "tab:red"}
     for ax, plant in zip(axes, plants):
         rows = frame[frame["plant"] == plant]
         own = rows[rows["model"] == plant]
-        stats = list(dict.fromkeys(rows["statistic"]))
-        x = np.arange(len(stats))
+        stats = [stat for stat in dict.fromkeys(rows["statistic"]) if stat not in NOT_RATIOS]
         for i, stat in enumerate(stats):
             hit = own[own["statistic"] == stat]
             if len(hit):
                 row = hit.iloc[0]
-                color = {"True": "tab:green", "False": "tab:red"}.get(str(row["pass"]), "tab:gray")
-                ax.bar(i, row["value"], color=color, alpha=0.8)
+                value = float(np.clip(row["value"], low, high))
+                ax.bar(i, value, color=colors.get(str(row["pass"]), "tab:gray"), alpha=0.8)
                 if np.isfinite(row["ci_low"]):
-                    ax.errorbar(i, row["value"], yerr=[[row["value"] - row["ci_low"]], [row["ci_high"] - row["value"]]],
-                                color="black", capsize=3, lw=1)
-            others = rows[(rows["statistic"] == stat) & (rows["model"] != plant)]
-            ax.scatter([i] * len(others), others["value"], color="black", s=12, zorder=3,
-                       label="no plant (base, aligned, other plants)" if i == 0 else None)
-        ax.set_xticks(x, [s.replace("_", " ") for s in stats], rotation=60, ha="right", fontsize=7)
+                    ci = np.clip([row["ci_low"], row["ci_high"]], low, high)
+                    ax.errorbar(i, value, yerr=[[value - ci[0]], [ci[1] - value]], color="black", capsize=3, lw=1)
+                threshold = target_threshold(str(row["target"]))
+                if threshold is not None:
+                    ax.hlines(threshold, i - 0.45, i + 0.45, colors="black", linestyles="dashed", lw=1)
+            others = rows[(rows["statistic"] == stat) & (rows["model"] != plant)]["value"].dropna().to_numpy()
+            for marker, chosen in (("o", (others >= low) & (others <= high)), ("^", others > high), ("v", others < low)):
+                if chosen.any():
+                    ax.scatter(np.full(chosen.sum(), i), np.clip(others[chosen], low, high), color="black",
+                               marker=marker, s=14, zorder=3)
+        notes = []
+        centre = own[own["statistic"] == "localisation_best_window_centre"]
+        if len(centre):
+            row = centre.iloc[0]
+            verdict = {"True": "met", "False": "missed"}.get(str(row["pass"]), "")
+            notes.append(f"best window centre {row['value']:g}, target {row['target'].replace('window centre ', '')}: {verdict}")
+        check = own[own["statistic"] == "behaviour_check"]
+        if len(check):
+            notes.append("behaviour check " + ("passed" if str(check.iloc[0]["pass"]) == "True" else "failed"))
+        ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", ha="left", fontsize=7)
+        ax.set_xticks(np.arange(len(stats)), [s.replace("_", " ") for s in stats], rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(low, high + 0.5)
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title(plant, fontsize=9)
-        ax.set_ylabel("value (ratios: effect / TE)")
+        ax.set_ylabel("effect / TE (recall: share of planted units)")
     if len(axes):
-        axes[0].legend(fontsize=7, loc="upper right")
+        axes[0].scatter([], [], color="black", s=14, label="models without this plant")
+        axes[0].scatter([], [], color="black", marker="^", s=14, label="the same, clipped to the axis")
+        axes[0].plot([], [], color="black", ls="dashed", lw=1, label="target")
+        axes[0].legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.88))  # below the notes
     return save_figure(fig, out)
