@@ -162,3 +162,29 @@ def test_recovery_figure_reads_numeric_targets_and_draws_only_plants() -> None:
     assert target_threshold("") is None
     frame = pd.DataFrame({"plant": ["late", "gate", "", "late"], "model": ["base", "base", "aligned", "late"]})
     assert recovery_panels(frame) == ["late", "gate"]
+
+
+def test_recovery_figure_renders_clipped_values_and_notes(tmp_path) -> None:
+    """A plant's table plus a null model's, with values far off the ratio axis (as a model with no
+    refusal effect gives), a missing CI and the non-ratio rows: PNG and PDF come out, stable."""
+    from harmmed.constants import RECOVERY_COLUMNS
+    from harmmed.recovery import plot_recovery
+
+    def table(model: str, rows: list[tuple]) -> pd.DataFrame:
+        frame = pd.DataFrame(rows, columns=["statistic", "value", "ci_low", "ci_high", "target", "pass"])
+        frame.insert(0, "plant", "late")
+        frame.insert(0, "model", model)
+        frame["n_pairs"] = 4
+        return frame[RECOVERY_COLUMNS]
+
+    nan = float("nan")
+    own = table("late", [("type_contrast_mlp", 2.5, 2.0, 3.0, ">= 0.8", "True"),
+                         ("necessity_planted", -0.9, nan, nan, ">= 0.5", "False"),
+                         ("localisation_best_window_centre", 23.5, nan, nan, "window centre in [22, 25]", "True"),
+                         ("behaviour_check", 1.0, nan, nan, "1", "True")])
+    null = table("base", [("type_contrast_mlp", -4.0, nan, nan, "", ""), ("necessity_planted", 0.3, nan, nan, "", "")])
+    written = plot_recovery([null, own], tmp_path / "recovery")
+    assert [p.suffix for p in written] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in written)
+    first = written[0].read_bytes()
+    plot_recovery([null, own], tmp_path / "recovery")
+    assert written[0].read_bytes() == first

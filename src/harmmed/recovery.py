@@ -274,8 +274,9 @@ def recovery_panels(frame: pd.DataFrame) -> list[str]:
 def plot_recovery(tables: Sequence[pd.DataFrame], out: str | Path) -> list[Path]:
     """One panel per plant: each ratio statistic of the plant itself (bar, CI, green = meets its
     target, red = misses, dashes = the target) beside the same statistic on the models without
-    that plant (dots; triangles where clipped to the ratio axis). The window centre and the
-    behaviour check are not ratios, so they are written in the panel, not drawn as bars."""
+    that plant, the base and aligned ones (dots; triangles at the dotted clip lines where a
+    value lies off the ratio axis; a clipped bar is labelled with its value). The window centre
+    and the behaviour check are not ratios, so they are written in the panel, not drawn."""
     from .plotting import new_figure, save_figure
 
     frame = pd.concat(tables, ignore_index=True)
@@ -294,6 +295,9 @@ def plot_recovery(tables: Sequence[pd.DataFrame], out: str | Path) -> list[Path]
                 row = hit.iloc[0]
                 value = float(np.clip(row["value"], low, high))
                 ax.bar(i, value, color=colors.get(str(row["pass"]), "tab:gray"), alpha=0.8)
+                if np.isfinite(row["value"]) and value != row["value"]:  # clipped: say the real value
+                    ax.text(i, value, f"{row['value']:.2g}", ha="center", va="bottom" if value > 0 else "top",
+                            fontsize=7)
                 if np.isfinite(row["ci_low"]):
                     ci = np.clip([row["ci_low"], row["ci_high"]], low, high)
                     ax.errorbar(i, value, yerr=[[value - ci[0]], [ci[1] - value]], color="black", capsize=3, lw=1)
@@ -301,7 +305,8 @@ def plot_recovery(tables: Sequence[pd.DataFrame], out: str | Path) -> list[Path]
                 if threshold is not None:
                     ax.hlines(threshold, i - 0.45, i + 0.45, colors="black", linestyles="dashed", lw=1)
             others = rows[(rows["statistic"] == stat) & (rows["model"] != plant)]["value"].dropna().to_numpy()
-            for marker, chosen in (("o", (others >= low) & (others <= high)), ("^", others > high), ("v", others < low)):
+            inside = (others >= low) & (others <= high)
+            for marker, chosen in (("o", inside), ("^", others > high), ("v", others < low)):
                 if chosen.any():
                     ax.scatter(np.full(chosen.sum(), i), np.clip(others[chosen], low, high), color="black",
                                marker=marker, s=14, zorder=3)
@@ -310,19 +315,24 @@ def plot_recovery(tables: Sequence[pd.DataFrame], out: str | Path) -> list[Path]
         if len(centre):
             row = centre.iloc[0]
             verdict = {"True": "met", "False": "missed"}.get(str(row["pass"]), "")
-            notes.append(f"best window centre {row['value']:g}, target {row['target'].replace('window centre ', '')}: {verdict}")
+            band = row["target"].replace("window centre ", "")
+            notes.append(f"best window centre {row['value']:g}, target {band}: {verdict}")
         check = own[own["statistic"] == "behaviour_check"]
         if len(check):
             notes.append("behaviour check " + ("passed" if str(check.iloc[0]["pass"]) == "True" else "failed"))
         ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", ha="left", fontsize=7)
         ax.set_xticks(np.arange(len(stats)), [s.replace("_", " ") for s in stats], rotation=60, ha="right", fontsize=7)
-        ax.set_ylim(low, high + 0.5)
+        ax.set_ylim(low - 0.1, high + 0.5)  # room above for the notes; nothing is drawn beyond the clip lines
+        ax.set_yticks(np.arange(low, high + 0.01, 0.5))
+        for edge in (low, high):
+            ax.axhline(edge, color="0.6", lw=0.6, ls="dotted")
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title(plant, fontsize=9)
         ax.set_ylabel("effect / TE (recall: share of planted units)")
     if len(axes):
         axes[0].scatter([], [], color="black", s=14, label="models without this plant")
-        axes[0].scatter([], [], color="black", marker="^", s=14, label="the same, clipped to the axis")
+        axes[0].scatter([], [], color="black", marker="^", s=14, label="the same, off the axis (above)")
+        axes[0].scatter([], [], color="black", marker="v", s=14, label="the same, off the axis (below)")
         axes[0].plot([], [], color="black", ls="dashed", lw=1, label="target")
         axes[0].legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.88))  # below the notes
     return save_figure(fig, out)

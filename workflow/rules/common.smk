@@ -72,15 +72,15 @@ def judge_manifest(wildcards):
 
 
 # CPUs of a model job (torch's intra-op threads): 4 on a cluster, where --max-threads
-# (HARMMED_SLURM_CPUS in profiles/slurm) caps it. On one machine half of --cores (at least 1), so
-# two model jobs run side by side: on 2 cores two 1-thread jobs finish the default run's stages
-# about 16% sooner than one 2-thread job at a time (README, Status).
+# (HARMMED_SLURM_CPUS in profiles/slurm) caps it. On one machine half of --cores (at least 1; --cores
+# all counts the CPUs), so two model jobs run side by side: on 2 cores, two 1-thread jobs did the
+# base model's layer and module stages with 16% more throughput than 2 threads one at a time (README).
 MODEL_THREADS = 4
 
 
 def _local_model_threads():
-    """MODEL_THREADS on one machine: half of --cores, at most MODEL_THREADS (a cluster run, or
-    --cores all, defines no integer total, and asking for one there raises)."""
+    """MODEL_THREADS on one machine: half of --cores, at most MODEL_THREADS (a cluster run
+    defines no integer total, and asking for one there may raise)."""
     if workflow.non_local_exec:
         return MODEL_THREADS
     try:
