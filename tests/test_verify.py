@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pandas as pd
@@ -166,5 +167,23 @@ def test_bundle_is_byte_reproducible(verified_run, tmp_path):
 
     workdir, _ = verified_run
     [bundle] = workdir.glob("results-tiny-*.tar.gz")
-    again = pack(workdir / "results" / "tiny" / "provenance.json", tmp_path / bundle.name)
+    again = pack(workdir / "results" / "tiny" / "provenance.json", tmp_path / bundle.name,
+                 workdir / "results" / "calibration.csv")
     assert again.read_bytes() == bundle.read_bytes()
+    with tarfile.open(bundle, "r:gz") as tar:  # claims.md's calibration marks travel with the bundle
+        assert "results/calibration.csv" in tar.getnames()
+
+
+def test_report_holds_the_figures_of_the_stages_the_model_ran(tmp_path):
+    """A plant that skips figures, tokens and generation has only its screen figures: the report
+    holds those and claims.md; a stage that ran but lost a figure is an error naming it."""
+    from harmmed.bundle import STAGE_FIGURES, BundleError, write_report
+
+    (tmp_path / "claims.md").write_text("| statistic |\n", encoding="utf-8")
+    for stem in STAGE_FIGURES["screen"]:
+        (tmp_path / f"{stem}.png").write_bytes(b"png")
+    html = write_report(tmp_path, "plant", ["screen"]).read_text(encoding="utf-8")
+    assert all(f"<h2>{stem}</h2>" in html for stem in STAGE_FIGURES["screen"]) and "layer_curves" not in html
+    (tmp_path / "screen_heatmap.png").unlink()
+    with pytest.raises(BundleError, match="screen_heatmap.png was not regenerated"):
+        write_report(tmp_path, "plant", ["screen"])

@@ -14,18 +14,29 @@ import html
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from .fetch import sha256_file
 
 CAPTIONS = Path(__file__).resolve().parents[2] / "workflow" / "report"
+CALIBRATION = "calibration.csv"  # the run's cross-model calibration, beside the model's folder
 # figure (file stem) -> caption file in workflow/report, in reading order
 FIGURE_CAPTIONS = {
     "layer_curves": "layer_curves", "heatmap_harm": "heatmap", "heatmap_refusal": "heatmap",
     "module_curves": "module_curves", "severed_paths": "severed_paths",
     "neuron_distribution": "neuron_distribution", "sparsity": "sparsity", "block_vs_sum": "block_vs_sum",
     "gating": "gating", "token_heatmap_harm": "token", "token_heatmap_refusal": "token",
-    "probe_accuracy": "probe", "generation_rates": "generation",
+    "probe_accuracy": "probe", "generation_rates": "generation", "screen_scatter": "screen_scatter",
+    "screen_heatmap": "screen_heatmap", "screen_sparsity": "screen_sparsity", "screen_adjacency": "screen_adjacency",
+}
+# the figures of each skippable stage (skip_stages): a model that skips a stage has none of them
+STAGE_FIGURES = {
+    "figures": ["layer_curves", "heatmap_harm", "heatmap_refusal", "module_curves", "severed_paths",
+                "neuron_distribution", "sparsity", "block_vs_sum", "gating", "probe_accuracy"],
+    "mediate_token": ["token_heatmap_harm", "token_heatmap_refusal"],
+    "generate": ["generation_rates"],
+    "screen": ["screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"],
 }
 
 
@@ -33,21 +44,24 @@ class BundleError(ValueError):
     pass
 
 
-def pack(provenance_path: Path, out: Path) -> Path:
+def pack(provenance_path: Path, out: Path, calibration: Path) -> Path:
     """Write ``out`` (.tar.gz) with every result file the provenance lists, the provenance itself,
-    and ``out``.sha256 in ``sha256sum`` format. Fails if a file changed since the provenance."""
+    the run's ``calibration.csv`` (so a redrawn claims.md carries the same calibration marks), and
+    ``out``.sha256 in ``sha256sum`` format. Fails if a file changed since the provenance."""
     record = json.loads(provenance_path.read_text(encoding="utf-8"))
     results = provenance_path.parent
     model = record["model"]
-    names = sorted({*record["results"], provenance_path.name})
+    members = [(f"results/{model}/{name}", results / name) for name in sorted({*record["results"], provenance_path.name})]
+    members.append((f"results/{CALIBRATION}", calibration))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in names:
-            path = results / name
+        for member, path in members:
             data = path.read_bytes()  # read once: the bytes checked are the bytes packed
-            if name in record["results"] and hashlib.sha256(data).hexdigest() != record["results"][name]:
+            name = path.name
+            if path.parent == results and name in record["results"] and \
+                    hashlib.sha256(data).hexdigest() != record["results"][name]:
                 raise BundleError(f"{path} changed after {provenance_path} was written; rerun the workflow")
-            info = tarfile.TarInfo(f"results/{model}/{name}")
+            info = tarfile.TarInfo(member)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,12 +100,16 @@ def unpack(bundle: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def write_report(figures_dir: Path, model: str) -> Path:
-    """``report.html`` beside the figures: claims.md, then every figure with its caption."""
+def write_report(figures_dir: Path, model: str, stages: Sequence[str]) -> Path:
+    """``report.html`` beside the figures: claims.md, then every figure of ``stages`` (those the
+    model ran, keys of STAGE_FIGURES) with its caption."""
     claims = (figures_dir / "claims.md").read_text(encoding="utf-8")
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(model)}</title>",
              f"<h1>Results: {html.escape(model)}</h1><pre>{html.escape(claims)}</pre>"]
+    expected = {stem for stage in stages for stem in STAGE_FIGURES[stage]}
     for stem, caption in FIGURE_CAPTIONS.items():
+        if stem not in expected:
+            continue
         if not (figures_dir / f"{stem}.png").is_file():
             raise BundleError(f"{figures_dir}: figure {stem}.png was not regenerated")
         text = (CAPTIONS / f"{caption}.rst").read_text(encoding="utf-8") if (CAPTIONS / f"{caption}.rst").is_file() else ""

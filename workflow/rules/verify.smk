@@ -57,10 +57,12 @@ rule verify:
 
 
 rule bundle:
-    """results-<model>-<commit>.tar.gz and its .sha256: the tables, provenance and claims."""
+    """results-<model>-<commit>.tar.gz and its .sha256: the tables, provenance, claims and the
+    run's calibration.csv (the marks of claims.md)."""
     input:
         provenance="results/{model}/provenance.json",
         results=result_files,
+        calibration="results/calibration.csv",
     output:
         bundle=f"results-{{model}}-{COMMIT}.tar.gz",
         sha256=f"results-{{model}}-{COMMIT}.tar.gz.sha256",

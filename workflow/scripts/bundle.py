@@ -1,3 +1,3 @@
 from harmmed.stages import bundle, run_stage
 
-run_stage(snakemake, lambda smk: bundle(smk.input.provenance, smk.output.bundle))
+run_stage(snakemake, lambda smk: bundle(smk.input.provenance, smk.input.calibration, smk.output.bundle))

@@ -12,7 +12,7 @@ from ..prompts import read_inputs
 from ..storage import atomic_path, model_spec, read_json, read_manifest, write_json
 from .base import ManifestSource, log
 from .models import prepare_prompts
-from .tables import (calibration, claims, figures, generation_figure, neuron_figures, probe_figure, screen_figures,
+from .tables import (claims, figures, generation_figure, neuron_figures, probe_figure, screen_figures,
                      token_figures)
 
 
@@ -95,40 +95,50 @@ def _recomputer(cfg: dict, recorded_cfg: dict, manifest: dict, results: Path, th
                          recorded_cfg, pd.read_csv(results / "neuron_ranking.csv"))
 
 
-def bundle(provenance_path: str | Path, out: str | Path) -> None:
-    """results-<model>-<commit>.tar.gz (+ .sha256): the tables, provenance and claims."""
+def bundle(provenance_path: str | Path, calibration_csv: str | Path, out: str | Path) -> None:
+    """results-<model>-<commit>.tar.gz (+ .sha256): the tables, provenance, claims and the run's
+    calibration table."""
     from ..bundle import pack
 
-    pack(Path(provenance_path), Path(out))
+    pack(Path(provenance_path), Path(out), Path(calibration_csv))
 
 
 def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
-    """Check and unpack a bundle, then redraw every figure, claims.md and the report from its tables
+    """Check and unpack a bundle, then redraw every figure of the stages the model ran, claims.md
+    (with the calibration marks of the run's calibration.csv) and the report from its tables
     alone (with the config its provenance records); no model, no torch. Returns the folder."""
-    from ..bundle import BundleError, unpack, write_report
+    from ..bundle import CALIBRATION, BundleError, unpack, write_report
+    from ..calibration import calibrated_marks
+    from ..claims import claims_markdown, read_claims
 
     root = unpack(Path(bundle_path), Path(out_dir))
+    if not (root / "results" / CALIBRATION).is_file():
+        raise BundleError(f"{bundle_path}: no results/{CALIBRATION} (a bundle from before it was packed); "
+                          "rebuild it with make bundle")
+    marks = calibrated_marks(pd.read_csv(root / "results" / CALIBRATION, dtype=str, keep_default_na=False))
     for results in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
         cfg, paths = read_json(results / "provenance.json")["config"], _result_paths(results)
-        figs = root / "figures" / results.name
+        figs, drawn = root / "figures" / results.name, []  # drawn: the stages whose figures were redrawn
         if Path(paths["heatmap"]).is_file():  # absent for a model that skips figures
             figures(cfg, paths, figs)
             neuron_figures(cfg, paths, figs)
+            probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
+            drawn.append("figures")
         if Path(paths["screen"]).is_file():  # absent for a model that skips screen
             screen_figures(cfg, paths, figs)
+            drawn.append("screen")
         if Path(paths["token"]).is_file():  # absent for a model that skips mediate_token
             token_figures(paths["manifest"], paths["token"], paths["inputs"], figs / "token_heatmap")
-        probe_figure(cfg, paths["manifest"], paths["probe"], figs / "probe_accuracy")
+            drawn.append("mediate_token")
         if Path(paths["rates"]).is_file():  # absent for a model that skips generate
             generation_figure(paths["manifest"], paths["rates"], figs / "generation_rates.png")
+            drawn.append("generate")
         claims(cfg, paths, {"csv": figs / "claims.csv"})
         if (figs / "claims.csv").read_bytes() != (results / "claims.csv").read_bytes():
             raise BundleError(f"{bundle_path}: claims recomputed from the tables differ from the bundled claims.csv")
-        one_model = {**cfg, "models": [model_spec(cfg, results.name)]}  # claims.md, marked against its plant
-        with tempfile.TemporaryDirectory() as grid:  # the cross-model grid needs every model: not redrawn
-            calibration(one_model, [str(figs / "claims.csv")], {"csv": Path(grid) / "calibration.csv",
-                                                                "png": Path(grid) / "calibration.png",
-                                                                "md": [figs / "claims.md"]})
         (figs / "claims.csv").unlink()
-        write_report(figs, results.name)
+        with atomic_path(figs / "claims.md") as tmp:
+            tmp.write_text(claims_markdown(read_claims(results / "claims.csv"), f"Claims: {results.name}", marks),
+                           encoding="utf-8")
+        write_report(figs, results.name, drawn)
     return root
