@@ -325,7 +325,7 @@ def _plot_generation_rates(rates_df: pd.DataFrame, manifest: Mapping[str, Any], 
         part = rates[rates["judge"].astype(str) == judge]
         _draw_rate_bars(ax, part)
         n = sorted(set(int(v) for v in part["n"])) if len(part) else [0]
-        finish_axes(ax, f"{model_name(manifest)}: generation, judge {judge} (n={'/'.join(map(str, n))})",
+        finish_axes(ax, f"{model_name(manifest)}: generation\njudge {judge} (n={'/'.join(map(str, n))})",
                     "share of responses judged compliance", xlabel="condition")
         ax.set_ylim(0.0, 1.3)  # headroom above rate 1 for the legend, so no bar is hidden
         ax.set_yticks(np.linspace(0.0, 1.0, 6))
