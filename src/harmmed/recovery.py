@@ -281,7 +281,8 @@ def plot_recovery(tables: Sequence[pd.DataFrame], out: str | Path) -> list[Path]
 
     frame = pd.concat(tables, ignore_index=True)
     plants = recovery_panels(frame)
-    fig, axes = new_figure(max(len(plants), 1), width=5.2, height=5.0, bottom=1.9)
+    n_rows = 1 if len(plants) < 3 else 2
+    fig, axes = new_figure(len(plants) + 1, width=5.2, height=4.6, n_rows=n_rows, bottom=1.5)  # +1: the key
     axes = np.atleast_1d(axes).ravel()
     low, high = RATIO_AXIS
     colors = {"True": "tab:green", "False": "tab:red"}
@@ -329,10 +330,15 @@ def plot_recovery(tables: Sequence[pd.DataFrame], out: str | Path) -> list[Path]
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title(plant, fontsize=9)
         ax.set_ylabel("effect / TE (recall: share of planted units)")
-    if len(axes):
-        axes[0].scatter([], [], color="black", s=14, label="models without this plant")
-        axes[0].scatter([], [], color="black", marker="^", s=14, label="the same, off the axis (above)")
-        axes[0].scatter([], [], color="black", marker="v", s=14, label="the same, off the axis (below)")
-        axes[0].plot([], [], color="black", ls="dashed", lw=1, label="target")
-        axes[0].legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.88))  # below the notes
+    key = axes[len(plants)]
+    key.scatter([], [], color="black", s=14, label="models without this plant")
+    key.scatter([], [], color="black", marker="^", s=14, label="the same, off the axis (above)")
+    key.scatter([], [], color="black", marker="v", s=14, label="the same, off the axis (below)")
+    key.plot([], [], color="black", ls="dashed", lw=1, label="target")
+    for color, meaning in (("tab:green", "the plant: meets its target"), ("tab:red", "the plant: misses it"),
+                           ("tab:gray", "the plant: no target")):
+        key.bar([0], [0], color=color, alpha=0.8, label=meaning)
+    key.legend(loc="center", fontsize=9, frameon=False)
+    for unused in axes[len(plants):]:
+        unused.set_axis_off()
     return save_figure(fig, out)
