@@ -66,9 +66,12 @@ def plot_sparsity(sparsity_df: pd.DataFrame, manifest: Mapping[str, Any], out: s
                         alpha=BAND_ALPHA, linewidth=0)
         for level in (0.5, 0.8):
             ax.axhline(level, color="black", linestyle=":", linewidth=0.7)
+            ax.annotate(f"{level:g} of the layer", (1.0, level), xycoords=("axes fraction", "data"),
+                        xytext=(-2, 2), textcoords="offset points", ha="right", va="bottom", fontsize=6)
         ax.set_xscale("log")
-        finish_axes(ax, f"{model_name(manifest)}: sparsity [{metric}]", "share of final-layer MLP NIE",
-                    xlabel="fraction of final-layer neurons")
+        # joint NIE of the top k over the whole layer's: above 1 where the rest of the layer cancels
+        finish_axes(ax, f"{model_name(manifest)}: sparsity [{metric}]",
+                    "joint NIE of k neurons / whole layer's", xlabel="fraction of final-layer neurons")
     return save_figure(fig, out)
 
 
@@ -91,7 +94,7 @@ def plot_block_vs_sum(neuron_df: pd.DataFrame, manifest: Mapping[str, Any], out:
         lim = [min(np.min(x), np.min(y), 0), max(np.max(x), np.max(y), 0)]
         ax.plot(lim, lim, color="black", linewidth=0.7, linestyle="--", label="block = sum")
         r = np.corrcoef(x, y)[0, 1] if len(x) > 1 else np.nan
-        finish_axes(ax, f"blocks vs sums [{metric}], r = {r:.2f}", "block NIE (joint patch)",
+        finish_axes(ax, f"{model_name(manifest)}: blocks vs sums [{metric}], r = {r:.2f}", "block NIE (joint patch)",
                     xlabel="sum of single-neuron NIEs")
     return save_figure(fig, out)
 
