@@ -110,7 +110,7 @@ def mean_te(df: pd.DataFrame, metric: str) -> float:
 
 
 def draw_curve(ax: Axes, summary: pd.DataFrame, label: str, color: str,
-               linestyle: str = "-", x: np.ndarray | None = None, scale: float = 1.0) -> None:
+               linestyle: str = "-", x: np.ndarray | None = None, scale: float = 1.0, band: bool = True) -> None:
     """Mean effect vs layer with its bootstrap CI as a band (all divided by `scale`)."""
     if summary.empty:
         return
@@ -118,8 +118,9 @@ def draw_curve(ax: Axes, summary: pd.DataFrame, label: str, color: str,
     xs = s["layer"].to_numpy(dtype=float) if x is None else x
     ax.plot(xs, s["mean_effect"] / scale, color=color, linestyle=linestyle, marker=".",
             markersize=3, linewidth=1.2, label=label)
-    ax.fill_between(xs, s["ci_low"] / scale, s["ci_high"] / scale, color=color,
-                    alpha=BAND_ALPHA, linewidth=0)
+    if band:
+        ax.fill_between(xs, s["ci_low"] / scale, s["ci_high"] / scale, color=color,
+                        alpha=BAND_ALPHA, linewidth=0)
 
 
 def plural(n_pairs: int) -> str:
@@ -147,7 +148,8 @@ def model_name(manifest: Mapping[str, Any]) -> str:
 @styled
 def plot_layer_curves(layer_df: pd.DataFrame, manifest: Mapping[str, Any], out: str | Path,
                       n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> list[Path]:
-    """Residual NIE and NDE vs layer for positions all/post/last, one panel per metric."""
+    """Residual NIE and NDE vs layer for positions all/post/last, one panel per metric. Only the
+    NIE curves get CI bands: the NDE's bands span about the TE's own spread and hid the NIE."""
     curves = select(layer_df[~is_position_index(layer_df["positions"])], site="residual",
                     window=1)
     summary = summarize(curves, n_boot=n_boot, ci=ci, seed=seed)
@@ -157,11 +159,12 @@ def plot_layer_curves(layer_df: pd.DataFrame, manifest: Mapping[str, Any], out: 
         for positions, color in POSITION_COLORS.items():
             for kind, style in (("NIE", "-"), ("NDE", ":")):
                 part = select(summary, metric=metric, kind=kind, positions=positions)
-                draw_curve(ax, part, f"{kind} ({positions})", color, style)
+                draw_curve(ax, part, f"{kind} ({positions})", color, style, band=kind == "NIE")
         ax.axhline(mean_te(curves, metric), color="black", linestyle="--", linewidth=1.0,
                    label="TE")
         finish_axes(ax, f"{model_name(manifest)}: residual stream, {metric}",
                     f"effect ({METRIC_LABELS.get(metric, metric)})")
+        ax.legend(loc="center left", frameon=False, fontsize=6, ncol=2)
     return save_figure(fig, out)
 
 
