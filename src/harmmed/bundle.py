@@ -51,7 +51,8 @@ def pack(provenance_path: Path, out: Path, calibration: Path) -> Path:
     record = json.loads(provenance_path.read_text(encoding="utf-8"))
     results = provenance_path.parent
     model = record["model"]
-    members = [(f"results/{model}/{name}", results / name) for name in sorted({*record["results"], provenance_path.name})]
+    names = sorted({*record["results"], provenance_path.name})
+    members = [(f"results/{model}/{name}", results / name) for name in names]
     members.append((f"results/{CALIBRATION}", calibration))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
