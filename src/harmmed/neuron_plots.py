@@ -23,9 +23,11 @@ def plot_neuron_distribution(ranking: pd.DataFrame, manifest: Mapping[str, Any],
     for ax, metric in zip(axes, metrics):
         ranks = select(ranking, metric=metric, site="neuron").sort_values("rank")
         ax.plot(ranks["rank"], ranks["oriented_nie"], color="tab:red", linewidth=1)
-        for _, row in ranks.head(n_labels).iterrows():
-            ax.annotate(f"n{int(row['unit'])}", (row["rank"], row["oriented_nie"]), fontsize=7,
-                        xytext=(4, -2), textcoords="offset points")
+        top = ranks.head(n_labels)  # listed in a box: labels on the curve overlap where it is flat
+        ax.scatter(top["rank"], top["oriented_nie"], color="tab:red", s=10, zorder=3)
+        listing = "\n".join(f"{int(r['rank'])}. n{int(r['unit'])}  {r['oriented_nie']:.3g}" for _, r in top.iterrows())
+        ax.text(0.98, 0.95, f"top {len(top)}\n{listing}", transform=ax.transAxes, ha="right", va="top", fontsize=7,
+                family="monospace")
         ax.set_xscale("log")
         finish_axes(ax, f"{model_name(manifest)}: final-layer neurons [{metric}]",
                     "NIE (oriented to the layer's effect)", xlabel="rank")
