@@ -59,13 +59,11 @@ rule all:
         results("claims.csv"),
         results("provenance.json"),
         expand("figures/{model}/claims.md", model=MODELS),
-        per_model("figures/{model}/{figure}.png", "figures", figure=MODEL_FIGURES + NEURON_FIGURES + ["probe_accuracy"]),
-        per_model(
-            "figures/{model}/{figure}.png", "mediate_token", figure=["token_heatmap_harm", "token_heatmap_refusal"]
-        ),
-        per_model("figures/{model}/generation_rates.png", "generate"),
+        per_model("figures/{model}/{figure}.png", "figures", figure=STAGE_FIGURES["figures"]),
+        per_model("figures/{model}/{figure}.png", "mediate_token", figure=STAGE_FIGURES["mediate_token"]),
+        per_model("figures/{model}/{figure}.png", "generate", figure=STAGE_FIGURES["generate"]),
         "results/calibration.csv",
         "figures/calibration.png",
-        per_model("figures/{model}/{figure}.png", "screen", figure=SCREEN_FIGURES),
+        per_model("figures/{model}/{figure}.png", "screen", figure=STAGE_FIGURES["screen"]),
         ["figures/cross_model.png"] if len(MODELS) > 1 else [],
         ["figures/recovery.png"] if PLANTED else [],

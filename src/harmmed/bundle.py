@@ -17,27 +17,14 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .constants import STAGE_FIGURES
 from .fetch import sha256_file
 
 CAPTIONS = Path(__file__).resolve().parents[2] / "workflow" / "report"
 CALIBRATION = "calibration.csv"  # the run's cross-model calibration, beside the model's folder
-# figure (file stem) -> caption file in workflow/report, in reading order
-FIGURE_CAPTIONS = {
-    "layer_curves": "layer_curves", "heatmap_harm": "heatmap", "heatmap_refusal": "heatmap",
-    "module_curves": "module_curves", "severed_paths": "severed_paths",
-    "neuron_distribution": "neuron_distribution", "sparsity": "sparsity", "block_vs_sum": "block_vs_sum",
-    "gating": "gating", "token_heatmap_harm": "token", "token_heatmap_refusal": "token",
-    "probe_accuracy": "probe", "generation_rates": "generation", "screen_scatter": "screen_scatter",
-    "screen_heatmap": "screen_heatmap", "screen_sparsity": "screen_sparsity", "screen_adjacency": "screen_adjacency",
-}
-# the figures of each skippable stage (skip_stages): a model that skips a stage has none of them
-STAGE_FIGURES = {
-    "figures": ["layer_curves", "heatmap_harm", "heatmap_refusal", "module_curves", "severed_paths",
-                "neuron_distribution", "sparsity", "block_vs_sum", "gating", "probe_accuracy"],
-    "mediate_token": ["token_heatmap_harm", "token_heatmap_refusal"],
-    "generate": ["generation_rates"],
-    "screen": ["screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"],
-}
+# caption file in workflow/report of the figures whose caption is not named after the figure
+SHARED_CAPTIONS = {"heatmap_harm": "heatmap", "heatmap_refusal": "heatmap", "token_heatmap_harm": "token",
+                   "token_heatmap_refusal": "token", "probe_accuracy": "probe", "generation_rates": "generation"}
 
 
 class BundleError(ValueError):
@@ -52,15 +39,13 @@ def pack(provenance_path: Path, out: Path, calibration: Path) -> Path:
     results = provenance_path.parent
     model = record["model"]
     names = sorted({*record["results"], provenance_path.name})
-    members = [(f"results/{model}/{name}", results / name) for name in names]
-    members.append((f"results/{CALIBRATION}", calibration))
+    members = [(f"results/{model}/{name}", results / name, record["results"].get(name)) for name in names]
+    members.append((f"results/{CALIBRATION}", calibration, None))  # (member, file, digest the provenance holds)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for member, path in members:
+        for member, path, recorded in members:
             data = path.read_bytes()  # read once: the bytes checked are the bytes packed
-            name = path.name
-            if path.parent == results and name in record["results"] and \
-                    hashlib.sha256(data).hexdigest() != record["results"][name]:
+            if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
                 raise BundleError(f"{path} changed after {provenance_path} was written; rerun the workflow")
             info = tarfile.TarInfo(member)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
@@ -107,13 +92,11 @@ def write_report(figures_dir: Path, model: str, stages: Sequence[str]) -> Path:
     claims = (figures_dir / "claims.md").read_text(encoding="utf-8")
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(model)}</title>",
              f"<h1>Results: {html.escape(model)}</h1><pre>{html.escape(claims)}</pre>"]
-    expected = {stem for stage in stages for stem in STAGE_FIGURES[stage]}
-    for stem, caption in FIGURE_CAPTIONS.items():
-        if stem not in expected:
-            continue
+    for stem in (stem for stage, stems in STAGE_FIGURES.items() if stage in stages for stem in stems):
         if not (figures_dir / f"{stem}.png").is_file():
             raise BundleError(f"{figures_dir}: figure {stem}.png was not regenerated")
-        text = (CAPTIONS / f"{caption}.rst").read_text(encoding="utf-8") if (CAPTIONS / f"{caption}.rst").is_file() else ""
+        caption = CAPTIONS / f"{SHARED_CAPTIONS.get(stem, stem)}.rst"
+        text = caption.read_text(encoding="utf-8") if caption.is_file() else ""
         parts.append(f"<h2>{stem}</h2><img src='{stem}.png' style='max-width:100%'><p>{html.escape(text)}</p>")
     out = figures_dir / "report.html"
     out.write_text("\n".join(parts) + "\n", encoding="utf-8")

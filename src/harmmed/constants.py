@@ -48,3 +48,16 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 # recovery.csv: does the analysis find a planted mechanism (one row per model, plant, statistic)
 RECOVERY_COLUMNS = ["model", "plant", "statistic", "value", "ci_low", "ci_high", "target", "pass", "n_pairs"]
+
+# Per-model figures (file stems under figures/<model>/): the workflow's rules and targets and the
+# bundle redraw all name them from here. STAGE_FIGURES: those of each stage a model may skip
+# (skip_stages), in the report's reading order.
+MODEL_FIGURES = ["layer_curves", "module_curves", "severed_paths", *(f"heatmap_{m}" for m in METRICS)]
+NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
+SCREEN_FIGURES = ["screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"]
+STAGE_FIGURES = {
+    "figures": [*MODEL_FIGURES, *NEURON_FIGURES, "probe_accuracy"],
+    "mediate_token": [f"token_heatmap_{m}" for m in METRICS],
+    "generate": ["generation_rates"],
+    "screen": SCREEN_FIGURES,
+}

@@ -4,6 +4,7 @@ import os
 import re
 
 from harmmed.cluster import JobNeverFits, check_fits, model_dir_mem_mb, model_mem_mb, slurm_nodes
+from harmmed.constants import MODEL_FIGURES, NEURON_FIGURES, SCREEN_FIGURES, STAGE_FIGURES  # per-model figures
 from harmmed.shards import shard_ids
 from harmmed.provenance import config_digest, git_state, short_commit
 from harmmed.storage import model_spec
@@ -18,10 +19,6 @@ MODE_SKIPS = {"screen"} if config["prompts"]["mode"] in ("noise", "unpaired") el
 SKIPPED = {m["name"]: set(m["skip_stages"]) | MODE_SKIPS for m in config["models"]}
 PUBLIC = config["prompts"]["public"]
 
-# Figures written per model (PNG for the report, PDF beside each).
-MODEL_FIGURES = ["layer_curves", "module_curves", "severed_paths", "heatmap_harm", "heatmap_refusal"]
-NEURON_FIGURES = ["neuron_distribution", "sparsity", "block_vs_sum", "gating"]
-SCREEN_FIGURES = ["screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"]
 TOKEN_METRICS = ["harm", "refusal"]
 
 # Tables of the model stages that split their pairs into `shards` jobs ({shard} = 0of4, ...).
