@@ -7,7 +7,7 @@ import torch
 
 from harmmed.arch import resolve_sites
 from harmmed.components import ComponentSpecError, parse_trainable
-from harmmed.finetune import Example, TrainSettings, resolve_trainable, train
+from harmmed.finetune import Example, TrainingPass, TrainSettings, resolve_trainable, shared_prefix_length, train
 from tiny import FAMILIES, VOCAB, tiny_model
 
 SETTINGS = TrainSettings(epochs=2, lr=1e-2, batch_size=3, seed=0)
@@ -22,11 +22,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _examples(n: int = 7) -> list[Example]:
+def _examples(n: int = 7, prefix: tuple[int, ...] = (3, 9, 4)) -> list[Example]:
+    """Random prompts after a shared ``prefix`` (the chat template's system turn, in miniature)."""
     g = torch.Generator().manual_seed(1)
     out = []
     for i in range(n):
-        prompt = torch.randint(5, VOCAB, (4 + i % 3,), generator=g).tolist()
+        prompt = list(prefix) + torch.randint(5, VOCAB, (4 + i % 3,), generator=g).tolist()
         response = torch.randint(5, VOCAB, (3,), generator=g).tolist()
         out.append(Example(f"e{i}", "harmful" if i % 2 else "benign", tuple(prompt), tuple(response)))
     return out
@@ -129,6 +130,50 @@ def test_frozen_prefix_cache_gives_the_gradient_of_the_full_pass() -> None:
     train(model, plan, _examples(), SETTINGS, pad_id=0, progress=False)
     for (name, a), (_, b) in zip(cached.named_parameters(), model.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def _plain_loss(model: torch.nn.Module, examples: list[Example]) -> torch.Tensor:
+    """The training loss from one full forward pass of each whole example, logits and all."""
+    terms = []
+    for e in examples:
+        logits = model(input_ids=torch.tensor([e.prompt_ids + e.response_ids]), use_cache=False).logits[0]
+        start = len(e.prompt_ids)
+        logp = torch.log_softmax(logits[start - 1 : start - 1 + len(e.response_ids)].float(), -1)
+        picked = logp[torch.arange(len(e.response_ids)), torch.tensor(e.response_ids)]
+        terms.append(-(picked[0] + picked.mean()))
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("trainable", ["all", {"site": "mlp", "layers": [2, 3]}, {"site": "neuron", "layer": 3, "units": 5}])
+def test_training_pass_gives_the_loss_and_gradient_of_the_plain_pass(family: str, trainable) -> None:
+    """The shared prefix run once per batch and the replayed frozen blocks change nothing but
+    rounding: loss and every trained gradient match whole examples run one at a time."""
+    model = tiny_model(family, initializer_range=0.2)
+    plan = resolve_trainable(model, parse_trainable(trainable), 0)
+    examples = _examples()
+    assert shared_prefix_length(examples) == 3
+    params = dict(model.named_parameters())
+    for name, param in params.items():
+        param.requires_grad_(name in plan.names)
+    grads = []
+    for loss in (lambda: TrainingPass(model, plan, examples, 3, pad_id=0).loss(range(len(examples))),
+                 lambda: _plain_loss(model, examples)):
+        model.zero_grad(set_to_none=True)
+        value = loss()  
+        value.backward()
+        grads.append((float(value.detach()), {n: params[n].grad.clone() for n in plan.names}))
+    (fast, fast_grads), (plain, plain_grads) = grads
+    assert fast == pytest.approx(plain, rel=1e-5)
+    for name in plan.names:
+        assert torch.allclose(fast_grads[name], plain_grads[name], atol=1e-6, rtol=1e-4), name
+    assert any(g.abs().sum() > 0 for g in fast_grads.values())
+
+
+def test_shared_prefix_stops_before_the_last_prompt_token() -> None:
+    same = [Example("a", "harmful", (1, 2, 3), (7,)), Example("b", "benign", (1, 2, 3, 4), (8,))]
+    assert shared_prefix_length(same) == 2  # the first response token is predicted at position 2
+    assert shared_prefix_length([*same, Example("c", "benign", (5, 2, 3), (8,))]) == 0
 
 
 def test_all_trains_everything() -> None:

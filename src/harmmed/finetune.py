@@ -7,7 +7,8 @@ and their column of the down projection, by gradient masking). Specs resolve thr
 architecture table, so no family needs its own code.
 
 Blocks below the lowest trainable block are frozen and see only frozen inputs, so their output is
-computed once per example and replayed every epoch: a late plant trains in seconds on a CPU.
+computed once per example and replayed every epoch: a late plant trains in seconds on a CPU. The
+chat template's prefix, the same in every example, runs once per batch (``TrainingPass``).
 Training is deterministic (seeded shuffle, no dropout, fixed threads), so the same inputs on the
 same machine give byte-identical weights.
 """
@@ -199,10 +200,23 @@ def _unit_dropout(units: Sequence[int], p: float, generator: torch.Generator):
     return hook
 
 
-def _padded(examples: Sequence[Example], pad_id: int, device: torch.device | str = "cpu"
+def shared_prefix_length(examples: Sequence[Example]) -> int:
+    """Tokens every prompt starts with (the chat template's system turn: 24 of SmolLM2's ~57 tokens
+    per example), less than the shortest prompt so that each example's last prompt position, where
+    the first response token is predicted, stays in its own part of the pass."""
+    prompts = [e.prompt_ids for e in examples]
+    limit = min(len(p) for p in prompts) - 1
+    length = 0
+    while length < limit and all(p[length] == prompts[0][length] for p in prompts):
+        length += 1
+    return length
+
+
+def _padded(examples: Sequence[Example], pad_id: int, device: torch.device | str = "cpu", skip: int = 0
             ) -> tuple[torch.Tensor, list[int]]:
-    """Right-padded ids (no attention mask needed: causal attention never looks right)."""
-    seqs = [list(e.prompt_ids + e.response_ids) for e in examples]
+    """Right-padded ids of each example after its first ``skip`` tokens (no attention mask needed:
+    causal attention never looks right)."""
+    seqs = [list(e.prompt_ids + e.response_ids)[skip:] for e in examples]
     width = max(len(s) for s in seqs)
     ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long, device=device)
     return ids, [len(s) for s in seqs]
@@ -216,14 +230,16 @@ def _logits(model: torch.nn.Module, head: torch.nn.Module, hidden: torch.Tensor)
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def _loss(hidden: torch.Tensor, head, examples: Sequence[Example], ids: torch.Tensor) -> torch.Tensor:
+def _loss(hidden: torch.Tensor, head, examples: Sequence[Example], ids: torch.Tensor, offset: int = 0
+          ) -> torch.Tensor:
     """Per example: cross-entropy of the first response token (the decision the behaviour check
     and the refusal metric read) plus the mean over all response tokens; mean over the batch.
-    ``hidden`` is the final-normed residual; only the response positions go through the LM head,
-    which otherwise costs as much as the trained blocks."""
+    ``hidden`` is the final-normed residual of ``ids``, which start ``offset`` tokens into each
+    example; only the response positions go through the LM head, which otherwise costs as much as
+    the trained blocks."""
     rows, cols, targets, first = [], [], [], []
     for row, example in enumerate(examples):
-        start, n = len(example.prompt_ids), len(example.response_ids)
+        start, n = len(example.prompt_ids) - offset, len(example.response_ids)
         first.append(len(cols))
         rows += [row] * n
         cols += list(range(start - 1, start - 1 + n))
@@ -235,23 +251,114 @@ def _loss(hidden: torch.Tensor, head, examples: Sequence[Example], ids: torch.Te
     return torch.stack(terms).mean()
 
 
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # one (keys, values) per layer, batch size 1
+
+
+def _repeated(prefix_kv: KeysValues, rows: int):
+    """A fresh ``DynamicCache`` holding the prefix's keys and values for ``rows`` batch rows."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(prefix_kv):
+        cache.update(keys, values, layer)
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
 @torch.no_grad()
 def frozen_outputs(model: torch.nn.Module, examples: Sequence[Example], block: int, batch_size: int,
-                   pad_id: int) -> list[torch.Tensor]:
-    """Each example's output of block ``block`` (its own positions only): computed once."""
+                   pad_id: int, prefix: int = 0, prefix_kv: KeysValues = ()) -> list[torch.Tensor]:
+    """Each example's output of block ``block`` at its own positions after the shared ``prefix``
+    (whose keys and values below ``block`` + 1 are ``prefix_kv``): computed once."""
     sites = resolve_sites(model)
     out: list[torch.Tensor] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        ids, lengths = _padded(chunk, pad_id, next(model.parameters()).device)
+        ids, lengths = _padded(chunk, pad_id, next(model.parameters()).device, skip=prefix)
+        cache = _repeated(list(prefix_kv), len(chunk)) if prefix else None
         seen: list[torch.Tensor] = []
         with HookSet() as hooks:
             hooks.on_output(sites.block(block), lambda x: seen.append(x.detach().clone()))
             for layer in range(block + 1, sites.n_layers):  # the rest of the pass is not needed
                 hooks.replace_forward(sites.block(layer), lambda *a, **k: seen[0])
-            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            model(input_ids=ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
         out.extend(seen[0][row, :length] for row, length in enumerate(lengths))
     return out
+
+
+class TrainingPass:
+    """The loss of one batch, computing only what the trained parameters can change.
+
+    Two shortcuts, both exact up to float rounding (tests/test_finetune.py compares them with the
+    plain full pass on every family). The prompt prefix every example shares (the chat template's
+    system turn) runs once per batch at batch size 1, its keys and values repeated for the rows
+    (an HF ``DynamicCache``), instead of once per row. Blocks below ``plan.first_block`` see only
+    frozen inputs: their outputs, and their keys and values on the prefix, are computed once and
+    replayed. ``unit_dropout`` acts on the rows' own tokens, not on the shared prefix.
+    """
+
+    def __init__(self, model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Example], batch_size: int,
+                 pad_id: int, unit_dropout=None) -> None:
+        self.model, self.plan, self.examples, self.pad_id = model, plan, list(examples), pad_id
+        self.sites = resolve_sites(model)
+        self.head = model.get_output_embeddings()
+        self.device = next(model.parameters()).device
+        self.unit_dropout = unit_dropout
+        self.prefix = shared_prefix_length(self.examples)
+        self.frozen_kv, self.prefix_hidden = self._frozen_prefix() if self.prefix else ([], None)
+        self.frozen = (frozen_outputs(model, self.examples, plan.first_block - 1, batch_size, pad_id,
+                                      self.prefix, self.frozen_kv) if plan.first_block > 0 else None)
+
+    @torch.no_grad()
+    def _frozen_prefix(self) -> tuple[KeysValues, torch.Tensor | None]:
+        """The frozen blocks' keys and values on the prefix, and the last frozen block's output there."""
+        from transformers import DynamicCache
+
+        cache, seen = DynamicCache(), []
+        with HookSet() as hooks:
+            if self.plan.first_block > 0:
+                hooks.on_output(self.sites.block(self.plan.first_block - 1), seen.append)
+            self.model(input_ids=self._prefix_ids(), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        kv = [(layer.keys, layer.values) for layer in cache.layers[: self.plan.first_block]]
+        return kv, (seen[0].detach().clone() if seen else None)
+
+    def _prefix_ids(self) -> torch.Tensor:
+        return torch.tensor([self.examples[0].prompt_ids[: self.prefix]], dtype=torch.long, device=self.device)
+
+    def _replay_frozen(self, hooks: HookSet, hidden: torch.Tensor) -> None:
+        for layer in range(self.plan.first_block):
+            hooks.replace_forward(self.sites.block(layer), lambda *a, _h=hidden, **k: _h)
+
+    def _prefix_cache(self, rows: int):
+        """The shared prefix's keys and values at every layer, run once and repeated ``rows`` times."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        with HookSet() as hooks:
+            if self.prefix_hidden is not None:
+                self._replay_frozen(hooks, self.prefix_hidden)
+            hooks.replace_forward(self.head, lambda x: x[..., :1])
+            self.model(input_ids=self._prefix_ids(), past_key_values=cache, use_cache=True)
+        for layer, (keys, values) in enumerate(self.frozen_kv):
+            cache.update(keys, values, layer)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+    def loss(self, index: Sequence[int]) -> torch.Tensor:
+        batch = [self.examples[i] for i in index]
+        ids, _ = _padded(batch, self.pad_id, self.device, skip=self.prefix)
+        cache = self._prefix_cache(len(batch)) if self.prefix else None
+        with HookSet() as hooks:
+            if self.frozen is not None:
+                self._replay_frozen(hooks, _stacked([self.frozen[i] for i in index], ids.shape[1]))
+            # the loss applies the head only where it is read; the model's own head call is a stub
+            normed: list[torch.Tensor] = []
+            hooks.on_output(self.sites.final_norm, normed.append)
+            if self.unit_dropout is not None:
+                hooks.on_input(self.sites.down_proj(self.plan.first_block), self.unit_dropout)
+            hooks.replace_forward(self.head, lambda x: x[..., :1])
+            self.model(input_ids=ids, past_key_values=cache, use_cache=cache is not None)
+        return _loss(normed[0], lambda h: _logits(self.model, self.head, h), batch, ids, offset=self.prefix)
 
 
 def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Example], settings: TrainSettings,
@@ -267,13 +374,10 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
         param.requires_grad_(name in plan.names)
     trainable = [params[n] for n in plan.names]
     optimizer = torch.optim.Adam(trainable, lr=settings.lr, weight_decay=0.0, foreach=False)
-    sites = resolve_sites(model)
-    head = model.get_output_embeddings()
-    cached = (frozen_outputs(model, examples, plan.first_block - 1, settings.batch_size, pad_id)
-              if plan.first_block > 0 else None)
-    rng = np.random.default_rng(settings.seed)
     drop_units = (_unit_dropout(plan.units, settings.unit_dropout, torch.Generator().manual_seed(settings.seed))
                   if settings.unit_dropout else None)  # one hook and one generator for the whole run
+    forward = TrainingPass(model, plan, examples, settings.batch_size, pad_id, drop_units)
+    rng = np.random.default_rng(settings.seed)
     losses = []
     for epoch in range(settings.epochs):
         order = rng.permutation(len(examples))
@@ -281,22 +385,7 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
         steps = range(0, len(order), settings.batch_size)
         for start in tqdm(steps, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress,
                           mininterval=5):
-            index = order[start : start + settings.batch_size]
-            batch = [examples[i] for i in index]
-            ids, _ = _padded(batch, pad_id, next(model.parameters()).device)
-            with HookSet() as hooks:
-                if cached is not None:
-                    frozen = _stacked([cached[i] for i in index], ids.shape[1])
-                    for layer in range(plan.first_block):
-                        hooks.replace_forward(sites.block(layer), lambda *a, _h=frozen, **k: _h)
-                # the loss applies the head only where it is read; the model's own head call is a stub
-                normed: list[torch.Tensor] = []
-                hooks.on_output(sites.final_norm, normed.append)
-                if drop_units is not None:
-                    hooks.on_input(sites.down_proj(plan.first_block), drop_units)
-                hooks.replace_forward(head, lambda x: x[..., :1])
-                model(input_ids=ids, use_cache=False)
-            loss = _loss(normed[0], lambda h: _logits(model, head, h), batch, ids)
+            loss = forward.loss(order[start : start + settings.batch_size])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for name, mask in plan.masks.items():

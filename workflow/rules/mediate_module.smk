@@ -19,6 +19,6 @@ rule mediate_module:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:  # the config keys the stage reads, so changing one reruns it
-        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "module_positions", "windows")},
+        settings={k: config["mediation"][k] for k in ("split", "module_max_pairs", "module_positions", "windows")},
     script:
         "../scripts/mediate_module.py"

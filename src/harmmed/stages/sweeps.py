@@ -21,9 +21,10 @@ from .base import ManifestSource, Paths, log
 
 
 # ---------------------------------------------------------------- mediation stages
-def _pairs(cfg: dict, inputs_path: str | Path, shard: Shard = WHOLE) -> list[EncodedPair]:
+def _pairs(cfg: dict, inputs_path: str | Path, shard: Shard = WHOLE, cap: str = "max_pairs") -> list[EncodedPair]:
+    """The layer-family stages' pairs: ``mediation.split``, at most ``mediation.<cap>`` of them."""
     med = cfg["mediation"]
-    return take_shard(select_pairs(read_inputs(inputs_path), med["split"], med["max_pairs"], "mediation.split"), shard)
+    return take_shard(select_pairs(read_inputs(inputs_path), med["split"], med[cap], "mediation.split"), shard)
 
 
 def merge_shards(shard_paths: list[str], out: str | Path) -> None:
@@ -64,7 +65,7 @@ def mediate_module(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
 
     med = cfg["mediation"]
     engine, _ = load_engine(cfg, read_manifest(manifest), threads)
-    rows = _sweep(engine, _pairs(cfg, inputs_path, shard), lambda i, pair: mediation.module_cells(
+    rows = _sweep(engine, _pairs(cfg, inputs_path, shard, "module_max_pairs"), lambda i, pair: mediation.module_cells(
         pair, engine.sites.n_layers, med["module_positions"], med["windows"]), "module")
     write_table(rows, ROW_COLUMNS, module_csv)
     log.info("engine stats: %s", engine.stats)
