@@ -94,6 +94,16 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
     assert judged["pass"].tolist() == [True, True, True]
     joint = table.set_index("statistic").loc["gate_planted_joint_nie"]
     assert 0.9 <= joint["value"] <= 1.1 and joint["ci_low"] <= joint["value"] <= joint["ci_high"]
+    assert table.set_index("statistic").loc["gate_missed_joint_nie", "value"] == 0.0  # nothing was missed
+
+    # A ranking that misses the wired unit: recall 0, and the missed units carry the whole effect.
+    worst_first = order[::-1]
+    effects = pd.DataFrame([pair_effects(engine, pair, clean_runs(engine, pair), [plant], {"gate": worst_first})
+                            for pair in pairs])
+    table = pd.DataFrame(recovery_rows("gate", effects, [plant], "gate", {"gate": worst_first}, 4, Targets(), 0.1,
+                                       BOOT)).set_index("statistic")
+    assert table.loc["gate_recall_at_1", "value"] == 0.0
+    assert 0.9 <= table.loc["gate_missed_joint_nie", "value"] <= 1.1
 
     # A wrong ground truth (another unit) is not recovered: the statistics can fail.
     decoy = Plant("gate", ComponentSpec("neuron", (3, 3), 1), ((GATE_UNIT + 1) % 48,))

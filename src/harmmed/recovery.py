@@ -13,8 +13,9 @@ pairs, in units of the pair's total effect (TE) on the refusal metric:
   cannot localise: the layer-0 MLP acts as an extended embedding and carries nearly the whole
   effect at all positions in every model;
 * the gate: recall at K of the neuron ranking (chosen on the discovery split) against the K
-  planted units (at K = the number planted, precision is the same number), and the planted
-  units' joint NIE and necessity.
+  planted units (at K = the number planted, precision is the same number), the planted units'
+  joint NIE and necessity, and the joint NIE of the planted units the ranking missed: a recall
+  below 1 costs nothing when the missed units carry none of the effect.
 
 Ratios are ratios of means over pairs (mean effect / mean TE) with a paired bootstrap CI. A model
 without a plant (the base, the aligned fine-tune) gets the same statistics for every configured
@@ -110,6 +111,9 @@ def pair_effects(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Ru
             ranked = tuple(sorted(rankings.get(plant.name, ())[: len(plant.units)]))
             if ranked:
                 nie[f"{plant.name}/ranked"] = _joint("neuron", plant.band, every, ranked)
+                missed = tuple(u for u in plant.units if u not in ranked)
+                if missed:  # what the ranking left out of the planted gate
+                    nie[f"{plant.name}/missed"] = _joint("neuron", plant.band, every, missed)
             continue
         other = "attn" if plant.spec.site == "mlp" else "mlp"
         for site in TYPE_SITES:
@@ -207,6 +211,10 @@ def _gate_rows(table: _Table, plant: Plant, ranked: Sequence[int], targets: Targ
                 (lambda v: v >= targets.necessity) if judged else None)
     if f"nie:{plant.name}/ranked" in table.effects.columns:
         table.ratio(plant.name, f"gate_ranked_top{k}_joint_nie", f"nie:{plant.name}/ranked")
+        if f"nie:{plant.name}/missed" in table.effects.columns:
+            table.ratio(plant.name, "gate_missed_joint_nie", f"nie:{plant.name}/missed")
+        else:  # the ranking found every planted unit: nothing was left out
+            table.add(plant.name, "gate_missed_joint_nie", 0.0)
 
 
 def configured_plants(models: Sequence[Mapping[str, Any]], d_mlp: int) -> list[Plant]:
