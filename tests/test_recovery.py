@@ -96,14 +96,17 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
     assert 0.9 <= joint["value"] <= 1.1 and joint["ci_low"] <= joint["value"] <= joint["ci_high"]
     assert table.set_index("statistic").loc["gate_missed_joint_nie", "value"] == 0.0  # nothing was missed
 
-    # A ranking that misses the wired unit: recall 0, and the missed units carry the whole effect.
-    worst_first = order[::-1]
-    effects = pd.DataFrame([pair_effects(engine, pair, clean_runs(engine, pair), [plant], {"gate": worst_first})
-                            for pair in pairs])
-    table = pd.DataFrame(recovery_rows("gate", effects, [plant], "gate", {"gate": worst_first}, 4, Targets(), 0.1,
-                                       BOOT)).set_index("statistic")
-    assert table.loc["gate_recall_at_1", "value"] == 0.0
-    assert 0.9 <= table.loc["gate_missed_joint_nie", "value"] <= 1.1
+    # Two planted units, the wired one and one that carries nothing (ranked last). A ranking that
+    # finds only the wired one misses nothing that matters; one that finds only the idle one
+    # misses the whole effect. Recall is 1/2 both times: only the missed units' NIE tells them apart.
+    pair_plant = Plant("gate", ComponentSpec("neuron", (3, 3), 2), tuple(sorted((GATE_UNIT, order[-1]))))
+    for ranking, missed in ((order, 0.0), (order[::-1], 1.0)):
+        effects = pd.DataFrame([pair_effects(engine, pair, clean_runs(engine, pair), [pair_plant], {"gate": ranking})
+                                for pair in pairs])
+        table = pd.DataFrame(recovery_rows("gate", effects, [pair_plant], "gate", {"gate": ranking}, 4, Targets(),
+                                           0.1, BOOT)).set_index("statistic")
+        assert table.loc["gate_recall_at_2", "value"] == 0.5
+        assert abs(table.loc["gate_missed_joint_nie", "value"] - missed) < 0.1
 
     # A wrong ground truth (another unit) is not recovered: the statistics can fail.
     decoy = Plant("gate", ComponentSpec("neuron", (3, 3), 1), ((GATE_UNIT + 1) % 48,))

@@ -268,7 +268,9 @@ def test_gradients_leave_the_model_unchanged():
     _, benign = runs_of(engine, make_pair())
     before = [p.requires_grad for p in model.parameters()]
     clean = engine.run(make_pair().benign_ids, TARGET).target_logprobs  # one row, as after (batched runs round otherwise)
+    saved = benign.target_logprobs.clone()
     unit_gradients(engine, benign)
+    assert torch.equal(benign.target_logprobs, saved)  # the run it differentiates is not changed in place
     assert [p.requires_grad for p in model.parameters()] == before
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(engine.run(make_pair().benign_ids, TARGET).target_logprobs, clean)

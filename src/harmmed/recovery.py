@@ -211,10 +211,13 @@ def _gate_rows(table: _Table, plant: Plant, ranked: Sequence[int], targets: Targ
                 (lambda v: v >= targets.necessity) if judged else None)
     if f"nie:{plant.name}/ranked" in table.effects.columns:
         table.ratio(plant.name, f"gate_ranked_top{k}_joint_nie", f"nie:{plant.name}/ranked")
-        if f"nie:{plant.name}/missed" in table.effects.columns:
-            table.ratio(plant.name, "gate_missed_joint_nie", f"nie:{plant.name}/missed")
-        else:  # the ranking found every planted unit: nothing was left out
+        if hits == k:  # the ranking found every planted unit: nothing left out, exactly (no CI to draw)
             table.add(plant.name, "gate_missed_joint_nie", 0.0)
+        elif f"nie:{plant.name}/missed" in table.effects.columns:
+            table.ratio(plant.name, "gate_missed_joint_nie", f"nie:{plant.name}/missed")
+        else:
+            raise ValueError(f"{plant.name}: the ranking misses {k - hits} planted units, but the effects "
+                             "hold no patch of them (effects computed with another ranking?)")
 
 
 def configured_plants(models: Sequence[Mapping[str, Any]], d_mlp: int) -> list[Plant]:
