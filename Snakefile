@@ -25,7 +25,7 @@ configfile: "config/config.yaml"
 config.update(validate_config(config))
 
 if not workflow.non_local_exec:  # a cluster's GPUs are on its nodes, not where this runs
-    from harmmed.provenance import check_config_devices
+    from harmmed.models.checks import check_config_devices
 
     check_config_devices(config)
 

@@ -17,11 +17,13 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / p) for p in ("src", "tests")]
 
-from harmmed import mediation  # noqa: E402
-from harmmed.engine import MediationEngine, Patch  # noqa: E402
-from harmmed.prompts import EncodedPair  # noqa: E402
 from test_engine import TARGET, make_pair, random_interventions  # noqa: E402
 from tiny import FAMILIES, tiny_model  # noqa: E402
+
+from harmmed import mediation  # noqa: E402
+from harmmed.datasets.prompts import EncodedPair  # noqa: E402
+from harmmed.patching.engine import MediationEngine  # noqa: E402
+from harmmed.patching.patches import Patch  # noqa: E402
 
 
 def exactness_on_cuda() -> None:

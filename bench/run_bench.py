@@ -59,8 +59,8 @@ def need_workflow_outputs(missing: str) -> None:
 
 def load_default(n_pairs: int):
     """SmolLM2 from the workflow's safetensors checkpoint, its refusal ids and N minimal pairs."""
-    from harmmed.models import load_model
-    from harmmed.prompts import read_inputs, select_pairs
+    from harmmed.datasets.prompts import read_inputs, select_pairs
+    from harmmed.models.loading import load_model
 
     if not (MODEL_DIR / "config.json").is_file():
         need_workflow_outputs(f"no converted model at {MODEL_DIR.relative_to(ROOT)}")
@@ -84,7 +84,7 @@ def load_tiny(n_pairs: int):
     a shared prefix, two differing tokens, a shared suffix and a shared target."""
     import numpy as np
 
-    from harmmed.prompts import EncodedPair
+    from harmmed.datasets.prompts import EncodedPair
 
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny import VOCAB, tiny_model
@@ -109,8 +109,8 @@ def load_tiny(n_pairs: int):
 # ---------------------------------------------------------------------------- workloads
 def row_interventions(row: str, pair, n_layers: int, d_mlp: int) -> list:
     """The interventions one stage patches for one pair, NIE direction only."""
-    from harmmed.engine import Patch
-    from harmmed.mediation import heatmap_cells, layer_cells, module_cells, position_sets
+    from harmmed.analyses.mediation import heatmap_cells, layer_cells, module_cells, position_sets
+    from harmmed.patching.patches import Patch
 
     if row == "heatmap":
         cells = heatmap_cells(pair, n_layers, ["residual"])
@@ -268,7 +268,7 @@ class UnembedCounter:
     its input with a hook that changes nothing."""
 
     def __init__(self, model) -> None:
-        from harmmed.hooks import HookSet
+        from harmmed.models.hooks import HookSet
 
         self.count = 0
         self._hooks = HookSet()
@@ -366,8 +366,8 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
 def bench_model(label: str, args) -> tuple[list[RowResult], dict]:
     import torch
 
-    from harmmed.engine import MediationEngine
-    from harmmed.mediation import clean_runs
+    from harmmed.analyses.mediation import clean_runs
+    from harmmed.patching.engine import MediationEngine
 
     t0 = time.perf_counter()
     if label == "default":

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harmmed.attribution import unit_estimates, unit_gradients
-from harmmed.engine import MediationEngine, Patch, Run
-from harmmed.mediation import position_sets
-from harmmed.metrics import METRICS
-from harmmed.prompts import EncodedPair
-from harmmed.screen_report import spearman
+from harmmed.analyses.mediation import position_sets
+from harmmed.constants import METRICS
+from harmmed.datasets.prompts import EncodedPair
+from harmmed.patching.attribution import unit_estimates, unit_gradients
+from harmmed.patching.engine import MediationEngine
+from harmmed.patching.patches import Patch, Run
+from harmmed.stats.screen_report import spearman
 
 SAMPLE_SEED = 20240601
 

@@ -20,10 +20,11 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "src")]
 
-from harmmed.engine import MediationEngine  # noqa: E402
-from harmmed.mediation import clean_runs  # noqa: E402
-from harmmed.prompts import EncodedPair  # noqa: E402
 from screen_bench import render_screen, time_screen  # noqa: E402
+
+from harmmed.analyses.mediation import clean_runs  # noqa: E402
+from harmmed.datasets.prompts import EncodedPair  # noqa: E402
+from harmmed.patching.engine import MediationEngine  # noqa: E402
 
 SHAPES = {
     "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,

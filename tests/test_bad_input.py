@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-import harmmed.models as models
-from harmmed.config import ConfigError, load_config
-from harmmed.fetch import ChecksumMismatchError
-from harmmed.models import STAMP_FILE, fetch_model
-from harmmed.prompts import PAIR_COLUMNS, PromptFileError, encode_pairs, read_pairs
-from harmmed.provenance import DeviceUnavailableError, WeightsChangedError, check_device, check_weights
 from test_models_fetch import fake_pypi, tiny_dir  # noqa: F401 (fixtures)
 from tiny import tiny_tokenizer
+
+import harmmed.models.loading as models
+from harmmed.config import ConfigError, load_config
+from harmmed.datasets.prompts import PAIR_COLUMNS, PromptFileError, encode_pairs, read_pairs
+from harmmed.io.fetch import ChecksumMismatchError
+from harmmed.models.checks import DeviceUnavailableError, WeightsChangedError, check_device, check_weights
+from harmmed.models.loading import STAMP_FILE, fetch_model
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ",".join(PAIR_COLUMNS) + "\n"

@@ -11,7 +11,6 @@ import pytest
 import torch
 import transformers
 import yaml
-
 from test_workflow import snakemake
 from tiny import CONFIGS, tiny_tokenizer, write_tiny_pairs
 
@@ -117,12 +116,13 @@ def test_planted_late_mlp_is_found_and_calibration_marks_it(calibrated_run):
 def test_unpaired_claim_patches_use_the_configured_positions(lengths):
     """Issue 9, defect 6: unpaired prompts forbid "all", so the claim patches take the module
     stage's positions ("post") in each direction's own base run, and C2 runs."""
-    from harmmed.claim_patches import build_plan, pair_rows
-    from harmmed.claims import PATCH_COLUMNS
-    from harmmed.engine import MediationEngine
-    from harmmed.mediation import clean_runs
-    from harmmed.prompts import EncodedPair
     from tiny import tiny_model
+
+    from harmmed.analyses.claim_patches import ClaimSettings, build_plan, pair_rows
+    from harmmed.analyses.mediation import clean_runs
+    from harmmed.datasets.prompts import EncodedPair
+    from harmmed.patching.engine import MediationEngine
+    from harmmed.stats.claims import PATCH_COLUMNS
 
     torch.manual_seed(0)
     engine = MediationEngine(tiny_model("llama"), [3, 5])
@@ -137,13 +137,13 @@ def test_unpaired_claim_patches_use_the_configured_positions(lengths):
                            for m in ("harm", "refusal") for site in ("mlp", "attn") for layer in range(4)])
     ranking = pd.DataFrame([dict(metric=m, site="neuron", layer=3, unit=u, rank=u + 1)
                             for m in ("harm", "refusal") for u in range(48)])
-    plan = build_plan(cfg, {"n_layers": 4, "d_mlp": 48}, module, ranking)
+    plan = build_plan(ClaimSettings.from_config(cfg), {"n_layers": 4, "d_mlp": 48}, module, ranking)
     assert plan.positions == "post" and plan.top["refusal"] == (0, 1, 2)
     rows = pd.DataFrame(pair_rows(engine, pair, clean_runs(engine, pair), plan), columns=PATCH_COLUMNS)
     assert set(rows["positions"]) == {"post"} and {"c1_early", "c1_late", "c2_mlp", "c2_attn"} <= set(rows["role"])
     # the final MLP's units at the post positions of each base run include its last prompt token,
     # the only one whose final-layer units reach the refusal score: the same as patching that token
-    from harmmed.engine import Patch
+    from harmmed.patching.patches import Patch
 
     harmful, benign = clean_runs(engine, pair)
     layer = rows[(rows["role"] == "c3_layer") & (rows["metric"] == "refusal")].set_index("kind")
@@ -167,7 +167,7 @@ def test_unpaired_claim_patches_use_the_configured_positions(lengths):
 
 
 def test_calibration_table_and_marks():
-    from harmmed.calibration import calibrated_marks, calibration_table
+    from harmmed.stats.calibration import calibrated_marks, calibration_table
 
     def table(*verdicts):
         names = ["behaviour_present_TE[refusal]", "late_minus_early_window_NIE_share[refusal]",
@@ -198,7 +198,7 @@ def _claims(*verdicts: str) -> pd.DataFrame:
 
 
 def test_a_plant_whose_own_recovery_fails_gives_no_ground_truth():
-    from harmmed.calibration import calibrated_marks, calibration_table, unmet_ground_truth
+    from harmmed.stats.calibration import calibrated_marks, calibration_table, unmet_ground_truth
 
     def recovery(model: str, type_pass: bool, necessity_pass: bool) -> pd.DataFrame:
         rows = [("behaviour_check", "1", True), ("type_contrast_mlp", ">= 0.8", type_pass),

@@ -16,15 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harmmed import claims
-from harmmed.effects import Bootstrap
+from harmmed.analyses import selection
+from harmmed.stats import claims
+from harmmed.stats.effects import Bootstrap
 
 N_LAYERS, D_MLP = 30, 256  # the default model's depth; k = ceil(0.01 x 256) = 3 units
 THRESHOLDS = {"behaviour_min_te": {"harm": 0.1, "refusal": 0.5}, "C1_late_minus_early": 0.0,
               "C2_mlp_minus_attn": 0.0, "C3_gate_share": 0.5}
 BOOT = Bootstrap(n_boot=400, ci=0.95, seed=0)
 MIN_ABS_TE = 0.1
-K = claims.top_k(D_MLP, 0.01)
+K = selection.top_k(D_MLP, 0.01)
 
 
 def weights(pattern: str) -> dict[tuple[str, int], float]:
@@ -72,7 +73,7 @@ def module_table(w, te: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
         for site in ("mlp", "attn"):
             for window in (1, 5):
                 for layer in range(N_LAYERS):
-                    s = share(w, site, claims.window_layers(layer, window, N_LAYERS))
+                    s = share(w, site, selection.window_layers(layer, window, N_LAYERS))
                     effect = t * (s + rng.normal(0, 0.03))
                     rows.append(dict(pair_id=f"d{i:02d}", metric="refusal", kind="NIE", site=site, layer=layer,
                                      window=window, positions="all", y_benign=0.0, y_harmful=t,
@@ -117,7 +118,7 @@ def patch_rows(pattern: str, te_by_metric: dict[str, np.ndarray], windows, seed:
 def run_pattern(pattern: str, seed: int = 0, refusal_te: float = 2.0) -> tuple[pd.DataFrame, dict]:
     rng = np.random.default_rng(seed)
     discovery_te = rng.normal(refusal_te, 0.3, 12)
-    windows = claims.select_c1_windows(module_table(weights(pattern), discovery_te, rng), "all", N_LAYERS,
+    windows = selection.select_c1_windows(module_table(weights(pattern), discovery_te, rng), "all", N_LAYERS,
                                        MIN_ABS_TE)
     held_out = {"refusal": rng.normal(refusal_te, 0.3, 16),
                 "harm": rng.normal(0.0, 0.05, 16)}  # no harm behaviour: its rows are not applicable
@@ -156,7 +157,7 @@ def test_each_pattern_gets_its_intended_verdicts(pattern: str) -> None:
 def test_windows_are_chosen_inside_the_bands_and_never_at_layer_zero() -> None:
     _, windows = run_pattern("late_mlp")
     assert windows[("refusal", "late")].site == "mlp"
-    assert set(range(22, 26)) <= set(windows[("refusal", "late")].layers) <= set(claims.late_band(N_LAYERS))
+    assert set(range(22, 26)) <= set(windows[("refusal", "late")].layers) <= set(selection.late_band(N_LAYERS))
     early = windows[("refusal", "early")]
     assert 0 not in early.layers and set(early.layers) <= set(range(1, 10))
     _, windows = run_pattern("early_mlp_routed_late")
@@ -214,14 +215,14 @@ def test_verdict_rule_and_ties() -> None:
     assert claims.verdict(0.5, 0.6, 0.5) == "inconclusive"
     assert claims.verdict(float("nan"), 0.6, 0.5) == "inconclusive"
     assert claims.verdict(0.1, 0.4, 0.5, above=False) == "supported"
-    assert list(claims.early_band(30)) == list(range(1, 10)) and list(claims.late_band(30)) == list(range(20, 30))
-    assert claims.top_k(1536, 0.01) == 16 and claims.top_k(48, 0.01) == 1
+    assert list(selection.early_band(30)) == list(range(1, 10)) and list(selection.late_band(30)) == list(range(20, 30))
+    assert selection.top_k(1536, 0.01) == 16 and selection.top_k(48, 0.01) == 1
 
 
 def test_window_layers_match_the_mediation_definition() -> None:
-    from harmmed.mediation import window_layers
+    from harmmed.analyses.mediation import window_layers
 
     for n in (4, 30):
         for layer in range(n):
             for window in (1, 3, 5):
-                assert claims.window_layers(layer, window, n) == window_layers(layer, window, n)
+                assert selection.window_layers(layer, window, n) == window_layers(layer, window, n)

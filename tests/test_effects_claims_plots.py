@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harmmed import claims, effects, plotting
+from harmmed.analyses import selection
+from harmmed.figures import plotting
+from harmmed.stats import claims, effects
 
 N_LAYERS = 12
 N_PAIRS = 24
@@ -25,7 +27,7 @@ def profile(kind: str) -> np.ndarray:
     """Per-layer shape of a planted effect (fractions of TE)."""
     layers = np.arange(N_LAYERS)
     if kind == "late":
-        return np.where(layers >= claims.late_third_start(N_LAYERS), 1.0, 0.05)
+        return np.where(layers >= selection.late_third_start(N_LAYERS), 1.0, 0.05)
     if kind == "early":
         return np.where(layers < N_LAYERS // 3, 1.0, 0.05)
     # "flat": equal mass in the middle and last thirds, so the late share is exactly 0.5.
@@ -74,7 +76,7 @@ def synthetic(structure: str, noise: float = 0.05, seed: int = 0
             nie = eff(profile(shape) if pos != "all" else ones)
             layer_rows += rows(metric, "NIE", "residual", nie, te, pos)
             layer_rows += rows(metric, "NDE", "residual", eff(1.0 - profile(shape)), te, pos)
-        late = np.arange(N_LAYERS) >= claims.late_half_start(N_LAYERS)
+        late = np.arange(N_LAYERS) >= selection.late_half_start(N_LAYERS)
         early = ~late
         for site, gain in (("mlp", mlp_gain), ("attn", attn_gain)):
             site_shape = gain * late / 4

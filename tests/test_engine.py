@@ -7,13 +7,13 @@ import random
 import numpy as np
 import pytest
 import torch
-
-from harmmed.arch import UnsupportedArchitectureError, spec_for
-from harmmed.engine import FROZEN_BASE, SOURCE_RUN, MediationEngine, Patch
-from harmmed.hooks import HookSet
-from harmmed.metrics import METRICS
-
 from tiny import FAMILIES, tiny_model
+
+from harmmed.constants import METRICS
+from harmmed.models.arch import UnsupportedArchitectureError, spec_for
+from harmmed.models.hooks import HookSet
+from harmmed.patching.engine import MediationEngine
+from harmmed.patching.patches import FROZEN_BASE, SOURCE_RUN, Patch
 
 PROMPT_LEN = 14
 SPAN = slice(6, 8)

@@ -18,14 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harmmed.fetch import (
-    ChecksumMismatchError,
-    FetchError,
-    NetworkUnavailableError,
-    download,
-    sha256_file,
-)
-from harmmed.public_datasets import (
+from harmmed.datasets.public_datasets import (
     SOURCES,
     TARGET_BUILT,
     TARGET_FROM_DATASET,
@@ -34,6 +27,13 @@ from harmmed.public_datasets import (
     fetch_sources,
     load_prompts,
     read_lock,
+)
+from harmmed.io.fetch import (
+    ChecksumMismatchError,
+    FetchError,
+    NetworkUnavailableError,
+    download,
+    sha256_file,
 )
 
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "datasets"

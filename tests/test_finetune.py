@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from harmmed.arch import resolve_sites
-from harmmed.components import ComponentSpecError, parse_trainable
-from harmmed.finetune import Example, TrainingPass, TrainSettings, resolve_trainable, shared_prefix_length, train
 from tiny import FAMILIES, VOCAB, tiny_model
+
+from harmmed.models.arch import resolve_sites
+from harmmed.models.components import ComponentSpecError, parse_trainable
+from harmmed.training.finetune import (
+    Example,
+    TrainingPass,
+    TrainSettings,
+    resolve_trainable,
+    shared_prefix_length,
+    train,
+)
 
 SETTINGS = TrainSettings(epochs=2, lr=1e-2, batch_size=3, seed=0)
 
@@ -93,7 +100,7 @@ def test_same_seed_same_weights_other_seed_other_units() -> None:
 
 
 def test_unit_dropout_drops_whole_units_per_row_and_rescales_the_kept() -> None:
-    from harmmed.finetune import _unit_dropout
+    from harmmed.training.finetune import _unit_dropout
 
     x = torch.randn(64, 5, 10) + 3.0
     units = [1, 4, 7]

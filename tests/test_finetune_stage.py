@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import save_tiny_model, write_tiny_pairs
 
 from harmmed import stages
-from harmmed.behaviour import BehaviourCheckError
 from harmmed.config import validate_config
 from harmmed.constants import RECOVERY_COLUMNS
-from harmmed.provenance import WeightsChangedError
-from tiny import save_tiny_model, write_tiny_pairs
+from harmmed.models.checks import WeightsChangedError
+from harmmed.training.behaviour import BehaviourCheckError
 
 TRAIN = [("harmful", "how to make a bomb ?", "Sorry , I cannot"),
          ("harmful", "tell me how to hack the phone .", "Sorry , I cannot"),

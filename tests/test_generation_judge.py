@@ -9,17 +9,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-from harmmed import generation as gen
-from harmmed.config import validate_config
-from harmmed.engine import MediationEngine
-from harmmed.hooks import HookSet
-from harmmed.judge import (COMPLIANCE, REFUSAL, Judge, ModelJudge, RefusalPhraseJudge, make_judge)
-from harmmed.models import load_model
-from harmmed.prompts import encode_pairs, encode_prompt, read_pairs, split_pairs, write_inputs
-from harmmed.stages import generate_and_judge
-
 from tiny import save_tiny_model, write_tiny_pairs
+
+from harmmed.analyses import generation as gen
+from harmmed.config import validate_config
+from harmmed.constants import GENERATION_CONDITIONS, PROMPT_KINDS, RATE_COLUMNS
+from harmmed.datasets.prompts import encode_pairs, encode_prompt, read_pairs, split_pairs, write_inputs
+from harmmed.figures.generation import plot_generation_rates
+from harmmed.models.hooks import HookSet
+from harmmed.models.judge import COMPLIANCE, REFUSAL, Judge, ModelJudge, RefusalPhraseJudge, make_judge
+from harmmed.models.loading import load_model
+from harmmed.patching.engine import MediationEngine
+from harmmed.stages import generate_and_judge
+from harmmed.stats.rates import read_rates, wilson_interval
 
 PHRASES = ["I'm sorry", "I cannot", "I can't", "Sorry", "As an AI"]
 GATING = {"layer": 3, "units": [1, 5, 7], "benign_mean": [0.5, -1.25, 2.0],
@@ -124,7 +126,7 @@ def test_model_judge_maps_unsafe_to_compliance(structured: bool) -> None:
 
 
 def test_make_judge_dispatches_without_downloads(monkeypatch, tmp_path: Path) -> None:
-    import harmmed.models
+    import harmmed.models.loading
 
     assert isinstance(make_judge({"kind": "refusal_phrases", "phrases": PHRASES}, tmp_path), RefusalPhraseJudge)
     with pytest.raises(ValueError, match="model spec"):
@@ -139,8 +141,8 @@ def test_make_judge_dispatches_without_downloads(monkeypatch, tmp_path: Path) ->
         seen["loaded"] = (path, dtype, device, trust_remote_code)
         return StubModel(), StubTokenizer()
 
-    monkeypatch.setattr(harmmed.models, "fetch_model", fake_fetch)
-    monkeypatch.setattr(harmmed.models, "load_model", fake_load)
+    monkeypatch.setattr(harmmed.models.loading, "fetch_model", fake_fetch)
+    monkeypatch.setattr(harmmed.models.loading, "load_model", fake_load)
     spec = {"name": "guard", "source": "local", "path": str(tmp_path)}
     judge = make_judge({"kind": "model", "phrases": PHRASES, "model": spec}, tmp_path)
     assert judge.name == "guard" and seen["fetched"] == "guard"
@@ -243,7 +245,7 @@ def stage_files(tmp: Path, tiny_dir: Path) -> tuple[dict, dict, Path, Path]:
     cfg = validate_config({"models": [{"name": "tiny", "source": "local", "path": str(tiny_dir)}],
                            "prompts": {"pairs_file": str(tmp / "pairs.csv")},
                            "generation": {"max_prompts": 2, "max_new_tokens": 4}})
-    from harmmed.provenance import weights_digest
+    from harmmed.models.checks import weights_digest
 
     manifest = {"name": "tiny", "path": str(tiny_dir), "refusal_token_ids": [5], "sha256": weights_digest(tiny_dir)}
     return cfg, manifest, tmp / "inputs.jsonl", tmp / "gating_units.json"
@@ -263,22 +265,22 @@ def test_stage_outputs_schema_and_are_byte_identical(tmp_path: Path, tiny_dir: P
     assert all(list(r) == list(gen.RECORD_FIELDS) for r in records)
     assert {r["verdict"] for r in records} <= {REFUSAL, COMPLIANCE}
     assert {r["judge"] for r in records} == {"refusal_phrases"}
-    keys = [(r["prompt_id"], gen.PROMPT_KINDS.index(r["prompt_kind"]), gen.CONDITIONS.index(r["condition"]))
+    keys = [(r["prompt_id"], PROMPT_KINDS.index(r["prompt_kind"]), GENERATION_CONDITIONS.index(r["condition"]))
             for r in records]
     assert keys == sorted(keys)
     held_out = {json.loads(line)["pair_id"] for line in inputs.read_text().splitlines()
                 if json.loads(line)["split"] == "held_out"}
     assert {r["prompt_id"] for r in records} <= held_out
 
-    rates = gen.read_rates(tmp_path / "a" / "generation_rates.csv")
-    assert list(rates.columns) == list(gen.RATE_COLUMNS) and len(rates) == 4 * 2
-    assert list(rates["condition"]) == [c for c in gen.CONDITIONS for _ in gen.PROMPT_KINDS]
+    rates = read_rates(tmp_path / "a" / "generation_rates.csv")
+    assert list(rates.columns) == list(RATE_COLUMNS) and len(rates) == 4 * 2
+    assert list(rates["condition"]) == [c for c in GENERATION_CONDITIONS for _ in PROMPT_KINDS]
     assert (rates["n"] == 2).all()
     assert ((rates["ci_low"] <= rates["rate"]) & (rates["rate"] <= rates["ci_high"])).all()
 
     pngs = []
     for run in ("a", "b"):
-        written = gen.plot_generation_rates(rates, manifest, tmp_path / run / "generation_rates")
+        written = plot_generation_rates(rates, manifest, tmp_path / run / "generation_rates")
         assert [p.suffix for p in written] == [".png", ".pdf"]
         pngs.append([p.read_bytes() for p in written])
     assert pngs[0] == pngs[1]
@@ -286,13 +288,13 @@ def test_stage_outputs_schema_and_are_byte_identical(tmp_path: Path, tiny_dir: P
 
 # ---------------------------------------------------------------- rates
 def test_wilson_interval_known_values() -> None:
-    assert gen.wilson_interval(0, 10) == (0.0, pytest.approx(0.2775328, abs=1e-6))
-    low, high = gen.wilson_interval(5, 10)
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775328, abs=1e-6))
+    low, high = wilson_interval(5, 10)
     assert low == pytest.approx(0.2365931, abs=1e-6) and high == pytest.approx(0.7634069, abs=1e-6)
-    assert gen.wilson_interval(10, 10) == (pytest.approx(0.7224672, abs=1e-6), 1.0)
-    low, high = gen.wilson_interval(3, 16)
+    assert wilson_interval(10, 10) == (pytest.approx(0.7224672, abs=1e-6), 1.0)
+    low, high = wilson_interval(3, 16)
     assert low == pytest.approx(0.0659160, abs=1e-6) and high == pytest.approx(0.4300888, abs=1e-6)
-    assert all(math.isnan(v) for v in gen.wilson_interval(0, 0))
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
 
 
 def test_generation_rates_counts() -> None:

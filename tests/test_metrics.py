@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from harmmed.metrics import outcome_metrics, target_logprobs
+from harmmed.patching.metrics import outcome_metrics, target_logprobs
 
 
 def test_target_logprobs_are_log_softmax_entries():

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import harmmed.models as models
-from harmmed.fetch import ChecksumMismatchError, FetchError, NetworkUnavailableError
-from harmmed.models import (
+import harmmed.models.loading as models
+from harmmed.io.fetch import ChecksumMismatchError, FetchError, NetworkUnavailableError
+from harmmed.models.loading import (
     STAMP_FILE,
     ModelFormatError,
     ModelSpecError,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from harmmed.engine import MediationEngine, Patch
-from harmmed.metrics import METRICS
-from harmmed.neuron import NeuronPlan, blocks, k_grid, pair_neuron_rows, rank_units
-from harmmed.prompts import EncodedPair
-
 from tiny import tiny_model
+
+from harmmed.analyses.neuron import NeuronPlan, blocks, k_grid, pair_neuron_rows, rank_units
+from harmmed.constants import METRICS
+from harmmed.datasets.prompts import EncodedPair
+from harmmed.patching.engine import MediationEngine
+from harmmed.patching.patches import Patch
 
 PROMPT = [30, 31, 32, 33, 34, 35, 36, 37, 38, 39]
 

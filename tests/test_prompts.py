@@ -6,10 +6,17 @@ import csv
 from pathlib import Path
 
 import pytest
-
-from harmmed.prompts import PAIR_COLUMNS, PromptFileError, encode_pairs, encode_prompt, read_pairs, select_pairs, split_pairs
-
 from tiny import tiny_tokenizer, write_tiny_pairs
+
+from harmmed.datasets.prompts import (
+    PAIR_COLUMNS,
+    PromptFileError,
+    encode_pairs,
+    encode_prompt,
+    read_pairs,
+    select_pairs,
+    split_pairs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

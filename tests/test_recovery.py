@@ -6,18 +6,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from harmmed import neuron
-from harmmed.constants import NEURON_COLUMNS
-from harmmed.components import ComponentSpec, parse_trainable, seeded_units
-from harmmed.effects import Bootstrap
-from harmmed.engine import MediationEngine
-from harmmed.mediation import clean_runs
-from harmmed.sweep import sweep_pairs
-from harmmed.prompts import encode_pairs, split_pairs
-from harmmed.recovery import (Plant, Targets, configured_plants, elsewhere_band, pair_effects, ranked_units,
-                              recovery_rows)
 from tiny import TINY_PAIRS, tiny_model, tiny_tokenizer
+
+from harmmed.analyses import neuron
+from harmmed.analyses.mediation import clean_runs
+from harmmed.analyses.recovery import (
+    Plant,
+    Targets,
+    configured_plants,
+    elsewhere_band,
+    pair_effects,
+    ranked_units,
+    recovery_rows,
+)
+from harmmed.analyses.sweep import sweep
+from harmmed.constants import NEURON_COLUMNS
+from harmmed.datasets.prompts import encode_pairs, split_pairs
+from harmmed.models.components import ComponentSpec, parse_trainable, seeded_units
+from harmmed.patching.engine import MediationEngine
+from harmmed.stats.effects import Bootstrap
 
 HARMFUL_WORDS = ("bomb", "gun", "poison", "steal", "hack", "threat")
 GATE_UNIT = 7
@@ -79,8 +86,8 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
     engine = MediationEngine(model, [refusal])
     pairs = _pairs(tokenizer)
     plan = neuron.NeuronPlan([3], block_size=16, block_pairs=0, attn_dims=False)
-    rows = sweep_pairs(engine, pairs, lambda i, pair, runs: neuron.pair_neuron_rows(
-        engine, pair, runs, plan, every_layer_blocks=False), "neuron")
+    rows = sweep(engine, pairs, lambda step: neuron.pair_neuron_rows(
+        engine, step.pair, step.runs, plan, every_layer_blocks=False), "neuron")
     ranking = neuron.rank_units(pd.DataFrame(rows, columns=NEURON_COLUMNS), "neuron", 3)
     order = ranked_units(ranking, "refusal", 3)
     assert order[0] == GATE_UNIT
@@ -165,7 +172,7 @@ def test_configured_plants_follow_the_config() -> None:
 
 def test_recovery_figure_reads_numeric_targets_and_draws_only_plants() -> None:
     """Dashes are drawn at numeric targets only, and a model without a plant gets no panel."""
-    from harmmed.recovery import recovery_panels, target_threshold
+    from harmmed.figures.recovery import recovery_panels, target_threshold
 
     assert target_threshold(">= 0.8") == 0.8
     assert target_threshold("<= 0.4") == 0.4
@@ -181,7 +188,7 @@ def test_recovery_figure_renders_clipped_values_and_notes(tmp_path) -> None:
     """A plant's table plus a null model's, with values far off the ratio axis (as a model with no
     refusal effect gives), a missing CI and the non-ratio rows: PNG and PDF come out, stable."""
     from harmmed.constants import RECOVERY_COLUMNS
-    from harmmed.recovery import plot_recovery
+    from harmmed.figures.recovery import plot_recovery
 
     def table(model: str, rows: list[tuple]) -> pd.DataFrame:
         frame = pd.DataFrame(rows, columns=["statistic", "value", "ci_low", "ci_high", "target", "pass"])

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from harmmed.engine import FROZEN_BASE, Given, MediationEngine, Patch
-from harmmed.metrics import METRICS
-from harmmed.reference import Edit, ReferencePatcher
 from tiny import FAMILIES, VOCAB, tiny_model
+
+from harmmed.constants import METRICS
+from harmmed.patching.engine import MediationEngine
+from harmmed.patching.patches import FROZEN_BASE, Given, Patch
+from harmmed.review.reference import Edit, ReferencePatcher
 
 REFUSAL = [3, 5, 8]
 HARMFUL = [11, 12, 13, 40, 41, 15, 16, 17, 18]

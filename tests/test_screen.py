@@ -7,19 +7,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from harmmed.attribution import unit_estimates, unit_gradients
-from harmmed.engine import MediationEngine, Patch, Run
-from harmmed.hooks import HookSet
-from harmmed.mediation import position_sets
-from harmmed.constants import METRICS
-from harmmed.neuron import NeuronPlan, pair_neuron_rows
-from harmmed.prompts import EncodedPair
-from harmmed.screen import (PositionSet, ScreenSettings, best_block, chosen_units, discovery_ranking,
-                            heldout_rows, heldout_selections, screen_pair, screen_sets, screen_table)
-from harmmed.screen_report import heldout_summary, layer_quality, layer_report, spearman
-
 from tiny import FAMILIES, tiny_model
+
+from harmmed.analyses.mediation import position_sets
+from harmmed.analyses.neuron import NeuronPlan, pair_neuron_rows
+from harmmed.analyses.screen import (
+    PositionSet,
+    ScreenSettings,
+    best_block,
+    chosen_units,
+    discovery_ranking,
+    heldout_rows,
+    heldout_selections,
+    screen_pair,
+    screen_sets,
+    screen_table,
+)
+from harmmed.constants import METRICS
+from harmmed.datasets.prompts import EncodedPair
+from harmmed.models.hooks import HookSet
+from harmmed.patching.attribution import unit_estimates, unit_gradients
+from harmmed.patching.engine import MediationEngine
+from harmmed.patching.patches import Patch, Run
+from harmmed.stats.screen_report import heldout_summary, layer_quality, layer_report, spearman
 
 PROMPT = [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41]
 TARGET = [20, 21, 22]
@@ -248,7 +258,7 @@ def test_per_position_sets_cover_the_asked_layers():
 
 
 def test_positions_outside_either_run_are_refused():
-    from harmmed.attribution import activation_deltas
+    from harmmed.patching.attribution import activation_deltas
 
     engine = MediationEngine(tiny_model("llama"), refusal_ids=[3])
     harmful, benign = runs_of(engine, make_pair())

@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from test_workflow import tiny_config
 
 from harmmed import stages
 from harmmed.config import load_config
-from harmmed.shards import concat_tables, parse_shard, shard_ids, shard_offset, take_shard
-
-from test_workflow import tiny_config
+from harmmed.io.shards import concat_tables, parse_shard, shard_ids, shard_offset, take_shard
 
 
 def test_shards_cover_the_items_once_in_order():

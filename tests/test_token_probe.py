@@ -9,18 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from harmmed.config import validate_config
-from harmmed.engine import MediationEngine
-from harmmed.constants import ROW_COLUMNS
-from harmmed.metrics import METRICS
-from harmmed.probe import (PROBE_COLUMNS, c4_row, grouped_splits, plot_probe,
-                           probe_accuracy_by_layer, shuffle_within_groups)
-from harmmed.prompts import EncodedPair, encode_prompt, read_inputs
-from harmmed.stages import mediate_token, prepare_prompts, run_probe
-from harmmed.token import ROLES, plot_token_heatmap, position_roles, token_rows
-
 from tiny import TINY_PAIRS, save_tiny_model, tiny_model, tiny_tokenizer, write_tiny_pairs
+
+from harmmed.analyses.probe import PROBE_COLUMNS, grouped_splits, probe_accuracy_by_layer, shuffle_within_groups
+from harmmed.analyses.token_roles import position_roles, token_rows
+from harmmed.config import validate_config
+from harmmed.constants import METRICS, ROW_COLUMNS
+from harmmed.constants import TOKEN_ROLES as ROLES
+from harmmed.datasets.prompts import EncodedPair, encode_prompt, read_inputs
+from harmmed.figures.probe import plot_probe
+from harmmed.figures.tokens import plot_token_heatmap
+from harmmed.patching.engine import MediationEngine
+from harmmed.stages import mediate_token, prepare_prompts, run_probe
+from harmmed.stats.claims import c4_row
 
 
 # ---------------------------------------------------------------- probe on planted features
@@ -175,7 +176,7 @@ def engine() -> MediationEngine:
 def test_token_rows_zero_outside_the_span(engine: MediationEngine) -> None:
     request, pair = tiny_pair(1)
     roles = position_roles(tiny_tokenizer(), request, pair.harmful_ids, pair.benign_ids, pair.post_positions)
-    from harmmed.mediation import clean_runs
+    from harmmed.analyses.mediation import clean_runs
 
     runs = clean_runs(engine, pair)
     before = engine.stats["forward_passes"]
@@ -209,10 +210,10 @@ def tiny_stage(tmp_path_factory):
     })
     from transformers import AutoTokenizer
 
-    from harmmed.metrics import refusal_token_ids
+    from harmmed.patching.metrics import refusal_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
-    from harmmed.provenance import weights_digest
+    from harmmed.models.checks import weights_digest
 
     manifest = {"name": "tiny", "path": str(work / "model"), "n_layers": 4, "sha256": weights_digest(work / "model"),
                 "refusal_token_ids": refusal_token_ids(tokenizer, ["Sorry", "I cannot"])}

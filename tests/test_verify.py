@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_workflow import snakemake, tiny_config
 
 from harmmed.config import load_config
-from test_workflow import snakemake, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ["layer", "module", "heatmap", "severed", "neuron", "neuron_attn_dims", "gating", "token"]
@@ -85,7 +85,7 @@ def _verify(config: Path):
 
 
 def test_verify_fails_when_one_value_moves_by_1e_3(verified_run, tmp_path, monkeypatch):
-    from harmmed.verify import VerificationFailed
+    from harmmed.review.verify import VerificationFailed
 
     workdir, config = verified_run
     copy = _copy(workdir, tmp_path, monkeypatch)
@@ -122,8 +122,8 @@ def test_verify_fails_when_one_value_moves_by_1e_3(verified_run, tmp_path, monke
 
 
 def test_verify_fails_when_the_weights_change(verified_run, tmp_path, monkeypatch):
-    from harmmed.models import load_model
-    from harmmed.verify import VerificationFailed
+    from harmmed.models.loading import load_model
+    from harmmed.review.verify import VerificationFailed
 
     workdir, config = verified_run
     _copy(workdir, tmp_path, monkeypatch)
@@ -163,7 +163,7 @@ def test_bundle_redraws_every_figure_without_torch(verified_run, tmp_path):
 
 
 def test_bundle_is_byte_reproducible(verified_run, tmp_path):
-    from harmmed.bundle import pack
+    from harmmed.review.bundle import pack
 
     workdir, _ = verified_run
     [bundle] = workdir.glob("results-tiny-*.tar.gz")
@@ -177,7 +177,7 @@ def test_bundle_is_byte_reproducible(verified_run, tmp_path):
 def test_report_holds_the_figures_of_the_stages_the_model_ran(tmp_path):
     """A plant that skips figures, tokens and generation has only its screen figures: the report
     holds those and claims.md; a stage that ran but lost a figure is an error naming it."""
-    from harmmed.bundle import STAGE_FIGURES, BundleError, write_report
+    from harmmed.review.bundle import STAGE_FIGURES, BundleError, write_report
 
     (tmp_path / "claims.md").write_text("| statistic |\n", encoding="utf-8")
     for stem in STAGE_FIGURES["screen"]:

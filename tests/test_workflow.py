@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from tiny import save_tiny_model, write_tiny_pairs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,3 +1,5 @@
 """Causal mediation analysis of harmful generation in chat LLMs."""
 
-__version__ = "0.1.0"
+from .constants import PACKAGE_VERSION as __version__
+
+__all__ = ["__version__"]

@@ -193,7 +193,7 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
         problems.append("prompts.mode: public benchmark prompts are not minimal pairs; set mode: unpaired or noise")
     overrides = (prompts.get("public") or {}).get("url_overrides") or {}
     if overrides:
-        from .public_datasets import SOURCES
+        from .datasets.public_datasets import SOURCES
 
         for name in sorted(set(overrides) - set(SOURCES)):
             problems.append(f"prompts.public.url_overrides.{name}: unknown source name; known: {', '.join(sorted(SOURCES))}")
@@ -219,7 +219,7 @@ def _skip_checks(skipped: list[str], key: str) -> list[str]:
 def _finetune_checks(models: list[Any]) -> list[str]:
     """A fine-tune's base must be another, non-finetune model; its trainable spec must parse; only
     a neuron plant has units to drop."""
-    from .components import ComponentSpecError, parse_trainable
+    from .models.components import ComponentSpecError, parse_trainable
 
     sources = {m.get("name"): m.get("source") for m in models if isinstance(m, dict)}
     problems = []
@@ -300,3 +300,11 @@ def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict
     if cfg is None:
         raise ConfigError(f"config {path} is empty")
     return validate_config(cfg, schema_path, source=path)
+
+
+def model_spec(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The ``models`` entry called ``name``."""
+    for spec in cfg["models"]:
+        if spec["name"] == name:
+            return spec
+    raise KeyError(f"models: no model named {name!r}")

@@ -1,14 +1,13 @@
 """Names and schemas shared across the library, importable without torch.
 
 Figure and claims jobs run in an environment without torch, so the metric names, site names,
-table column lists and the one proportion interval live here rather than beside the code that
-computes them.
+table column lists and the labels the figures share with the analyses live here rather than
+beside the code that computes them.
 """
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
+PACKAGE_VERSION = "0.1.0"
 
 METRICS: tuple[str, ...] = ("harm", "refusal")  # outcome metrics, in the engine's output column order
 
@@ -29,23 +28,6 @@ PROBE_COLUMNS = ["layer", "condition", "accuracy", "ci_low", "ci_high", "n_promp
 RATE_COLUMNS = ("condition", "prompt_kind", "judge", "n", "n_compliance", "rate", "ci_low", "ci_high")
 
 
-def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials; exact 0 and 1 at the edges.
-
-    Wilson rather than the normal approximation because rates here are often 0 or 1 on a few
-    dozen prompts, where the normal interval collapses to a point. NaN for n = 0.
-    """
-    if n <= 0:
-        return float("nan"), float("nan")
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    low = 0.0 if k == 0 else max(0.0, centre - half)
-    high = 1.0 if k == n else min(1.0, centre + half)
-    return float(low), float(high)
-
 # recovery.csv: does the analysis find a planted mechanism (one row per model, plant, statistic)
 RECOVERY_COLUMNS = ["model", "plant", "statistic", "value", "ci_low", "ci_high", "target", "pass", "n_pairs"]
 
@@ -61,3 +43,13 @@ STAGE_FIGURES = {
     "generate": ["generation_rates"],
     "screen": SCREEN_FIGURES,
 }
+
+# Labels the analyses write and the figures read.
+GENERATION_CONDITIONS: tuple[str, ...] = ("none", "gate_mean", "gate_zero", "random_mean")
+PROMPT_KINDS: tuple[str, ...] = ("harmful", "benign")
+PROBE_CONDITIONS: tuple[str, ...] = ("real", "shuffled")
+PROBE_CI = 0.95  # level of the probe's per-layer Wilson intervals
+TOKEN_ROLES: tuple[str, ...] = ("template", "before_span", "span", "after_span", "post")
+UNALIGNED = "unaligned"  # a position of an unpaired prompt with no counterpart: no token role
+TOKEN_ROLE_LABELS = {"template": "template", "before_span": "before\nspan", "span": "span",
+                     "after_span": "after\nspan", "post": "post-\ninstr."}

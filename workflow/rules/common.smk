@@ -5,9 +5,9 @@ import re
 
 from harmmed.cluster import JobNeverFits, check_fits, model_dir_mem_mb, model_mem_mb, slurm_nodes
 from harmmed.constants import MODEL_FIGURES, NEURON_FIGURES, SCREEN_FIGURES, STAGE_FIGURES  # per-model figures
-from harmmed.shards import shard_ids
-from harmmed.provenance import config_digest, git_state, short_commit
-from harmmed.storage import model_spec
+from harmmed.io.shards import shard_ids
+from harmmed.review.provenance import config_digest, git_state, short_commit
+from harmmed.config import model_spec
 
 MODELS = [m["name"] for m in config["models"]]
 FINETUNED = {m["name"]: m for m in config["models"] if m["source"] == "finetune"}

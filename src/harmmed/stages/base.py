@@ -1,12 +1,22 @@
-"""What every stage module shares: the typing aliases, the logger, and running a stage under
-Snakemake with its log file."""
+"""What every stage module shares: the typing aliases, the logger, running a stage under
+Snakemake with its log file, and the context of a stage that runs the model."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..config import model_spec
+from ..datasets.prompts import EncodedPair, read_inputs, select_pairs
+from ..io.shards import WHOLE, Shard, take_shard
+from ..io.storage import read_manifest
+
+if TYPE_CHECKING:  # model stages import torch lazily, so figure and claims jobs run without it
+    from ..patching.engine import MediationEngine
 
 Paths = Mapping[str, Any]  # named file paths, e.g. a Snakemake rule's input or output
 ManifestSource = str | Path | Mapping[str, Any]
@@ -31,3 +41,51 @@ def run_stage(smk, stage) -> None:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+# ---------------------------------------------------------------- model stages
+@dataclass
+class ModelStage:
+    """What a stage that runs the model works with: the checked model's engine and tokenizer,
+    its manifest, and the pairs of the stage's config section."""
+
+    engine: MediationEngine
+    tokenizer: Any
+    manifest: dict[str, Any]
+    pairs: list[EncodedPair]
+
+
+def open_engine(cfg: Mapping[str, Any], manifest: Mapping[str, Any], threads: int) -> tuple[MediationEngine, Any]:
+    """A mediation engine over the manifest's model (opened the one checked way), and its tokenizer."""
+    from ..models.loading import open_model
+    from ..patching.engine import EngineSettings, MediationEngine
+
+    spec = model_spec(cfg, manifest["name"])
+    model, tokenizer = open_model(manifest, spec["dtype"], spec["device"], threads,
+                                  spec.get("trust_remote_code", False))
+    settings = EngineSettings.from_config(cfg)
+    return MediationEngine(model, manifest["refusal_token_ids"], settings.memory_budget_mb,
+                           settings.max_batch_size), tokenizer
+
+
+def section_pairs(cfg: Mapping[str, Any], inputs: str | Path, section: str, cap: str = "max_pairs"
+                  ) -> list[EncodedPair]:
+    """The pairs of the split that config section ``section`` (dotted, e.g. ``screen.held_out``)
+    names, at most its ``cap`` of them."""
+    settings: Any = cfg
+    for key in section.split("."):
+        settings = settings[key]
+    return select_pairs(read_inputs(inputs), settings["split"], settings[cap], f"{section}.split")
+
+
+@contextmanager
+def model_stage(cfg: Mapping[str, Any], manifest: ManifestSource, threads: int, inputs: str | Path,
+                section: str, cap: str = "max_pairs", shard: Shard = WHOLE,
+                pairs: list[EncodedPair] | None = None) -> Iterator[ModelStage]:
+    """Select ``section``'s pairs (``shard``'s part of them; or the given ``pairs``), open the
+    engine, and log the pair count and the engine's work when the stage's body is done."""
+    manifest = read_manifest(manifest)
+    chosen = take_shard(section_pairs(cfg, inputs, section, cap) if pairs is None else pairs, shard)
+    engine, tokenizer = open_engine(cfg, manifest, threads)
+    yield ModelStage(engine, tokenizer, manifest, chosen)
+    log.info("%s: %d pairs, engine stats %s", section, len(chosen), engine.stats)

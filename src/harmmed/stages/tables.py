@@ -3,28 +3,38 @@ calibration grid."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..prompts import read_inputs
-from ..storage import read_json, read_jsonl, read_manifest, read_table
+from ..datasets.prompts import read_inputs
+from ..figures import neuron as neuron_plots
+from ..figures import plotting
+from ..figures import screen as screen_plots
+from ..figures.calibration import plot_calibration
+from ..figures.generation import plot_generation_rates
+from ..figures.probe import plot_probe
+from ..figures.recovery import plot_recovery
+from ..figures.tokens import plot_token_heatmap
+from ..io.storage import atomic_path, read_json, read_jsonl, read_manifest, read_table, write_table
+from ..stats.calibration import calibrated_marks, calibration_table, read_recovery, unmet_ground_truth
+from ..stats.claims import CLAIMS_FLOAT_FORMAT, c4_row, claims_markdown, compute_claims, read_claims, write_claims_csv
+from ..stats.effects import Bootstrap
+from ..stats.rates import read_rates
+from ..stats.screen_report import pair_outcomes, read_screen
 from .base import ManifestSource, Paths, log
 
 
 # ---------------------------------------------------------------- figures and claims
 def _boot(cfg: dict) -> dict[str, Any]:
-    from ..effects import Bootstrap
-
     return Bootstrap.from_config(cfg).kwargs()
 
 
 def figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
     """Layer, module, severed-path curves and the heatmaps. ``inputs``: manifest, layer, module,
     severed, heatmap, inputs (inputs.jsonl), tokens (heatmap_tokens.json)."""
-    from .. import plotting
-
     manifest, boot, out_dir = read_manifest(inputs["manifest"]), _boot(cfg), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plotting.plot_layer_curves(read_table(inputs["layer"]), manifest, out_dir / "layer_curves", **boot)
@@ -36,8 +46,6 @@ def figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 
 def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], out: str | Path) -> None:
-    from .. import plotting
-
     named = {read_manifest(m)["name"]: (m, csv) for m, csv in zip(manifests, layer_csvs)}
     plotting.plot_cross_model({n: read_table(c) for n, (_, c) in named.items()},
                               {n: read_manifest(m) for n, (m, _) in named.items()},
@@ -47,10 +55,6 @@ def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], o
 def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
     """claims.csv of one model. ``inputs``: manifest, patches (claim_patches.csv), probe;
     ``outputs``: csv. claims.md is written by the calibration stage, which knows every model."""
-    from ..claims import compute_claims, write_claims_csv
-    from ..effects import Bootstrap
-    from ..probe import c4_row
-
     manifest, thresholds, boot = read_manifest(inputs["manifest"]), cfg["claims"]["thresholds"], Bootstrap.from_config(cfg)
     c4 = c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
                 float(thresholds["C4_probe_depth"]), *boot.kwargs().values())
@@ -67,10 +71,6 @@ def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths, manifests: li
     its behaviour check, or whose own recovery rows say its trained components do not carry the
     mechanism, has no ground truth to calibrate against: its verdicts are recorded with the
     reason (yellow in the grid), never counted."""
-    from ..calibration import unmet_ground_truth, write_calibration_outputs
-    from ..claims import read_claims
-    from ..recovery import read_recovery
-
     names = [spec["name"] for spec in cfg["models"]]
     expected = {spec["name"]: spec.get("expected_verdicts") or {} for spec in cfg["models"]}
     unestablished: dict[str, str] = {}
@@ -86,15 +86,27 @@ def calibration(cfg: dict, claims_csvs: list[str], outputs: Paths, manifests: li
                 unestablished[name] = f"own recovery missed {', '.join(unmet)}"
     for name, reason in unestablished.items():
         log.warning("%s: ground truth not established (%s), left out of the calibration", name, reason)
-    write_calibration_outputs(dict(zip(names, (read_claims(path) for path in claims_csvs))), expected,
-                              cfg["calibration"]["metric"], outputs, unestablished)
+    _write_calibration(dict(zip(names, (read_claims(path) for path in claims_csvs))), expected,
+                       cfg["calibration"]["metric"], outputs, unestablished)
+
+
+def _write_calibration(tables: Mapping[str, pd.DataFrame], expected: Mapping[str, Mapping[str, str]], metric: str,
+                       outputs: Paths, unestablished: Mapping[str, str]) -> pd.DataFrame:
+    """calibration.csv, the grid figure and every model's claims.md (``outputs``: csv, png, md
+    in the order of ``tables``), each written whole or not at all."""
+    table = calibration_table(tables, expected, metric, unestablished)
+    marks = calibrated_marks(table)
+    write_table(table, list(table.columns), outputs["csv"], float_format=CLAIMS_FLOAT_FORMAT)
+    plot_calibration(table, list(tables), outputs["png"])
+    for (name, claims_table), md in zip(tables.items(), outputs["md"]):
+        with atomic_path(md) as tmp:
+            tmp.write_text(claims_markdown(claims_table, f"Claims: {name}", marks), encoding="utf-8")
+    return table
 
 
 def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
     """Neuron distribution, sparsity, block-vs-sum and gating figures. ``inputs``: manifest,
     neuron, ranking, sparsity, gating."""
-    from .. import neuron_plots
-
     manifest, boot, out_dir = read_manifest(inputs["manifest"]), _boot(cfg), Path(out_dir)
     neuron_df = read_table(inputs["neuron"], ("positions", "block", "neuron"))
     neuron_plots.plot_neuron_distribution(pd.read_csv(inputs["ranking"]), manifest, out_dir / "neuron_distribution")
@@ -105,24 +117,17 @@ def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 def token_figures(manifest: ManifestSource, token_csv: str | Path, inputs_path: str | Path, out: str | Path) -> None:
     """The token heatmaps from token.csv (analysis environment, no torch)."""
-    from ..token import plot_token_heatmap
-
     token_df = read_table(token_csv, ("positions", "pair_id"))
     plot_token_heatmap(token_df, read_inputs(inputs_path), read_manifest(manifest), out)
 
 
 def probe_figure(cfg: dict, manifest: ManifestSource, probe_csv: str | Path, out: str | Path) -> None:
     """The probe accuracy figure from probe.csv (analysis environment)."""
-    from ..probe import plot_probe
-
     plot_probe(pd.read_csv(probe_csv), read_manifest(manifest), out, level=float(cfg["probe"]["accuracy_level"]))
 
 
 def screen_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
     """The screen's four figures. ``inputs``: manifest, screen, screen_report, screen_heldout."""
-    from .. import screen_plots
-    from ..screen_report import pair_outcomes, read_screen
-
     manifest, out_dir, held = read_manifest(inputs["manifest"]), Path(out_dir), cfg["screen"]["held_out"]
     screen = read_screen(inputs["screen"])
     heldout = read_table(inputs["screen_heldout"], ("positions", "units", "draw"))
@@ -135,13 +140,9 @@ def screen_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 def generation_figure(manifest: ManifestSource, rates_csv: str | Path, out: str | Path) -> None:
     """``out`` is the PNG path; the PDF is written beside it."""
-    from ..generation import plot_generation_rates, read_rates
-
     plot_generation_rates(read_rates(rates_csv), read_manifest(manifest), Path(out).with_suffix(""))
 
 
 def recovery_figure(recovery_csvs: list[str], out: str | Path) -> None:
     """figures/recovery.png (and PDF) from every model's recovery.csv (analysis environment)."""
-    from ..recovery import plot_recovery, read_recovery
-
     plot_recovery([read_recovery(path) for path in recovery_csvs], Path(out).with_suffix(""))

@@ -1,0 +1,147 @@
+"""The layer and module analyses: which interventions to run per pair, and their tidy rows.
+
+Every row of ``layer.csv``, ``module.csv`` and ``severed.csv`` is one (pair, metric, mediator,
+positions) observation with both clean outcomes beside the patched one, so effects can be
+recomputed from the file alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..constants import METRICS
+from ..datasets.prompts import EncodedPair
+from ..patching.engine import MediationEngine
+from ..patching.patches import FROZEN_BASE, Intervention, NoisedRuns, Patch, Run
+from .rows import outcome_rows
+from .selection import window_layers
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Labels of one intervention's rows (everything but the pair and the metric)."""
+
+    kind: str
+    site: str
+    layer: int
+    window: int
+    positions: str
+    severed: str | None = None
+
+    def labels(self) -> dict:
+        """The row labels before the outcomes (``severed`` follows them, on severed-path cells)."""
+        return {"kind": self.kind, "site": self.site, "layer": self.layer, "window": self.window,
+                "positions": self.positions}
+
+
+def base_prompt_len(pair: EncodedPair, kind: str) -> int:
+    """Prompt length of the run an intervention patches: NIE patches the benign run (noise
+    mode: the corrupted harmful run, which has the harmful tokens), NDE the harmful run."""
+    if kind == "NDE" or pair.noise_span is not None:
+        return len(pair.harmful_ids)
+    return len(pair.benign_ids)
+
+
+def position_sets(pair: EncodedPair, kind: str = "NIE") -> dict[str, tuple[int, ...]]:
+    """Named position sets in the base run of ``kind``; post positions are right-aligned, so
+    for unpaired prompts of different lengths they index the base's own template tokens."""
+    prompt_len = base_prompt_len(pair, kind)
+    shift = prompt_len - len(pair.harmful_ids)
+    return {
+        "all": tuple(range(prompt_len)),
+        "post": tuple(q + shift for q in pair.post_positions),
+        "last": (prompt_len - 1,),
+    }
+
+
+def joint_positions(pair: EncodedPair, kind: str = "NIE") -> tuple[str, tuple[int, ...]]:
+    """The widest position set that is patched one-to-one: every prompt position when both runs
+    have the same length (minimal pairs, noise), the post-instruction ones otherwise."""
+    name = "all" if len(pair.harmful_ids) == len(pair.benign_ids) or pair.noise_span is not None else "post"
+    return name, position_sets(pair, kind)[name]
+
+
+def aligned_positions(pair: EncodedPair, kind: str = "NIE") -> range:
+    """Base positions that have a right-aligned source position (every one for equal lengths)."""
+    base = base_prompt_len(pair, kind)
+    source = len(pair.harmful_ids) + len(pair.benign_ids) - base if pair.noise_span is None else base
+    return range(max(0, base - source), base)
+
+
+def clean_runs(engine: MediationEngine, pair: EncodedPair) -> tuple[Run, Run | NoisedRuns]:
+    """The harmful run and the run that plays the benign role: the benign prompt's, or in
+    noise mode the harmful prompt's corrupted runs (effects average over their draws)."""
+    if pair.noise_span is not None:
+        harmful = engine.run(pair.harmful_ids, pair.target_ids)
+        corrupted = engine.noised_runs(pair.harmful_ids, pair.target_ids, pair.noise_span, pair.noise_scale,
+                                       pair.noise_samples, pair.noise_seed)
+        return harmful, corrupted
+    harmful, benign = engine.runs([(pair.harmful_ids, pair.target_ids), (pair.benign_ids, pair.target_ids)])
+    return harmful, benign
+
+
+def layer_cells(pair: EncodedPair, n_layers: int, positions: list[str]) -> list[tuple[Cell, Intervention]]:
+    cells = []
+    for kind in ("NIE", "NDE"):
+        sets = position_sets(pair, kind)
+        for layer in range(-1, n_layers):
+            for name in positions:
+                cells.append((Cell(kind, "residual", layer, 1, name), (Patch("residual", layer, sets[name]),)))
+    return cells
+
+
+def heatmap_cells(pair: EncodedPair, n_layers: int, sites: list[str]) -> list[tuple[Cell, Intervention]]:
+    """One NIE cell per (site, layer, base position); the positions index the base run."""
+    cells = []
+    for site in sites:
+        for layer in range(-1 if site == "residual" else 0, n_layers):
+            for position in aligned_positions(pair, "NIE"):
+                cells.append((Cell("NIE", site, layer, 1, str(position)), (Patch(site, layer, (position,)),)))
+    return cells
+
+
+def module_cells(pair: EncodedPair, n_layers: int, positions: list[str], windows: list[int]
+                 ) -> list[tuple[Cell, Intervention]]:
+    sets = position_sets(pair, "NIE")
+    cells = []
+    for site in ("attn", "mlp"):
+        for window in windows:
+            for layer in range(n_layers):
+                for name in positions:
+                    patches = tuple(Patch(site, k, sets[name]) for k in window_layers(layer, window, n_layers))
+                    cells.append((Cell("NIE", site, layer, window, name), patches))
+    return cells
+
+
+def severed_cells(pair: EncodedPair, n_layers: int, positions: str) -> list[tuple[Cell, Intervention]]:
+    """Residual NIE at each layer with every later mlp (attn) output frozen at its clean benign
+    value at all positions, prompt and target (Meng et al.'s severed paths)."""
+    patched = position_sets(pair, "NIE")[positions]
+    # every token fed to the base run (benign, or corrupted in noise mode), prompt and target
+    everywhere = tuple(range(base_prompt_len(pair, "NIE") + len(pair.target_ids) - 1))
+    cells = []
+    for severed in ("none", "mlp", "attn"):
+        for layer in range(-1, n_layers):
+            frozen = () if severed == "none" else tuple(
+                Patch(severed, k, everywhere, value_from=FROZEN_BASE) for k in range(layer + 1, n_layers)
+            )
+            cells.append((Cell("NIE", "residual", layer, 1, positions, severed),
+                          (Patch("residual", layer, patched), *frozen)))
+    return cells
+
+
+def run_cells(engine: MediationEngine, pair: EncodedPair, cells: list[tuple[Cell, Intervention]],
+              runs: tuple[Run, Run], progress=None) -> Iterator[dict]:
+    """Patch each cell (NIE: benign base, harmful source; NDE: the reverse) and yield rows."""
+    harmful, benign = runs
+    for kind, base, source in (("NIE", benign, harmful), ("NDE", harmful, benign)):
+        chosen = [(cell, iv) for cell, iv in cells if cell.kind == kind]
+        if not chosen:
+            continue
+        ys = engine.patch(base, source, [iv for _, iv in chosen], progress=progress)
+        rows = outcome_rows(pair.pair_id, [cell.labels() for cell, _ in chosen], ys, runs)
+        for row, (cell, _) in zip(rows, (c for c in chosen for _ in METRICS)):
+            if cell.severed is not None:
+                row["severed"] = cell.severed
+        yield from rows

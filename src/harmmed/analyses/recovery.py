@@ -1,0 +1,257 @@
+"""Does the analysis find what was planted? Recovery statistics of the models with a known mechanism.
+
+A plant's ground truth is its trainable components (``planted`` in its manifest). On held-out
+pairs, in units of the pair's total effect (TE) on the refusal metric:
+
+* type contrast: NIE of the planted band's mlp outputs, jointly at all positions, and of its attn
+  outputs; the planted type should carry the effect and the other should not;
+* necessity: the share of the TE removed when the planted components are held at their benign
+  values in the harmful run, against the other type on the same band and the same type on an
+  equally sized band elsewhere;
+* localisation: among all windows of the band's size, the one whose outputs at the
+  post-instruction positions carry the largest NIE should lie in the band. All-position windows
+  cannot localise: the layer-0 MLP acts as an extended embedding and carries nearly the whole
+  effect at all positions in every model;
+* the gate: recall at K of the neuron ranking (chosen on the discovery split) against the K
+  planted units (at K = the number planted, precision is the same number), the planted units'
+  joint NIE and necessity, and the joint NIE of the planted units the ranking missed: a recall
+  below 1 costs nothing when the missed units carry none of the effect.
+
+Ratios are ratios of means over pairs (mean effect / mean TE) with a paired bootstrap CI. A model
+without a plant (the base, the aligned fine-tune) gets the same statistics for every configured
+plant, with no target: what "no plant" looks like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ..datasets.prompts import EncodedPair
+from ..models.components import ComponentSpec, parse_trainable, seeded_units
+from ..stats.effects import Bootstrap, paired_statistic
+
+if TYPE_CHECKING:  # the figure job runs without torch; the engine is imported where it is used
+    from ..patching.engine import MediationEngine
+    from ..patching.patches import Patch, Run
+
+METRIC = "refusal"
+TYPE_SITES = ("mlp", "attn")
+
+
+@dataclass(frozen=True)
+class Plant:
+    """A ground truth to test against: the plant's name, its spec and (neuron plants) its units."""
+
+    name: str
+    spec: ComponentSpec
+    units: tuple[int, ...] = ()
+
+    @property
+    def band(self) -> tuple[int, ...]:
+        return tuple(range(self.spec.layers[0], self.spec.layers[1] + 1))
+
+
+@dataclass(frozen=True)
+class Targets:
+    type_planted: float = 0.8  # planted type's joint NIE / TE: at least
+    type_other: float = 0.4  # other type's: at most
+    necessity: float = 0.5  # share of the TE removed by holding the plant at benign values: at least
+    gate_recall: float = 0.75  # recall at K of the ranking against the planted units: at least
+    gate_joint: float = 0.5  # planted units' joint NIE / TE: at least
+
+
+def elsewhere_band(band: Sequence[int], n_layers: int) -> tuple[int, ...]:
+    """An equally sized band that does not overlap ``band``: the middle of the model, or, when
+    that overlaps, the first layers after layer 0, the last layers or the first, whichever is free."""
+    size = len(band)
+    candidates = [n_layers // 2 - size // 2, 1, n_layers - size, 0]
+    for start in candidates:
+        layers = tuple(range(start, start + size))
+        if not set(layers) & set(band) and 0 <= start and start + size <= n_layers:
+            return layers
+    raise ValueError(f"no band of {size} layers outside {list(band)} in a {n_layers}-layer model")
+
+
+def _joint(site: str, layers: Sequence[int], positions: tuple[int, ...], units: tuple[int, ...] | None = None
+           ) -> tuple[Patch, ...]:
+    from ..patching.patches import Patch
+
+    return tuple(Patch(site, layer, positions, units) for layer in layers)
+
+
+def _windows(size: int, n_layers: int) -> list[tuple[int, ...]]:
+    return [tuple(range(start, start + size)) for start in range(n_layers - size + 1)]
+
+
+def pair_effects(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run], plants: Sequence[Plant],
+                 rankings: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """One pair's TE and every intervention's refusal effect, keyed by label: ``nie:`` effects
+    patch harmful values into the benign run, ``removed:`` effects the share of the harmful
+    run's outcome lost when benign values are patched in."""
+    from ..constants import METRICS
+    from .mediation import position_sets
+
+    harmful, benign = runs
+    m = METRICS.index(METRIC)
+    sets = position_sets(pair)
+    every, post = sets["all"], sets["post"]
+    n_layers = engine.sites.n_layers
+    nie: dict[str, tuple[Patch, ...]] = {}
+    nde: dict[str, tuple[Patch, ...]] = {}
+    for plant in plants:
+        if plant.spec.site == "neuron":
+            nie[f"{plant.name}/units"] = _joint("neuron", plant.band, every, plant.units)
+            nde[f"{plant.name}/units"] = nie[f"{plant.name}/units"]
+            ranked = tuple(sorted(rankings.get(plant.name, ())[: len(plant.units)]))
+            if ranked:
+                nie[f"{plant.name}/ranked"] = _joint("neuron", plant.band, every, ranked)
+                missed = tuple(u for u in plant.units if u not in ranked)
+                if missed:  # what the ranking left out of the planted gate
+                    nie[f"{plant.name}/missed"] = _joint("neuron", plant.band, every, missed)
+            continue
+        other = "attn" if plant.spec.site == "mlp" else "mlp"
+        for site in TYPE_SITES:
+            nie[f"{plant.name}/type_{site}"] = _joint(site, plant.band, every)
+        nde[f"{plant.name}/planted"] = _joint(plant.spec.site, plant.band, every)
+        nde[f"{plant.name}/other_type"] = _joint(other, plant.band, every)
+        nde[f"{plant.name}/elsewhere"] = _joint(plant.spec.site, elsewhere_band(plant.band, n_layers), every)
+        for window in _windows(len(plant.band), n_layers):
+            nie[f"{plant.name}/window/{plant.spec.site}/{window[0]}"] = _joint(plant.spec.site, window, post)
+    out = {"te": harmful.y[METRIC] - benign.y[METRIC]}
+    if nie:
+        ys = engine.patch(benign, harmful, list(nie.values()))
+        out.update({f"nie:{k}": float(y[m]) - benign.y[METRIC] for k, y in zip(nie, ys)})
+    if nde:
+        ys = engine.patch(harmful, benign, list(nde.values()))
+        out.update({f"removed:{k}": harmful.y[METRIC] - float(y[m]) for k, y in zip(nde, ys)})
+    return out
+
+
+class _Table:
+    """Collects recovery rows; ratio statistics get a paired bootstrap CI."""
+
+    def __init__(self, model: str, effects: pd.DataFrame, min_abs_te: float, boot: Bootstrap) -> None:
+        self.model, self.rows, self.boot = model, [], boot
+        self.effects = effects[effects["te"].abs() >= min_abs_te]
+
+    def ratio(self, plant: str, statistic: str, column: str, target: str = "", check=None) -> float:
+        frame = self.effects
+        if len(frame) < 2:
+            value = low = high = float("nan")
+        else:
+            matrix = frame[[column, "te"]].to_numpy(dtype=float)
+            value, low, high = paired_statistic(matrix, lambda m: m[..., 0] / m[..., 1], **self.boot.kwargs())
+        self.add(plant, statistic, value, low, high, target, None if check is None else check(value))
+        return value
+
+    def add(self, plant: str, statistic: str, value: float, low: float = float("nan"), high: float = float("nan"),
+            target: str = "", passed: bool | None = None) -> None:
+        self.rows.append({"model": self.model, "plant": plant, "statistic": statistic, "value": value,
+                          "ci_low": low, "ci_high": high, "target": target,
+                          "pass": "" if passed is None else bool(passed), "n_pairs": len(self.effects)})
+
+
+def recovery_rows(model: str, effects: pd.DataFrame, plants: Sequence[Plant], own: str | None,
+                  rankings: Mapping[str, Sequence[int]], n_layers: int, targets: Targets, min_abs_te: float,
+                  boot: Bootstrap) -> list[dict]:
+    """The recovery table of one model: targets and verdicts only for its own plant ``own``."""
+    table = _Table(model, effects, min_abs_te, boot)
+    for plant in plants:
+        judged = plant.name == own
+        if plant.spec.site == "neuron":
+            _gate_rows(table, plant, rankings.get(plant.name, ()), targets, judged)
+        else:
+            _band_rows(table, plant, n_layers, targets, judged)
+    return table.rows
+
+
+def _band_rows(table: _Table, plant: Plant, n_layers: int, targets: Targets, judged: bool) -> None:
+    def target(text: str, check):
+        return (text, check) if judged else ("", None)
+
+    for site in TYPE_SITES:
+        planted = site == plant.spec.site
+        text, check = target(f">= {targets.type_planted}", lambda v: v >= targets.type_planted) if planted else \
+            target(f"<= {targets.type_other}", lambda v: v <= targets.type_other)
+        table.ratio(plant.name, f"type_contrast_{site}", f"nie:{plant.name}/type_{site}", text, check)
+    text, check = target(f">= {targets.necessity}", lambda v: v >= targets.necessity)
+    planted = table.ratio(plant.name, "necessity_planted", f"removed:{plant.name}/planted", text, check)
+    for name in ("other_type", "elsewhere"):
+        text, check = target("< necessity_planted", lambda v: v < planted)
+        table.ratio(plant.name, f"necessity_{name}", f"removed:{plant.name}/{name}", text, check)
+    prefix = f"nie:{plant.name}/window/{plant.spec.site}/"
+    windows = sorted(int(c[len(prefix):]) for c in table.effects.columns if c.startswith(prefix))
+    means = [table.effects[f"{prefix}{w}"].mean() for w in windows] if len(table.effects) else []
+    if means:
+        best = windows[int(np.nanargmax(means))]
+        centre = best + (len(plant.band) - 1) / 2
+        first, last = plant.band[0], plant.band[-1]
+        text, check = target(f"window centre in [{first}, {last}]", lambda v: first <= v <= last)
+        table.add(plant.name, "localisation_best_window_centre", centre, target=text,
+                  passed=None if check is None else check(centre))
+
+
+def _gate_rows(table: _Table, plant: Plant, ranked: Sequence[int], targets: Targets, judged: bool) -> None:
+    k = len(plant.units)
+    hits = len(set(ranked[:k]) & set(plant.units))
+    need = targets.gate_recall
+    table.add(plant.name, f"gate_recall_at_{k}", hits / k if ranked else float("nan"),
+              target=f">= {need}" if judged else "", passed=(hits / k >= need) if judged else None)
+    text = f">= {targets.gate_joint}" if judged else ""
+    table.ratio(plant.name, "gate_planted_joint_nie", f"nie:{plant.name}/units", text,
+                (lambda v: v >= targets.gate_joint) if judged else None)
+    text = f">= {targets.necessity}" if judged else ""
+    table.ratio(plant.name, "gate_planted_necessity", f"removed:{plant.name}/units", text,
+                (lambda v: v >= targets.necessity) if judged else None)
+    if f"nie:{plant.name}/ranked" in table.effects.columns:
+        table.ratio(plant.name, f"gate_ranked_top{k}_joint_nie", f"nie:{plant.name}/ranked")
+        if hits == k:  # the ranking found every planted unit: nothing left out, exactly (no CI to draw)
+            table.add(plant.name, "gate_missed_joint_nie", 0.0)
+        elif f"nie:{plant.name}/missed" in table.effects.columns:
+            table.ratio(plant.name, "gate_missed_joint_nie", f"nie:{plant.name}/missed")
+        else:
+            raise ValueError(f"{plant.name}: the ranking misses {k - hits} planted units, but the effects "
+                             "hold no patch of them (effects computed with another ranking?)")
+
+
+def configured_plants(models: Sequence[Mapping[str, Any]], d_mlp: int) -> list[Plant]:
+    """Every fine-tune of the config with a restricted ``trainable``: the ground truths."""
+    plants = []
+    for index, model in enumerate(models):
+        if model.get("source") != "finetune" or model.get("trainable") == "all":
+            continue
+        spec = parse_trainable(model["trainable"], f"models[{index}].trainable")
+        units = tuple(seeded_units(d_mlp, spec.units, model["seed"])) if spec.site == "neuron" else ()
+        plants.append(Plant(model["name"], spec, units))
+    return plants
+
+
+def plants_for(manifest: Mapping[str, Any], models: Sequence[Mapping[str, Any]]) -> list[Plant]:
+    """The ground truths to test a model against: its own plant (the manifest's ``planted``, the
+    units it really trained), or, for a model without one, every configured plant."""
+    own = manifest.get("planted")
+    if own is None:
+        return configured_plants(models, int(manifest["d_mlp"]))
+    layers = (own["layer"], own["layer"]) if own["site"] == "neuron" else tuple(own["layers"])
+    return [Plant(manifest["name"], ComponentSpec(own["site"], layers, own.get("units")),
+                  tuple(own.get("unit_ids") or ()))]
+
+
+def behaviour_rows(manifest: Mapping[str, Any], own: str | None, n_pairs: int) -> list[dict]:
+    """A fine-tune's behaviour check as a recovery row, so a failing model shows in the table."""
+    if "behaviour" not in manifest:
+        return []
+    passed = bool(manifest["behaviour"]["passed"])
+    return [{"model": manifest["name"], "plant": own or "", "statistic": "behaviour_check", "value": float(passed),
+             "ci_low": float("nan"), "ci_high": float("nan"), "target": "1", "pass": passed, "n_pairs": n_pairs}]
+
+
+def ranked_units(ranking: pd.DataFrame, metric: str, layer: int) -> list[int]:
+    """Units of one layer in the ranking's order (best first); empty when the layer is not ranked."""
+    chosen = ranking[(ranking["metric"] == metric) & (ranking["site"] == "neuron") & (ranking["layer"] == layer)]
+    return chosen.sort_values("rank", kind="mergesort")["unit"].astype(int).tolist()

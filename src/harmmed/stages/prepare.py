@@ -1,0 +1,137 @@
+"""Stages that make a model or its prompts: download, fine-tune, the public datasets, the chat-
+templated inputs, and the judge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..datasets.prompts import (
+    DROPPED_COLUMNS,
+    PAIR_COLUMNS,
+    encode_pairs,
+    read_pairs,
+    select_pairs,
+    split_pairs,
+    write_inputs,
+)
+from ..config import model_spec
+from ..io.storage import atomic_path, read_manifest, write_json, write_table
+from .base import ManifestSource, log
+
+
+# ---------------------------------------------------------------- download_model
+def download_model(cfg: dict, name: str, models_dir: str | Path, manifest_path: str | Path) -> dict:
+    from ..models.loading import fetch_model, open_model
+
+    spec = model_spec(cfg, name)
+    record = fetch_model(spec, Path(models_dir))
+    model, tokenizer = open_model(record, spec["dtype"], "cpu", None, spec.get("trust_remote_code", False),
+                                  where="its fetch record")
+    manifest = {**record, **_describe_model(model, tokenizer, spec, cfg["metrics"]["refusal_phrases"])}
+    write_json(manifest, manifest_path)
+    return manifest
+
+
+def _describe_model(model, tokenizer, spec: dict, phrases: list[str]) -> dict:
+    """The manifest fields every model stage reads, whatever the model's source."""
+    from ..models.arch import resolve_sites
+    from ..patching.metrics import refusal_token_ids
+
+    sites = resolve_sites(model)
+    refusal_ids = refusal_token_ids(tokenizer, phrases)
+    return {
+        "architecture": model.config.model_type, "n_layers": sites.n_layers, "d_model": sites.d_model,
+        "d_mlp": sites.d_mlp, "vocab_size": model.get_output_embeddings().weight.shape[0], "dtype": spec["dtype"],
+        "device": spec["device"], "chat_template": tokenizer.chat_template, "refusal_phrases": phrases,
+        "refusal_token_ids": refusal_ids, "refusal_tokens": [tokenizer.convert_ids_to_tokens(i) for i in refusal_ids],
+    }
+
+
+# ---------------------------------------------------------------- prepare_prompts
+def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path, inputs_path: str | Path,
+                    dropped_path: str | Path) -> tuple[int, int]:
+    """Encode, check alignment, split. Returns (kept, dropped)."""
+    from transformers import AutoTokenizer
+
+    prompts, manifest = cfg["prompts"], read_manifest(manifest)
+    rows = read_pairs(pairs_file)
+    tokenizer = AutoTokenizer.from_pretrained(manifest["path"])  # tokenizer files only: no weights to check
+    split_of = split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"])
+    kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of, cfg["noise"],
+                                 request_span=prompts["public"]["enabled"])
+    log.info("prompt pairs: %d read, %d kept, %d dropped (not token-aligned or identical ids) under %s",
+             len(rows), len(kept), len(dropped), manifest["name"])
+    if not kept:
+        raise ValueError(f"{pairs_file}: no pair is token-aligned under {manifest['name']}'s tokenizer")
+    with atomic_path(inputs_path) as tmp:
+        write_inputs(kept, tmp)
+    write_table(dropped, DROPPED_COLUMNS, dropped_path)
+    return len(kept), len(dropped)
+
+
+# ---------------------------------------------------------------- fetch_public_datasets
+def fetch_public_datasets(cfg: dict, raw_dir: str | Path, pairs_csv: str | Path) -> int:
+    """Download the opted-in public sets (sha256-locked) and sample unpaired pairs from them."""
+    from ..datasets.public_datasets import build_unpaired_pairs, fetch_sources, load_prompts
+
+    public = cfg["prompts"]["public"]
+    names = public["harmful"] + public["benign"]
+    paths = fetch_sources(names, Path(raw_dir), Path(public["lock_file"]), public["url_overrides"])
+    harmful = [p for name in public["harmful"] for p in load_prompts(name, paths[name])]
+    benign = [p for name in public["benign"] for p in load_prompts(name, paths[name])]
+    pairs = build_unpaired_pairs(harmful, benign, public["n_pairs"], public["seed"])
+    write_table(pairs, [*PAIR_COLUMNS, "harmful_target_source"], pairs_csv)
+    log.info("unpaired pairs: %d sampled from %s", len(pairs), ", ".join(names))
+    return len(pairs)
+
+
+# ---------------------------------------------------------------- generation stages
+
+def download_judge(cfg: dict, models_dir: str | Path, manifest_path: str | Path) -> dict:
+    """Fetch the model judge's weights once (verified, safetensors) and record which bytes."""
+    from ..models.loading import fetch_model
+
+    judge = cfg["generation"]["judge"]
+    if judge["kind"] != "model" or not judge.get("model"):
+        raise ValueError("download_judge: generation.judge.kind must be 'model' with a model spec")
+    record = {**fetch_model(judge["model"], Path(models_dir)), "kind": "model"}
+    write_json(record, manifest_path)
+    return record
+
+
+# ---------------------------------------------------------------- finetune_model and recovery
+def finetune_model(cfg: dict, name: str, base_manifest: ManifestSource, models_dir: str | Path,
+                   manifest_path: str | Path, threads: int = 1) -> dict:
+    """Train a copy of the base's chosen components to refuse, save it as safetensors, check its
+    behaviour on held-out pairs and write its manifest. A model failing the check is never
+    silently used: with ``finetune.on_failure: error`` the stage fails (the record is kept in
+    ``<manifest>.failed.json``); with ``mark`` the manifest says ``behaviour.passed: false``."""
+    from ..models.loading import safetensors_digest
+    from ..training import finetune
+    from ..training.behaviour import BehaviourCheckError, behaviour_check, describe_failure
+
+    spec, settings = model_spec(cfg, name), cfg["finetune"]
+    index = [m["name"] for m in cfg["models"]].index(name)
+    base = read_manifest(base_manifest)
+    trained = finetune.fine_tune(spec, base, f"models[{index}]", threads)
+    out_dir = finetune.save_model(trained.model, trained.tokenizer, Path(models_dir) / name / "hf")
+    manifest = {"name": name, "source": "finetune", "path": str(out_dir), "revision": None,
+                "sha256": safetensors_digest(out_dir),
+                **_describe_model(trained.model, trained.tokenizer, spec, cfg["metrics"]["refusal_phrases"]),
+                **trained.record(spec, base)}
+    prompts = cfg["prompts"]
+    rows = read_pairs(prompts["pairs_file"])
+    # The check reads whole prompts, never a corrupted run: noise mode's pairs are scored as unpaired.
+    mode = "unpaired" if prompts["mode"] == "noise" else prompts["mode"]
+    pairs, _ = encode_pairs(trained.tokenizer, rows, mode,
+                            split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"]))
+    manifest["behaviour"] = behaviour_check(
+        trained.model, trained.tokenizer, select_pairs(pairs, settings["check_split"], settings["max_pairs"]),
+        manifest["refusal_token_ids"], cfg["generation"]["judge"]["phrases"], settings["max_new_tokens"],
+        settings["thresholds"])
+    log.info("%s behaviour: %s", name, {k: v for k, v in manifest["behaviour"].items() if k != "pair_ids"})
+    if not manifest["behaviour"]["passed"] and settings["on_failure"] == "error":
+        write_json(manifest, f"{manifest_path}.failed.json")
+        raise BehaviourCheckError(describe_failure(name, manifest["behaviour"]))
+    write_json(manifest, manifest_path)
+    return manifest

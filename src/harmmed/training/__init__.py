@@ -1,0 +1,5 @@
+"""Fine-tuning the default model's variants: the training data, the training pass over chosen
+components, and the behaviour check a fine-tune must pass.
+"""
+
+__all__ = ['behaviour', 'finetune', 'training_data']
