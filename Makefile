@@ -9,7 +9,7 @@
 #   make bundle                         # results-<model>-<commit>.tar.gz (+ .sha256) per model
 #   make figures BUNDLE=results-m-c.tar.gz   # redraw figures, claims.md, report from a bundle (no torch)
 #   make test PYTEST_ARGS="-k config"   # pytest, then `make lint`
-#   make lint                           # snakemake --lint (0 findings) and snakefmt --check
+#   make lint                           # snakemake --lint (0 findings), snakefmt --check, lint-imports (the wings' contracts)
 #   make format                         # snakefmt: rewrite the Snakefile and workflow/rules/*.smk
 #   make test-cluster                   # live single-node SLURM (root, Debian): tests/cluster/
 #   make venv PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
@@ -68,6 +68,7 @@ lint: venv
 	@out=$$(PYTHONPATH=$(CURDIR)/src $(SNAKEMAKE) --lint --cores 1 2>&1); status=$$?; echo "$$out"; \
 	  test $$status -eq 0 && echo "$$out" | grep -q "Congratulations, your workflow is in a good condition"
 	$(VENV)/bin/snakefmt --check Snakefile workflow/
+	cd $(CURDIR) && $(VENV)/bin/lint-imports
 
 format: venv
 	$(VENV)/bin/snakefmt Snakefile workflow/

@@ -20,7 +20,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / p) for p in ("src", "t
 from test_engine import TARGET, make_pair, random_interventions  # noqa: E402
 from tiny import FAMILIES, tiny_model  # noqa: E402
 
-from harmmed import mediation  # noqa: E402
+from harmmed.analyses import mediation  # noqa: E402
+from harmmed.analyses.pairs import clean_runs  # noqa: E402
 from harmmed.datasets.prompts import EncodedPair  # noqa: E402
 from harmmed.patching.engine import MediationEngine  # noqa: E402
 from harmmed.patching.patches import Patch  # noqa: E402
@@ -55,7 +56,7 @@ def paper_scale_timing(prompt_len: int = 64, span: int = 44, n_target: int = 12)
     benign[span:span + 2] = [7, 8]
     pair = EncodedPair("gpu-1", "discovery", "x", harmful, benign, rng.integers(1000, 100000, n_target).tolist(),
                        list(range(prompt_len - 5, prompt_len)))
-    runs = mediation.clean_runs(engine, pair)
+    runs = clean_runs(engine, pair)
     sweeps = {
         "layer curves (all/post/last, NIE+NDE)": mediation.layer_cells(pair, 32, ["all", "post", "last"]),
         "layer x position heatmap (residual)": mediation.heatmap_cells(pair, 32, ["residual"]),

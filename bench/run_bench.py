@@ -109,7 +109,8 @@ def load_tiny(n_pairs: int):
 # ---------------------------------------------------------------------------- workloads
 def row_interventions(row: str, pair, n_layers: int, d_mlp: int) -> list:
     """The interventions one stage patches for one pair, NIE direction only."""
-    from harmmed.analyses.mediation import heatmap_cells, layer_cells, module_cells, position_sets
+    from harmmed.analyses.mediation import heatmap_cells, layer_cells, module_cells
+    from harmmed.analyses.pairs import position_sets
     from harmmed.patching.patches import Patch
 
     if row == "heatmap":
@@ -366,7 +367,7 @@ def measure_row(engine, model_label: str, row: str, pairs, runs, repeats: int, p
 def bench_model(label: str, args) -> tuple[list[RowResult], dict]:
     import torch
 
-    from harmmed.analyses.mediation import clean_runs
+    from harmmed.analyses.pairs import clean_runs
     from harmmed.patching.engine import MediationEngine
 
     t0 = time.perf_counter()

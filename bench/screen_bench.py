@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harmmed.analyses.mediation import position_sets
+from harmmed.analyses.pairs import position_sets
 from harmmed.constants import METRICS
 from harmmed.datasets.prompts import EncodedPair
 from harmmed.patching.attribution import unit_estimates, unit_gradients

@@ -22,7 +22,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from screen_bench import render_screen, time_screen  # noqa: E402
 
-from harmmed.analyses.mediation import clean_runs  # noqa: E402
+from harmmed.analyses.pairs import clean_runs  # noqa: E402
 from harmmed.datasets.prompts import EncodedPair  # noqa: E402
 from harmmed.patching.engine import MediationEngine  # noqa: E402
 

@@ -119,7 +119,7 @@ def test_unpaired_claim_patches_use_the_configured_positions(lengths):
     from tiny import tiny_model
 
     from harmmed.analyses.claim_patches import ClaimSettings, build_plan, pair_rows
-    from harmmed.analyses.mediation import clean_runs
+    from harmmed.analyses.pairs import clean_runs
     from harmmed.datasets.prompts import EncodedPair
     from harmmed.patching.engine import MediationEngine
     from harmmed.stats.claims import PATCH_COLUMNS

@@ -219,10 +219,11 @@ def test_verdict_rule_and_ties() -> None:
     assert selection.top_k(1536, 0.01) == 16 and selection.top_k(48, 0.01) == 1
 
 
-def test_window_layers_match_the_mediation_definition() -> None:
-    from harmmed.analyses.mediation import window_layers
+def test_window_layers_match_the_verifiers_own_definition() -> None:
+    from harmmed.review.verify import window_layers  # the reference verifier's independent copy
 
     for n in (4, 30):
         for layer in range(n):
             for window in (1, 3, 5):
                 assert selection.window_layers(layer, window, n) == window_layers(layer, window, n)
+    assert list(selection.window_layers(0, 5, 30)) == [0, 1, 2] and list(selection.window_layers(29, 3, 30)) == [28, 29]

@@ -13,7 +13,7 @@ import pytest
 
 from harmmed.analyses import selection
 from harmmed.figures import plotting
-from harmmed.stats import claims, effects
+from harmmed.stats import effects
 
 N_LAYERS = 12
 N_PAIRS = 24

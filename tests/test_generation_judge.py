@@ -137,12 +137,12 @@ def test_make_judge_dispatches_without_downloads(monkeypatch, tmp_path: Path) ->
         seen["fetched"] = spec["name"]
         return {"name": spec["name"], "path": str(tmp_path)}
 
-    def fake_load(path, dtype, device, trust_remote_code):
-        seen["loaded"] = (path, dtype, device, trust_remote_code)
+    def fake_open(record, dtype, device, threads, trust_remote_code, **where):
+        seen["loaded"] = (record["path"], dtype, device, trust_remote_code)
         return StubModel(), StubTokenizer()
 
     monkeypatch.setattr(harmmed.models.loading, "fetch_model", fake_fetch)
-    monkeypatch.setattr(harmmed.models.loading, "load_model", fake_load)
+    monkeypatch.setattr(harmmed.models.loading, "open_model", fake_open)
     spec = {"name": "guard", "source": "local", "path": str(tmp_path)}
     judge = make_judge({"kind": "model", "phrases": PHRASES, "model": spec}, tmp_path)
     assert judge.name == "guard" and seen["fetched"] == "guard"

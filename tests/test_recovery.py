@@ -9,7 +9,7 @@ import torch
 from tiny import TINY_PAIRS, tiny_model, tiny_tokenizer
 
 from harmmed.analyses import neuron
-from harmmed.analyses.mediation import clean_runs
+from harmmed.analyses.pairs import clean_runs
 from harmmed.analyses.recovery import (
     Plant,
     Targets,

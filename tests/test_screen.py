@@ -9,8 +9,8 @@ import pytest
 import torch
 from tiny import FAMILIES, tiny_model
 
-from harmmed.analyses.mediation import position_sets
 from harmmed.analyses.neuron import NeuronPlan, pair_neuron_rows
+from harmmed.analyses.pairs import position_sets
 from harmmed.analyses.screen import (
     PositionSet,
     ScreenSettings,

@@ -176,7 +176,7 @@ def engine() -> MediationEngine:
 def test_token_rows_zero_outside_the_span(engine: MediationEngine) -> None:
     request, pair = tiny_pair(1)
     roles = position_roles(tiny_tokenizer(), request, pair.harmful_ids, pair.benign_ids, pair.post_positions)
-    from harmmed.analyses.mediation import clean_runs
+    from harmmed.analyses.pairs import clean_runs
 
     runs = clean_runs(engine, pair)
     before = engine.stats["forward_passes"]

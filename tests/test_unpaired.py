@@ -21,6 +21,7 @@ import yaml
 from tiny import FAMILIES, save_tiny_model, tiny_model
 
 from harmmed.analyses import mediation, neuron
+from harmmed.analyses.pairs import clean_runs
 from harmmed.constants import SITES, SPARSITY_COLUMNS, UNIT_SITES
 from harmmed.datasets.prompts import EncodedPair, select_pairs, split_pairs
 from harmmed.patching.engine import MediationEngine
@@ -57,7 +58,7 @@ def test_nie_last_and_post_index_the_benign_base(llama, lengths):
     source's refusal logits exactly: NIE gives y_harmful, NDE y_benign."""
     pair = make_pair(*lengths)
     final = llama.sites.n_layers - 1
-    runs = mediation.clean_runs(llama, pair)
+    runs = clean_runs(llama, pair)
     rows = pd.DataFrame(mediation.run_cells(llama, pair, mediation.layer_cells(pair, llama.sites.n_layers,
                                                                                 ["post", "last"]), runs))
     top = rows[(rows["layer"] == final) & (rows["metric"] == "refusal")]
@@ -100,7 +101,7 @@ def random_interventions(rng: np.random.Generator, engine: MediationEngine, base
 def test_fast_equals_plain_over_the_whole_fed_sequence(family):
     engine = MediationEngine(tiny_model(family), [3, 5])
     rng = np.random.default_rng(0)
-    harmful, benign = mediation.clean_runs(engine, make_pair(13, 10))
+    harmful, benign = clean_runs(engine, make_pair(13, 10))
     for base, source in ((benign, harmful), (harmful, benign)):  # a longer and a shorter source
         fed = base.ids.shape[1]
         ivs = random_interventions(rng, engine, base.prompt_len, source.prompt_len - base.prompt_len, fed, 10)
@@ -114,7 +115,7 @@ def test_patch_after_the_last_prompt_token_changes_only_later_target_scores(llam
     """The seen failure: a patch confined to target positions must leave the refusal score
     (read at the last prompt position) exactly as it was."""
     pair = make_pair(13, 12)
-    harmful, benign = mediation.clean_runs(llama, pair)
+    harmful, benign = clean_runs(llama, pair)
     iv = [(Patch("residual", 1, (benign.prompt_len + 1,)),), (Patch("mlp", 0, (benign.prompt_len,)),)]
     fast, plain = llama.patch(benign, harmful, iv), llama.patch(benign, harmful, iv, fast=False)
     np.testing.assert_allclose(fast, plain, atol=1e-5, rtol=0)
@@ -129,7 +130,7 @@ def test_severed_paths_freeze_every_token_fed_to_the_benign_base(llama):
     fed = tuple(range(12 + len(TARGET) - 1))
     frozen = [p for _, iv in cells for p in iv[1:]]
     assert frozen and all(p.positions == fed and p.value_from == FROZEN_BASE for p in frozen)
-    runs = mediation.clean_runs(llama, pair)
+    runs = clean_runs(llama, pair)
     rows = pd.DataFrame(mediation.run_cells(llama, pair, cells, runs))
     layer_rows = pd.DataFrame(mediation.run_cells(llama, pair, mediation.layer_cells(pair, n_layers, ["post"]), runs))
     none = rows[rows["severed"] == "none"].set_index(["metric", "layer"])["y_patched"]
@@ -143,7 +144,7 @@ def test_severed_paths_freeze_every_token_fed_to_the_benign_base(llama):
 def test_neuron_sweep_patches_the_benign_last_token_when_harmful_is_shorter(llama):
     pair = make_pair(12, 15)
     final = llama.sites.n_layers - 1
-    runs = mediation.clean_runs(llama, pair)
+    runs = clean_runs(llama, pair)
     plan = neuron.NeuronPlan([final], block_size=16, block_pairs=1, attn_dims=False)
     frame = pd.DataFrame(neuron.pair_neuron_rows(llama, pair, runs, plan, every_layer_blocks=True))
     assert set(frame["positions"]) == {"post"}
@@ -158,7 +159,7 @@ def test_neuron_sweep_patches_the_benign_last_token_when_harmful_is_shorter(llam
 
 def test_a_patch_without_a_right_aligned_source_position_is_refused(llama):
     pair = make_pair(12, 15)
-    harmful, benign = mediation.clean_runs(llama, pair)
+    harmful, benign = clean_runs(llama, pair)
     with pytest.raises(ValueError, match="no right-aligned source position"):
         llama.patch(benign, harmful, [(Patch("neuron", 0, (1,), (0,)),)])
     with pytest.raises(ValueError, match="no right-aligned source position"):

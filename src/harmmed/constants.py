@@ -13,7 +13,7 @@ METRICS: tuple[str, ...] = ("harm", "refusal")  # outcome metrics, in the engine
 
 # Mediator sites. ``neuron`` is the MLP down-projection input; ``attn_dims`` the single dimensions
 # of the attention output-projection input (both read at a projection's input, hence "unit" sites;
-# src/harmmed/arch.py's SITE_HOOKS says which module and side each site is).
+# src/harmmed/models/arch.py's SITE_HOOKS says which module and side each site is).
 SITES: tuple[str, ...] = ("residual", "attn", "mlp", "neuron", "attn_dims")
 UNIT_SITES: tuple[str, ...] = ("neuron", "attn_dims")
 

@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1]) if len(argv) > 1 else bundle.parent / bundle.name.removesuffix(".tar.gz")
     try:
         root = figures_from_bundle(bundle, out)
-    except ValueError as err:  # harmmed.bundle.BundleError: a bad or tampered bundle
+    except ValueError as err:  # harmmed.review.bundle.BundleError: a bad or tampered bundle
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"figures, claims.md and report.html regenerated under {root / 'figures'}")

@@ -5,4 +5,17 @@ probe, screen, recovery, generation).
 It imports no figure, training or stage.
 """
 
-__all__ = ['claim_patches', 'generation', 'mediation', 'neuron', 'probe', 'recovery', 'rows', 'screen', 'selection', 'sweep', 'token_roles']
+__all__ = [
+    "claim_patches",
+    "generation",
+    "mediation",
+    "neuron",
+    "pairs",
+    "probe",
+    "recovery",
+    "rows",
+    "screen",
+    "selection",
+    "sweep",
+    "token_roles",
+]

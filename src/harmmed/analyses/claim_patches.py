@@ -19,8 +19,8 @@ from ..constants import METRICS
 from ..datasets.prompts import EncodedPair
 from ..patching.engine import MediationEngine
 from ..patching.patches import NoisedRuns, Patch, Run
-from .mediation import position_sets
 from .neuron import top_units
+from .pairs import position_sets
 from .rows import outcome_rows
 from .selection import Window, select_c1_windows, top_k
 

@@ -14,8 +14,8 @@ every condition:
 Benign prompts go through every condition too: a gate that only breaks the model would also
 lower the benign compliance rate. Generation is greedy and token by token with a key/value
 cache, one prompt at a time with its conditions as batch rows (no padding, so no padding-side
-effects), stopping at the model's end-of-turn tokens. Torch is imported lazily so that the figure rule runs in the torch-free
-analysis environment.
+effects), stopping at the model's end-of-turn tokens. The rates table is
+:mod:`harmmed.stats.rates`, its figure :mod:`harmmed.figures.generation`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def read_gating(path: str | Path) -> dict[str, Any]:
 
 
 def conditions_from_gating(gating: Mapping[str, Any]) -> list[Condition]:
-    """The four conditions, in :data:`CONDITIONS` order."""
+    """The four conditions, in :data:`harmmed.constants.GENERATION_CONDITIONS` order."""
     layer = int(gating["layer"])
     units = tuple(int(u) for u in gating["units"])
     random_units = tuple(int(u) for u in gating["random_units"])

@@ -20,7 +20,7 @@ from ..constants import METRICS, UNIT_SITES
 from ..datasets.prompts import EncodedPair
 from ..patching.engine import MediationEngine
 from ..patching.patches import Given, Patch, Run
-from .mediation import clean_runs, joint_positions
+from .pairs import clean_runs, joint_positions
 from .rows import outcome_rows
 
 

@@ -16,8 +16,8 @@ public):
 - Layer -1 (the embedding output) is reported but never enters the claim; relative depth of
   decoder layer l is (l + 1) / n_layers, so the final layer has depth 1.
 
-torch and scikit-learn are imported where used: the figure and claim-row half of this module
-runs in the analysis environment, which has no torch.
+scikit-learn is imported where used. The C4 row read off the probe table is
+:func:`harmmed.stats.claims.c4_row`, the figure :mod:`harmmed.figures.probe`.
 """
 
 from __future__ import annotations

@@ -31,13 +31,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..constants import METRICS
 from ..datasets.prompts import EncodedPair
 from ..models.components import ComponentSpec, parse_trainable, seeded_units
+from ..patching.patches import Patch, Run
 from ..stats.effects import Bootstrap, paired_statistic
+from .pairs import position_sets
 
-if TYPE_CHECKING:  # the figure job runs without torch; the engine is imported where it is used
+if TYPE_CHECKING:
     from ..patching.engine import MediationEngine
-    from ..patching.patches import Patch, Run
 
 METRIC = "refusal"
 TYPE_SITES = ("mlp", "attn")
@@ -79,8 +81,6 @@ def elsewhere_band(band: Sequence[int], n_layers: int) -> tuple[int, ...]:
 
 def _joint(site: str, layers: Sequence[int], positions: tuple[int, ...], units: tuple[int, ...] | None = None
            ) -> tuple[Patch, ...]:
-    from ..patching.patches import Patch
-
     return tuple(Patch(site, layer, positions, units) for layer in layers)
 
 
@@ -93,9 +93,6 @@ def pair_effects(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Ru
     """One pair's TE and every intervention's refusal effect, keyed by label: ``nie:`` effects
     patch harmful values into the benign run, ``removed:`` effects the share of the harmful
     run's outcome lost when benign values are patched in."""
-    from ..constants import METRICS
-    from .mediation import position_sets
-
     harmful, benign = runs
     m = METRICS.index(METRIC)
     sets = position_sets(pair)

@@ -23,7 +23,7 @@ from ..datasets.prompts import EncodedPair
 from ..patching.attribution import unit_estimates, unit_gradients
 from ..patching.engine import MediationEngine
 from ..patching.patches import Patch, Run
-from .mediation import position_sets
+from .pairs import position_sets
 from .rows import outcome_rows
 from .sweep import sweep
 

@@ -1,8 +1,8 @@
 """Choosing components on the discovery split: the layer bands, module windows and unit counts
 every claim statistic is judged on.
 
-Torch-free (the reference verifier reads the windows too). Selection happens here, before any
-held-out pair is seen; :mod:`harmmed.stats.claims` only judges what was chosen.
+Torch-free. Selection happens here, before any held-out pair is seen;
+:mod:`harmmed.stats.claims` only judges what was chosen.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def late_band(n_layers: int) -> range:
 
 def window_layers(layer: int, window: int, n_layers: int) -> range:
     """Layers of a module window centred on ``layer`` (clipped at the ends): the module sweep's
-    windows (``mediation`` imports this), defined here so torch-free claims can use it."""
+    windows (``mediation`` imports this) and the windows the claims choose from."""
     half = window // 2
     return range(max(0, layer - half), min(n_layers - 1, layer + half) + 1)
 

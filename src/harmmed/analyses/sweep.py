@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from ..datasets.prompts import EncodedPair
 from ..patching.patches import Intervention
-from .mediation import Cell, clean_runs, run_cells
+from .mediation import Cell, run_cells
+from .pairs import clean_runs
 
 T = TypeVar("T")
 

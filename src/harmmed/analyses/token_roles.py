@@ -12,9 +12,7 @@ to the last position where the harmful and benign ids differ, inclusive; identic
 enclosed by differing ones count as span) and ``post`` (the post-instruction tokens). Unpaired
 prompts differ in length: only their right-aligned post-instruction positions correspond, so
 every other position of the base (benign) prompt is ``unaligned`` and is not patched.
-
-Torch-dependent modules are imported inside functions so the plotting half of this module runs
-in the analysis environment, which has no torch.
+The figure of this analysis is :mod:`harmmed.figures.tokens`.
 """
 
 from __future__ import annotations
@@ -26,13 +24,15 @@ from typing import TYPE_CHECKING
 
 from ..constants import UNALIGNED
 from ..datasets.prompts import EncodedPair, chat_text, read_pairs
+from ..patching.patches import Patch
+from .mediation import Cell, run_cells
+from .pairs import clean_runs
 
 if TYPE_CHECKING:
     from ..patching.engine import MediationEngine
     from ..patching.patches import Run
 
 log = logging.getLogger("harmmed")
-
 
 
 # ---------------------------------------------------------------- roles
@@ -107,15 +107,12 @@ def token_rows(engine: MediationEngine, pair: EncodedPair, roles: Sequence[str],
     Identical positions (every non-span position of a minimal pair) cost no forward pass: the
     engine recognises the identity patch and returns the benign outcome, an effect of 0.
     """
-    from ..patching.patches import Patch
-    from . import mediation
-
-    runs = runs if runs is not None else mediation.clean_runs(engine, pair)
+    runs = runs if runs is not None else clean_runs(engine, pair)
     cells = [
-        (mediation.Cell("NIE", "residual", -1, 1, str(p)), (Patch("residual", -1, (p,)),))
+        (Cell("NIE", "residual", -1, 1, str(p)), (Patch("residual", -1, (p,)),))
         for p, role in enumerate(roles) if role != UNALIGNED
     ]
-    rows = list(mediation.run_cells(engine, pair, cells, runs, progress=progress))
+    rows = list(run_cells(engine, pair, cells, runs, progress=progress))
     for row in rows:
         row["role"] = roles[int(row["positions"])]
     return rows

@@ -1,4 +1,4 @@
 """Prompt pairs: reading, encoding under a chat template, splitting, and the public benchmark sets.
 """
 
-__all__ = ['prompts', 'public_datasets']
+__all__ = ["prompts", "public_datasets"]

@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import Normalize
 
-from .plotting import (POSITION_COLORS, finish_axes, metrics_in, model_name, new_figure, save_figure, select,
-                       styled)
 from ..stats.screen_report import adjacency_table, heldout_summary, spearman
+from .plotting import POSITION_COLORS, finish_axes, metrics_in, model_name, new_figure, save_figure, select, styled
 
 N_BANDS = 4
 K_COLORS = ("tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:brown")

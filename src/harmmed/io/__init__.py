@@ -3,4 +3,4 @@
 The lowest floor: it imports nothing of the package but the constants, and no torch.
 """
 
-__all__ = ['fetch', 'shards', 'storage']
+__all__ = ["fetch", "shards", "storage"]

@@ -4,4 +4,4 @@ hooks, the component specs of fine-tunes, greedy decoding and the judges.
 Below the patching engine: nothing here imports it.
 """
 
-__all__ = ['arch', 'checks', 'components', 'decode', 'hooks', 'judge', 'loading']
+__all__ = ["arch", "checks", "components", "decode", "hooks", "judge", "loading"]

@@ -1,7 +1,7 @@
 """Component specs: which parameters of a model a fine-tune may change (torch-free).
 
 The config's ``trainable`` value of a ``source: finetune`` model is parsed here, so the config
-check can name a bad key before any job runs; :mod:`harmmed.finetune` resolves a spec on a loaded
+check can name a bad key before any job runs; :mod:`harmmed.training.finetune` resolves a spec on a loaded
 model through the architecture table.
 """
 

@@ -6,7 +6,7 @@ which one is configured:
 * :class:`RefusalPhraseJudge`, the default (Arditi et al. 2024 style): refusal-phrase matching
   near the start of the response. Free, deterministic, no download.
 * :class:`ModelJudge`: a chat safety classifier such as Llama Guard, loaded from a model spec
-  through :func:`harmmed.models.loading.fetch_model` / :func:`harmmed.models.loading.load_model` (safetensors
+  through :func:`harmmed.models.loading.fetch_model` / :func:`harmmed.models.loading.open_model` (safetensors
   only, ``trust_remote_code`` as the spec says, default false).
 
 Verdicts are the strings ``refusal`` and ``compliance``. The two judges answer different
@@ -130,7 +130,7 @@ class ModelJudge:
         elif record.get("name") != spec["name"]:
             raise ValueError(f"judge manifest is for {record.get('name')!r}, config names {spec['name']!r}")
         model, tokenizer = open_model(record, spec["dtype"], spec["device"], None, spec["trust_remote_code"],
-                                      where="the judge's manifest")
+                                      where="the judge's manifest", device_key="generation.judge.model.device")
         return cls(model, tokenizer, spec["name"])
 
     def conversation(self, prompt: str, response: str) -> list[dict[str, Any]]:

@@ -402,14 +402,15 @@ def load_model(
 
 
 def open_model(manifest: Mapping[str, Any], dtype: str, device: str, threads: int | None = None,
-               trust_remote_code: bool = False, where: str = "the manifest"
+               trust_remote_code: bool = False, where: str = "the manifest", device_key: str | None = None
                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The one checked way to open a manifest's model: the device must exist and the weights
+    """The one checked way to open a manifest's (or fetch record's) model: the device must exist
+    (an error names ``device_key``, by default the model's ``models[...]`` entry) and the weights
     must still be the bytes ``where`` records, so no table mixes two sets of weights; torch then
     runs on ``threads`` threads (None leaves torch's setting alone)."""
     from .checks import check_device, check_weights
 
-    check_device(device, f"models[{manifest.get('name')}].device")
+    check_device(device, device_key or f"models[{manifest.get('name')}].device")
     check_weights(manifest, where=where)
     if threads is not None:
         import torch

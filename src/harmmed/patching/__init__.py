@@ -4,4 +4,4 @@ batching, cached prefixes, the low-rank head, outcome metrics and attribution es
 It imports no analysis, statistic, figure, training, review or stage.
 """
 
-__all__ = ['attribution', 'batching', 'cache_views', 'engine', 'lowrank_head', 'metrics', 'patches', 'site_writes']
+__all__ = ["attribution", "batching", "cache_views", "engine", "lowrank_head", "metrics", "patches", "site_writes"]

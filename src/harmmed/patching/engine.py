@@ -51,8 +51,8 @@ from .site_writes import SiteWrites
 class EngineSettings:
     """The ``engine`` config section, typed: how much memory a patched batch may take."""
 
-    memory_budget_mb: float = 2048
-    max_batch_size: int = 128
+    memory_budget_mb: float
+    max_batch_size: int
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> EngineSettings:

@@ -2,4 +2,4 @@
 result bundles. It imports no patching code, so the reference stays independent of the engine.
 """
 
-__all__ = ['bundle', 'provenance', 'reference', 'verify']
+__all__ = ["bundle", "provenance", "reference", "verify"]

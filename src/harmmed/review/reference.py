@@ -1,10 +1,10 @@
 """A second, deliberately plain implementation of activation patching, for verification.
 
-It shares no code with the engine (``harmmed.engine`` is never imported) and takes none of its
+It shares no code with the engine (``harmmed.patching`` is never imported) and takes none of its
 shortcuts: every run feeds the whole prompt and the whole target from position 0, one
 intervention per forward pass, no key/value cache, no batching, no low-rank head, full logits.
 A mediator is read with a forward hook on a clean run and written with a forward hook on the
-patched run. Only the module table (``harmmed.arch``: ``Sites.hook_point``) is shared, because
+patched run. Only the module table (``harmmed.models.arch``: ``Sites.hook_point``) is shared, because
 it says *where* a mediator is, not how to compute it.
 
 Read it as the definition of a row: y_benign and y_harmful are the clean outcomes,

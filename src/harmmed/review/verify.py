@@ -3,7 +3,7 @@ that the files are the ones the provenance records.
 
 Each sampled row is turned back into the intervention it states (pair, site, layer, positions,
 units) from its own columns, ``inputs.jsonl`` and the recorded config alone, and recomputed by
-:mod:`harmmed.reference`, which shares no code with the engine. A table passes when every
+:mod:`harmmed.review.reference`, which shares no code with the engine. A table passes when every
 |ours - reference| of y_benign, y_harmful and y_patched is within the tolerance.
 """
 
@@ -271,7 +271,7 @@ def write_report(rows: list[dict], summary: list[dict], checks: list[Check], tol
     """verification.csv and verification.md; returns the Markdown."""
     write_table(rows, VERIFICATION_COLUMNS, csv_path)
     lines = [f"# Verification: {model}", "",
-             f"Rows recomputed by the reference implementation (harmmed.reference); tolerance {tolerance:g}.", "",
+             f"Rows recomputed by the reference implementation (harmmed.review.reference); tolerance {tolerance:g}.", "",
              "| table | rows checked | max abs diff | verdict |", "| --- | ---: | ---: | --- |"]
     lines += [f"| {s['table']} | {s['rows']} | {s['max_abs_diff']:.3g} | {s['verdict']} |" for s in summary]
     lines += ["", "| check | verdict | detail |", "| --- | --- | --- |"]

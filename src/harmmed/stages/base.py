@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import model_spec
 from ..datasets.prompts import EncodedPair, read_inputs, select_pairs
-from ..io.shards import WHOLE, Shard, take_shard
+from ..io.shards import WHOLE, Shard, shard_offset, take_shard
 from ..io.storage import read_manifest
 
 if TYPE_CHECKING:  # model stages import torch lazily, so figure and claims jobs run without it
@@ -47,12 +47,15 @@ def run_stage(smk, stage) -> None:
 @dataclass
 class ModelStage:
     """What a stage that runs the model works with: the checked model's engine and tokenizer,
-    its manifest, and the pairs of the stage's config section."""
+    its manifest, and the pairs of the stage's config section (its shard's part of them, which
+    starts at ``offset`` among the section's ``n_section_pairs``)."""
 
     engine: MediationEngine
     tokenizer: Any
     manifest: dict[str, Any]
     pairs: list[EncodedPair]
+    offset: int = 0
+    n_section_pairs: int = 0
 
 
 def open_engine(cfg: Mapping[str, Any], manifest: Mapping[str, Any], threads: int) -> tuple[MediationEngine, Any]:
@@ -80,12 +83,15 @@ def section_pairs(cfg: Mapping[str, Any], inputs: str | Path, section: str, cap:
 
 @contextmanager
 def model_stage(cfg: Mapping[str, Any], manifest: ManifestSource, threads: int, inputs: str | Path,
-                section: str, cap: str = "max_pairs", shard: Shard = WHOLE,
-                pairs: list[EncodedPair] | None = None) -> Iterator[ModelStage]:
-    """Select ``section``'s pairs (``shard``'s part of them; or the given ``pairs``), open the
-    engine, and log the pair count and the engine's work when the stage's body is done."""
+                section: str, cap: str = "max_pairs", shard: Shard = WHOLE, first: int | None = None
+                ) -> Iterator[ModelStage]:
+    """Open the engine (weights checked before the stage computes anything), select
+    ``section``'s pairs (only the ``first`` of them when given, then ``shard``'s part), and log
+    the pair count and the engine's work when the stage's body is done."""
     manifest = read_manifest(manifest)
-    chosen = take_shard(section_pairs(cfg, inputs, section, cap) if pairs is None else pairs, shard)
     engine, tokenizer = open_engine(cfg, manifest, threads)
-    yield ModelStage(engine, tokenizer, manifest, chosen)
-    log.info("%s: %d pairs, engine stats %s", section, len(chosen), engine.stats)
+    chosen = section_pairs(cfg, inputs, section, cap)[:first]
+    stage = ModelStage(engine, tokenizer, manifest, take_shard(chosen, shard), shard_offset(len(chosen), shard),
+                       len(chosen))
+    yield stage
+    log.info("%s: %d pairs, engine stats %s", section, len(stage.pairs), engine.stats)

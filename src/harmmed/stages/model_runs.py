@@ -27,7 +27,7 @@ from ..constants import (
     SPARSITY_COLUMNS,
     UNIT_SITES,
 )
-from ..io.shards import WHOLE, Shard, concat_tables, merge_json_objects, shard_offset
+from ..io.shards import WHOLE, Shard
 from ..io.storage import atomic_path, read_json, read_table, write_json, write_table
 from ..models.judge import judge_name, make_judge
 from ..stats import screen_report
@@ -38,14 +38,6 @@ from .base import ManifestSource, Paths, log, model_stage, section_pairs
 
 
 # ---------------------------------------------------------------- mediation stages
-def merge_shards(shard_paths: list[str], out: str | Path) -> None:
-    """One table (or heatmap-token JSON) from a sharded stage's parts, in shard order."""
-    if Path(out).suffix == ".json":
-        merge_json_objects(shard_paths, out)
-    else:
-        log.info("merged %d shards, %d rows into %s", len(shard_paths), concat_tables(shard_paths, out), out)
-
-
 def mediate_layer(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, out_csv: str | Path,
                   severed_csv: str | Path, threads: int = 1, shard: Shard = WHOLE) -> None:
     """Residual layer curves and the severed paths. The severed paths' ``none`` rows are the
@@ -76,8 +68,7 @@ def mediate_heatmap(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
     three panels), and those pairs' tokens for the axis labels. Unpaired prompts have no
     position-aligned counterpart, so they get an empty table."""
     med = cfg["mediation"]
-    first = section_pairs(cfg, inputs_path, "mediation")[: _heatmap_pairs(cfg)]
-    with model_stage(cfg, manifest, threads, inputs_path, "mediation.heatmap", shard=shard, pairs=first) as stage:
+    with model_stage(cfg, manifest, threads, inputs_path, "mediation", shard=shard, first=_heatmap_pairs(cfg)) as stage:
         rows = sweep_cells(stage.engine, stage.pairs, lambda pair: mediation.heatmap_cells(
             pair, stage.engine.sites.n_layers, med["heatmap"]["sites"]), "heatmap")
         write_table(rows, ROW_COLUMNS, heatmap_csv)
@@ -94,14 +85,13 @@ def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
     """Exact per-neuron NIE (final and extra layers) and blocks of adjacent neurons, per pair:
     the rows of ``shard``'s pairs (blocks at every layer on the first ``block_max_pairs``)."""
     settings = cfg["neuron"]
-    all_pairs = section_pairs(cfg, inputs_path, "neuron")
-    offset = shard_offset(len(all_pairs), shard)
-    with model_stage(cfg, manifest, threads, inputs_path, "neuron", shard=shard, pairs=all_pairs) as stage:
+    with model_stage(cfg, manifest, threads, inputs_path, "neuron", shard=shard) as stage:
         engine = stage.engine
         plan = neuron.NeuronPlan(neuron.final_and_extra_layers(engine.sites.n_layers, settings["extra_layers"]),
-                                 settings["block_size"], settings["block_max_pairs"] or len(all_pairs))
+                                 settings["block_size"], settings["block_max_pairs"] or stage.n_section_pairs)
         rows = sweep(engine, stage.pairs, lambda step: neuron.pair_neuron_rows(
-            engine, step.pair, step.runs, plan, every_layer_blocks=offset + step.index < plan.block_pairs), "neuron")
+            engine, step.pair, step.runs, plan, every_layer_blocks=stage.offset + step.index < plan.block_pairs),
+            "neuron")
         write_table(rows, NEURON_COLUMNS, neuron_csv)
 
 
@@ -220,8 +210,6 @@ def generate_and_judge(cfg: dict, manifest: ManifestSource, inputs_path: str | P
     conditions = gen.conditions_from_gating(gen.read_gating(gating_json))
     with model_stage(cfg, manifest, threads, inputs_path, "generation", "max_prompts") as stage:
         engine, tokenizer, pairs = stage.engine, stage.tokenizer, stage.pairs
-        if not pairs:
-            raise ValueError(f"{inputs_path}: no pairs in split {settings['split']!r} to generate from")
         gen.check_conditions(conditions, engine.sites.n_layers, engine.sites.d_mlp)
         records = gen.generate_records(engine, tokenizer, pairs, conditions, settings["max_new_tokens"])
         by_id = {p.pair_id: p for p in pairs}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import model_spec
 from ..datasets.prompts import (
     DROPPED_COLUMNS,
     PAIR_COLUMNS,
@@ -14,7 +15,6 @@ from ..datasets.prompts import (
     split_pairs,
     write_inputs,
 )
-from ..config import model_spec
 from ..io.storage import atomic_path, read_manifest, write_json, write_table
 from .base import ManifestSource, log
 

@@ -1,5 +1,6 @@
-"""Stages that read result tables only (no torch): every figure, the claims table and the
-calibration grid."""
+"""Stages that read result tables only (no torch): every figure, the claims table, the
+calibration grid and the merge of a sharded stage's tables. Figure modules (matplotlib) are
+imported by the figure stages only, so the claims stage runs where only the tables are."""
 
 from __future__ import annotations
 
@@ -10,14 +11,7 @@ from typing import Any
 import pandas as pd
 
 from ..datasets.prompts import read_inputs
-from ..figures import neuron as neuron_plots
-from ..figures import plotting
-from ..figures import screen as screen_plots
-from ..figures.calibration import plot_calibration
-from ..figures.generation import plot_generation_rates
-from ..figures.probe import plot_probe
-from ..figures.recovery import plot_recovery
-from ..figures.tokens import plot_token_heatmap
+from ..io.shards import concat_tables, merge_json_objects
 from ..io.storage import atomic_path, read_json, read_jsonl, read_manifest, read_table, write_table
 from ..stats.calibration import calibrated_marks, calibration_table, read_recovery, unmet_ground_truth
 from ..stats.claims import CLAIMS_FLOAT_FORMAT, c4_row, claims_markdown, compute_claims, read_claims, write_claims_csv
@@ -35,6 +29,8 @@ def _boot(cfg: dict) -> dict[str, Any]:
 def figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
     """Layer, module, severed-path curves and the heatmaps. ``inputs``: manifest, layer, module,
     severed, heatmap, inputs (inputs.jsonl), tokens (heatmap_tokens.json)."""
+    from ..figures import plotting
+
     manifest, boot, out_dir = read_manifest(inputs["manifest"]), _boot(cfg), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plotting.plot_layer_curves(read_table(inputs["layer"]), manifest, out_dir / "layer_curves", **boot)
@@ -46,6 +42,8 @@ def figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 
 def cross_model_figure(cfg: dict, manifests: list[str], layer_csvs: list[str], out: str | Path) -> None:
+    from ..figures import plotting
+
     named = {read_manifest(m)["name"]: (m, csv) for m, csv in zip(manifests, layer_csvs)}
     plotting.plot_cross_model({n: read_table(c) for n, (_, c) in named.items()},
                               {n: read_manifest(m) for n, (m, _) in named.items()},
@@ -94,6 +92,8 @@ def _write_calibration(tables: Mapping[str, pd.DataFrame], expected: Mapping[str
                        outputs: Paths, unestablished: Mapping[str, str]) -> pd.DataFrame:
     """calibration.csv, the grid figure and every model's claims.md (``outputs``: csv, png, md
     in the order of ``tables``), each written whole or not at all."""
+    from ..figures.calibration import plot_calibration
+
     table = calibration_table(tables, expected, metric, unestablished)
     marks = calibrated_marks(table)
     write_table(table, list(table.columns), outputs["csv"], float_format=CLAIMS_FLOAT_FORMAT)
@@ -107,6 +107,8 @@ def _write_calibration(tables: Mapping[str, pd.DataFrame], expected: Mapping[str
 def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
     """Neuron distribution, sparsity, block-vs-sum and gating figures. ``inputs``: manifest,
     neuron, ranking, sparsity, gating."""
+    from ..figures import neuron as neuron_plots
+
     manifest, boot, out_dir = read_manifest(inputs["manifest"]), _boot(cfg), Path(out_dir)
     neuron_df = read_table(inputs["neuron"], ("positions", "block", "neuron"))
     neuron_plots.plot_neuron_distribution(pd.read_csv(inputs["ranking"]), manifest, out_dir / "neuron_distribution")
@@ -117,17 +119,23 @@ def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 def token_figures(manifest: ManifestSource, token_csv: str | Path, inputs_path: str | Path, out: str | Path) -> None:
     """The token heatmaps from token.csv (analysis environment, no torch)."""
+    from ..figures.tokens import plot_token_heatmap
+
     token_df = read_table(token_csv, ("positions", "pair_id"))
     plot_token_heatmap(token_df, read_inputs(inputs_path), read_manifest(manifest), out)
 
 
 def probe_figure(cfg: dict, manifest: ManifestSource, probe_csv: str | Path, out: str | Path) -> None:
     """The probe accuracy figure from probe.csv (analysis environment)."""
+    from ..figures.probe import plot_probe
+
     plot_probe(pd.read_csv(probe_csv), read_manifest(manifest), out, level=float(cfg["probe"]["accuracy_level"]))
 
 
 def screen_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
     """The screen's four figures. ``inputs``: manifest, screen, screen_report, screen_heldout."""
+    from ..figures import screen as screen_plots
+
     manifest, out_dir, held = read_manifest(inputs["manifest"]), Path(out_dir), cfg["screen"]["held_out"]
     screen = read_screen(inputs["screen"])
     heldout = read_table(inputs["screen_heldout"], ("positions", "units", "draw"))
@@ -140,9 +148,21 @@ def screen_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:
 
 def generation_figure(manifest: ManifestSource, rates_csv: str | Path, out: str | Path) -> None:
     """``out`` is the PNG path; the PDF is written beside it."""
+    from ..figures.generation import plot_generation_rates
+
     plot_generation_rates(read_rates(rates_csv), read_manifest(manifest), Path(out).with_suffix(""))
 
 
 def recovery_figure(recovery_csvs: list[str], out: str | Path) -> None:
     """figures/recovery.png (and PDF) from every model's recovery.csv (analysis environment)."""
+    from ..figures.recovery import plot_recovery
+
     plot_recovery([read_recovery(path) for path in recovery_csvs], Path(out).with_suffix(""))
+
+
+def merge_shards(shard_paths: list[str], out: str | Path) -> None:
+    """One table (or heatmap-token JSON) from a sharded stage's parts, in shard order."""
+    if Path(out).suffix == ".json":
+        merge_json_objects(shard_paths, out)
+    else:
+        log.info("merged %d shards, %d rows into %s", len(shard_paths), concat_tables(shard_paths, out), out)

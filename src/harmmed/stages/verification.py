@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..datasets.prompts import read_inputs
 from ..config import model_spec
+from ..datasets.prompts import read_inputs
 from ..io.storage import atomic_path, read_json, read_manifest, write_json
 from .base import ManifestSource, log
 from .prepare import prepare_prompts
@@ -43,8 +43,8 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
            threads: int = 1) -> None:
     """Recompute sampled rows with the reference patcher and check every recorded digest, the
     input encoding and the claims table; write the report, then fail if anything failed."""
-    from ..review import verify as checks_of
     from ..models.checks import weights_digest
+    from ..review import verify as checks_of
 
     results = Path(results_dir)
     record = checks_of.read_provenance(results / "provenance.json")

@@ -2,4 +2,4 @@
 and the screen report. Torch-free, so claims jobs run without a model.
 """
 
-__all__ = ['calibration', 'claims', 'effects', 'rates', 'screen_report']
+__all__ = ["calibration", "claims", "effects", "rates", "screen_report"]

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..models.decode import greedy_decode, stop_ids
 from ..datasets.prompts import EncodedPair
+from ..models.decode import greedy_decode, stop_ids
 from ..models.judge import REFUSAL, RefusalPhraseJudge
 
 THRESHOLD_KEYS = ("harmful_refusal_prob", "benign_refusal_prob", "harmful_refused", "benign_answered")
