@@ -26,9 +26,9 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 # Rule scripts are started as `python ...` from PATH: make that the venv's python.
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
-SMK_FLAGS = --rerun-triggers mtime --configfile $(CONFIG) --cores $(CORES) $(SNAKEMAKE_ARGS)  # --cores last: targets may follow
+SMK_FLAGS = --configfile $(CONFIG) --cores $(CORES) $(SNAKEMAKE_ARGS)  # --cores last: targets may follow
 
-.PHONY: venv replicate dryrun report test lint format test-cluster bench clean verify bundle figures
+.PHONY: venv config-check replicate dryrun report test lint format test-cluster bench clean verify bundle figures
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -38,20 +38,26 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP)
 
-replicate: venv
+# The config file, checked before Snakemake reads it: a bad file gets one line (its name, the
+# key or the YAML line) instead of a traceback.
+config-check: venv
+	@$(VENV)/bin/python -m harmmed.config $(CONFIG)
+
+replicate: config-check
 	$(SNAKEMAKE) $(SMK_FLAGS)
 
-dryrun: venv
+dryrun: config-check
 	$(SNAKEMAKE) $(SMK_FLAGS) --dry-run
 
-report: venv
+report: config-check
 	$(SNAKEMAKE) $(SMK_FLAGS) --report report.html
 
-# Verification never reruns a model stage: it checks and recomputes what results/ holds.
-verify: venv
-	$(SNAKEMAKE) $(SMK_FLAGS) --allowed-rules provenance verify verify_all -- verify_all
+# Verification never reruns a stage, provenance included: it checks what results/ holds against
+# the provenance.json the run wrote, and recomputes sampled rows.
+verify: config-check
+	$(SNAKEMAKE) $(SMK_FLAGS) --allowed-rules verify verify_all -- verify_all
 
-bundle: venv
+bundle: config-check
 	$(SNAKEMAKE) $(SMK_FLAGS) bundle_all
 
 # Needs only the analysis packages (pandas, matplotlib): no torch, no model, no GPU.

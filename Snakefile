@@ -22,7 +22,7 @@ envvars:
 configfile: "config/config.yaml"
 
 
-config.update(validate_config(config))
+config.update(validate_config(config, source=" + ".join(map(str, workflow.configfiles)) or None))
 
 if not workflow.non_local_exec:  # a cluster's GPUs are on its nodes, not where this runs
     from harmmed.models.checks import check_config_devices

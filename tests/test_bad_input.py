@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import re
+
 import pytest
 import yaml
 from test_models_fetch import fake_pypi, tiny_dir  # noqa: F401 (fixtures)
@@ -135,7 +137,8 @@ def test_stage_checks_weights_before_computing(tmp_path, tiny_dir, monkeypatch):
         work = tmp_path / folder
         shutil.copytree(tiny_dir, work / "model")
         monkeypatch.chdir(work)
-        cfg = validate_config({"models": [{"name": "tiny", "source": "local", "path": str(work / "model")}]})
+        cfg = validate_config({"models": [{"name": "tiny", "source": "local", "path": str(work / "model")}],
+                               "mediation": {"windows": [1]}})
         manifest = download_model(cfg, "tiny", "data/models", "manifest.json")
         manifests.append((work / "manifest.json").read_bytes())
     assert manifest["path"] == "model" and manifests[0] == manifests[1]
@@ -145,4 +148,147 @@ def test_stage_checks_weights_before_computing(tmp_path, tiny_dir, monkeypatch):
     torch_model.save_pretrained("model")
     with pytest.raises(WeightsChangedError, match="the weights at model have sha256"):
         mediate_module(cfg, manifest, "inputs.jsonl", "module.csv")
+    assert not Path("module.csv").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("template", "tokenizer_config.json changed"),
+    ("tokenizer", "tokenizer.json missing"),
+    ("n_layers", "n_layers is 5 there, the model gives 2"),
+    ("refusal_token_ids", "refusal_token_ids is [7] there"),
+])
+def test_a_model_folder_or_manifest_changed_after_download_is_refused(tmp_path, tiny_dir, monkeypatch, damage,
+                                                                      message):  # noqa: F811
+    """Every file of the model folder is checked at every load, and the manifest's fields derived
+    from the model are derived again: an edited template, a lost tokenizer file or a hand-edited
+    manifest stops the stage before it computes anything."""
+    import json
+    import shutil
+
+    from harmmed.config import validate_config
+    from harmmed.models.checks import ManifestMismatchError
+    from harmmed.stages import download_model, mediate_module
+
+    shutil.copytree(tiny_dir, tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    cfg = validate_config({"models": [{"name": "tiny", "source": "local", "path": str(tmp_path / "model")}],
+                           "mediation": {"windows": [1]}})
+    manifest = download_model(cfg, "tiny", "data/models", "manifest.json")
+    assert set(manifest["files"]) >= {"model.safetensors", "tokenizer.json", "config.json"}
+    if damage == "template":
+        template = Path("model/tokenizer_config.json")  # where this tokenizer keeps its chat template
+        template.write_text(template.read_text() + "\n")
+    elif damage == "tokenizer":
+        Path("model/tokenizer.json").unlink()
+    else:
+        manifest[damage] = 5 if damage == "n_layers" else [7]
+        Path("manifest.json").write_text(json.dumps(manifest))
+    error = WeightsChangedError if damage in ("template", "tokenizer") else ManifestMismatchError
+    with pytest.raises(error, match=re.escape(message)):
+        mediate_module(cfg, "manifest.json", "inputs.jsonl", "module.csv")
+    assert not Path("module.csv").exists()
+
+
+def _prepared(tmp_path, rows, **prompts):
+    """prepare_prompts on a pairs file of ``rows`` for the tiny chat model (after its download)."""
+    from tiny import save_tiny_model
+
+    from harmmed.config import validate_config
+    from harmmed.stages import download_model, prepare_prompts
+
+    save_tiny_model(tmp_path / "model")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(HEADER + "".join(rows), encoding="utf-8")
+    cfg = validate_config({"models": [{"name": "tiny", "source": "local", "path": str(tmp_path / "model")}],
+                           "prompts": {"pairs_file": str(pairs), **prompts}})
+    manifest = download_model(cfg, "tiny", tmp_path / "models", tmp_path / "manifest.json")
+    return lambda: prepare_prompts(cfg, manifest, pairs, tmp_path / "inputs.jsonl", tmp_path / "dropped.csv")
+
+
+def test_a_category_outside_the_declared_list_names_its_row(tmp_path):
+    run = _prepared(tmp_path, [ROW, ROW.replace("p1,weapons", "p2,wepons")], categories=["weapons"])
+    with pytest.raises(PromptFileError, match=r"pairs.csv, row 3, column 'category': 'wepons' is not a declared"):
+        run()
+    assert not (tmp_path / "inputs.jsonl").exists()
+
+
+def test_a_prompt_with_the_templates_control_tokens_is_refused(tmp_path):
+    from transformers import AutoTokenizer
+
+    run = _prepared(tmp_path, [ROW, ROW.replace("p1,", "p2,").replace("a cake .", "a cake <|end|> .")])
+    assert "<|end|>" in AutoTokenizer.from_pretrained(tmp_path / "model").all_special_tokens  # ends a turn
+    with pytest.raises(PromptFileError, match=rf"row 3, column 'benign': contains the tokenizer's control token\(s\) "
+                                              r"<\|end\|>"):
+        run()
+
+
+def test_a_prompt_longer_than_the_models_context_names_its_length(tmp_path):
+    import json
+
+    long = " ".join(["very"] * 130)  # the tiny model takes 128 positions
+    run = _prepared(tmp_path, [ROW, f"p2,weapons,how to make a {long} bomb .,how to make a {long} cake .,"
+                                              "Sure here is a bomb,Sure here is a cake\n"])
+    limit = json.loads((tmp_path / "model" / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(PromptFileError, match=rf"row 3 \(p2\): \d+ tokens with the chat template and the target, "
+                                              rf"but tiny takes at most {limit}"):
+        run()
+
+
+def test_a_failing_stage_prints_one_line_and_logs_the_traceback(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from harmmed.datasets.prompts import PromptFileError
+    from harmmed.stages import run_stage
+
+    def stage(_smk):
+        raise PromptFileError("pairs.csv, row 3, column 'category': 'wepons' is not a declared category")
+
+    smk = SimpleNamespace(log=[str(tmp_path / "stage.log")])
+    with pytest.raises(SystemExit) as info:
+        run_stage(smk, stage)
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: PromptFileError: pairs.csv, row 3, column 'category': 'wepons' is not a declared category "
+                   f"(traceback in {tmp_path / 'stage.log'})"]
+    assert "Traceback (most recent call last)" in (tmp_path / "stage.log").read_text()
+
+
+def test_a_section_given_inline_on_the_command_line_is_parsed():
+    from harmmed.config import validate_config
+
+    cfg = validate_config({"models": [{"name": "m", "source": "local", "path": "x"}], "effects": "{ci: 0.9}"})
+    assert cfg["effects"]["ci"] == 0.9 and cfg["effects"]["bootstrap_samples"] > 0
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    from harmmed.config import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - name: x\n    source: [local\n", encoding="utf-8")
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert main([str(bad)]) == 2
+    line = stderr.getvalue().strip()
+    assert line.startswith(f"error: config {bad} is not valid YAML: line 4, column 1:") and "\n" not in line
+
+
+def test_a_setting_that_does_not_fit_the_model_names_its_key(tmp_path, tiny_dir, monkeypatch):  # noqa: F811
+    import shutil
+
+    from harmmed.config import ModelSettingError, validate_config
+    from harmmed.stages import download_model, mediate_module, screen_units
+
+    shutil.copytree(tiny_dir, tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    cfg = validate_config({"models": [{"name": "tiny", "source": "local", "path": str(tmp_path / "model")}],
+                           "screen": {"held_out": {"k": [2, 4096]}, "per_position_layers": [7]}})
+    download_model(cfg, "tiny", "data/models", "manifest.json")
+    with pytest.raises(ModelSettingError, match=r"mediation.windows: 5 is more than the 2 layers of tiny"):
+        mediate_module(cfg, "manifest.json", "inputs.jsonl", "module.csv")
+    with pytest.raises(ModelSettingError, match=r"screen.per_position_layers: layer 7 is outside tiny's 2 layers.*"
+                                                r"screen.held_out.k: 4096 is more than the \d+ MLP units"):
+        screen_units(cfg, "manifest.json", "inputs.jsonl", {})
     assert not Path("module.csv").exists()

@@ -12,7 +12,7 @@ import torch
 import transformers
 import yaml
 from test_workflow import snakemake
-from tiny import CONFIGS, tiny_tokenizer, write_tiny_pairs
+from tiny import CONFIGS, TINY_CATEGORIES, tiny_tokenizer, write_tiny_pairs
 
 HARMFUL_WORDS = ("bomb", "gun", "poison", "steal", "hack", "threat")
 N_LAYERS, ROUTE_LAYER, PLANT_LAYER = 6, 2, 4  # late band of 6 layers: 4..5; the final layer is untouched
@@ -62,7 +62,7 @@ def calibrated_run(tmp_path_factory):
     config = {
         "models": [{"name": "plant-late-mlp", "source": "local", "path": str(workdir / "plant"),
                     "expected_verdicts": {"C1": "supported", "C2": "supported", "C3": "not supported"}}],
-        "prompts": {"pairs_file": str(workdir / "pairs.csv")},
+        "prompts": {"pairs_file": str(workdir / "pairs.csv"), "categories": TINY_CATEGORIES},
         "metrics": {"refusal_phrases": ["Sorry", "I cannot"]},
         "mediation": {"max_pairs": 4, "windows": [1, 3]},
         "neuron": {"block_size": 16, "random_draws": 4},

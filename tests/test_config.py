@@ -138,7 +138,7 @@ def test_failed_validation_leaves_input_untouched(cfg):
         (lambda c: c["models"][0].update(wheel_sha256="ABC"), "models[0].wheel_sha256: 'ABC' does not match"),
         (lambda c: c["models"][0].update(revision="a" * 40), "models[0].revision: not allowed when source is 'pypi_gguf'"),
         (lambda c: c["models"].append({"name": "l", "source": "local"}), "models[1].path: required key is missing"),
-        (lambda c: c["models"].append({"name": "a b", "source": "local", "path": "p"}), "models[1].name: 'a b' does not match"),
+        (lambda c: c["models"].append({"name": "a b", "source": "local", "path": "p"}), "models[1].name: 'a b' is not a plain file name"),
         (lambda c: c["models"][0].update(source="s3"), "models[0].source: 's3' is not one of"),
         (lambda c: c.update(models=[]), "models: [] should be non-empty"),
         (lambda c: c.pop("models"), "models: required key is missing"),

@@ -88,7 +88,7 @@ def closed_port_url() -> str:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".part", ".staged")))
 
 
 def test_fetch_sources_records_lock_then_reverifies(
@@ -97,7 +97,7 @@ def test_fetch_sources_records_lock_then_reverifies(
     raw, lock_file = tmp_path / "raw", tmp_path / "data" / "datasets.lock.json"
     names = list(REFERENCE_FILES)
 
-    paths = fetch_sources(names, raw, lock_file, url_overrides=overrides)
+    paths = fetch_sources(names, raw, lock_file, url_overrides=overrides, pin_new=True)
 
     assert set(paths) == set(names)
     assert paths["xstest_safe"] == paths["xstest_unsafe"]  # one file, two sources
@@ -120,7 +120,7 @@ def test_fetch_sources_records_lock_then_reverifies(
 
 def test_lock_mismatch_is_refused_and_leaves_no_file(tmp_path: Path, overrides: dict[str, str]) -> None:
     raw, lock_file = tmp_path / "raw", tmp_path / "lock.json"
-    fetch_sources(["advbench"], raw, lock_file, url_overrides=overrides)
+    fetch_sources(["advbench"], raw, lock_file, url_overrides=overrides, pin_new=True)
     good = read_lock(lock_file)["advbench"]["sha256"]
 
     (raw / "advbench.csv").unlink()
@@ -136,7 +136,7 @@ def test_lock_mismatch_is_refused_and_leaves_no_file(tmp_path: Path, overrides: 
 
 def test_tampered_local_file_is_refused(tmp_path: Path, overrides: dict[str, str]) -> None:
     raw, lock_file = tmp_path / "raw", tmp_path / "lock.json"
-    paths = fetch_sources(["advbench"], raw, lock_file, url_overrides=overrides)
+    paths = fetch_sources(["advbench"], raw, lock_file, url_overrides=overrides, pin_new=True)
     with open(paths["advbench"], "a", encoding="utf-8") as handle:
         handle.write("Do something harmless,Sure\n")
     with pytest.raises(ChecksumMismatchError, match="advbench.csv"):
@@ -165,7 +165,8 @@ def test_unreachable_host_is_a_clear_network_error(tmp_path: Path, closed_port_u
     assert _leftovers(tmp_path) == []
 
     with pytest.raises(NetworkUnavailableError, match="unreachable"):
-        fetch_sources(["advbench"], tmp_path / "raw", tmp_path / "lock.json", {"advbench": closed_port_url})
+        fetch_sources(["advbench"], tmp_path / "raw", tmp_path / "lock.json", {"advbench": closed_port_url},
+                      pin_new=True)
     assert not (tmp_path / "lock.json").exists()
 
 
@@ -283,3 +284,66 @@ def test_build_unpaired_pairs_is_deterministic(shared_dir: Path) -> None:
 
     with pytest.raises(ValueError, match="exceeds"):
         build_unpaired_pairs(harmful, benign, n_pairs=len(benign) + 1, seed=0)
+
+
+def test_an_unpinned_set_is_refused_unless_pinning_is_asked_for(tmp_path: Path, overrides: dict[str, str]) -> None:
+    from harmmed.datasets.public_datasets import UnpinnedSourceError
+
+    raw, lock_file = tmp_path / "raw", tmp_path / "lock.json"
+    with pytest.raises(UnpinnedSourceError, match=r"no digest pinned for advbench.*prompts.public.pin_new: true"):
+        fetch_sources(["advbench"], raw, lock_file, url_overrides=overrides)
+    assert not lock_file.exists() and not raw.exists()
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "http://example.org/advbench.csv", "ftp://x/advbench.csv"])
+def test_an_override_must_be_https(tmp_path: Path, url: str) -> None:
+    from harmmed.config import ConfigError, validate_config
+
+    with pytest.raises(ValueError, match=r"url_overrides.advbench: .* is not an https:// URL.*local_files.advbench"):
+        fetch_sources(["advbench"], tmp_path / "raw", tmp_path / "lock.json", url_overrides={"advbench": url},
+                      pin_new=True)
+    assert not (tmp_path / "raw").exists()
+    with pytest.raises(ConfigError, match="is not an https:// URL"):
+        validate_config({"models": [{"name": "m", "source": "local", "path": "x"}],
+                         "prompts": {"public": {"url_overrides": {"advbench": url}}}})
+
+
+def test_a_local_file_is_checked_and_pinned_like_a_download(tmp_path: Path, shared_dir: Path) -> None:
+    raw, lock_file = tmp_path / "raw", tmp_path / "lock.json"
+    local = {"advbench": str(shared_dir / "advbench.csv")}
+    paths = fetch_sources(["advbench"], raw, lock_file, local_files=local, pin_new=True)
+    assert read_lock(lock_file)["advbench"]["sha256"] == sha256_file(shared_dir / "advbench.csv")
+    assert paths["advbench"].read_bytes() == (shared_dir / "advbench.csv").read_bytes()
+
+
+@pytest.mark.parametrize("content", ["", "goal,target\n", "not,the,columns\n1,2,3\n"])
+def test_a_set_that_does_not_parse_leaves_nothing_cached_or_pinned(tmp_path: Path, content: str) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content, encoding="utf-8")
+    raw, lock_file = tmp_path / "raw", tmp_path / "lock.json"
+    with pytest.raises(ValueError, match="advbench"):
+        fetch_sources(["advbench"], raw, lock_file, local_files={"advbench": str(bad)}, pin_new=True)
+    assert not lock_file.exists() and sorted(p.name for p in raw.iterdir()) == []
+
+
+def test_a_git_blob_pin_checks_the_bytes_and_records_their_sha256(tmp_path: Path, shared_dir: Path) -> None:
+    from harmmed.datasets.public_datasets import git_blob_id
+
+    reference = shared_dir / "advbench.csv"
+    raw, lock_file = tmp_path / "raw", tmp_path / "lock.json"
+    lock_file.write_text(json.dumps({"advbench": {"url": "https://x/advbench.csv", "git_blob": "0" * 40}}))
+    with pytest.raises(ChecksumMismatchError, match="expected git blob 0000"):
+        fetch_sources(["advbench"], raw, lock_file, local_files={"advbench": str(reference)})
+    assert not (raw / "advbench.csv").exists()
+    lock_file.write_text(json.dumps({"advbench": {"url": "https://x/advbench.csv", "git_blob": git_blob_id(reference)}}))
+    fetch_sources(["advbench"], raw, lock_file, local_files={"advbench": str(reference)})
+    assert read_lock(lock_file)["advbench"]["sha256"] == sha256_file(reference)
+
+
+def test_the_shipped_lock_pins_sets_by_their_canonical_bytes(shared_dir: Path) -> None:
+    """data/datasets.lock.json ships with pins, so no default download is trusted on first use;
+    XSTest's reference copy is the canonical file of the pinned commit."""
+    shipped = read_lock(Path(__file__).resolve().parents[1] / "data" / "datasets.lock.json")
+    assert {"alpaca", "xstest_safe", "xstest_unsafe"} <= set(shipped)
+    assert shipped["xstest_safe"]["sha256"] == sha256_file(shared_dir / "xstest_prompts.csv")
+    assert len(shipped["alpaca"]["git_blob"]) == 40

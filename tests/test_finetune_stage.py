@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from tiny import save_tiny_model, write_tiny_pairs
 
@@ -129,3 +130,25 @@ def test_recovery_tables_and_figure(setup) -> None:
     assert "gate_recall_at_4" in set(own["statistic"]) and "behaviour_check" in set(own["statistic"])
     stages.recovery_figure([str(t) for t in tables], work / "figures/recovery.png")
     assert (work / "figures/recovery.png").stat().st_size > 1000
+
+
+def test_a_changed_training_setting_reruns_only_that_fine_tune(setup, tmp_path) -> None:
+    """Through the workflow: the fine-tune's params carry its spec, so editing its learning rate
+    reruns that fine-tune (and what reads it), not the base model's download or the other plant."""
+    from test_workflow import snakemake
+
+    work, cfg = setup
+    raw = {key: cfg[key] for key in ("models", "prompts", "metrics", "neuron", "finetune", "recovery", "effects")}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    targets = ("results/plant/manifest.json", "results/gate/manifest.json")
+    done = snakemake(tmp_path, config, *targets)
+    assert done.returncode == 0, done.stderr[-4000:]
+    raw["models"][1] = {**raw["models"][1], "lr": 2e-2}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    dry = snakemake(tmp_path, edited, *targets, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-4000:]
+    planned = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
+    assert planned == {"finetune_model"} and dry.stdout.count("rule finetune_model:") == 1
+    assert "results/plant/manifest.json" in dry.stdout and "results/gate/manifest.json" not in dry.stdout

@@ -137,8 +137,8 @@ def test_make_judge_dispatches_without_downloads(monkeypatch, tmp_path: Path) ->
         seen["fetched"] = spec["name"]
         return {"name": spec["name"], "path": str(tmp_path)}
 
-    def fake_open(record, dtype, device, threads, trust_remote_code, **where):
-        seen["loaded"] = (record["path"], dtype, device, trust_remote_code)
+    def fake_open(record, dtype, device, **where):
+        seen["loaded"] = (record["path"], dtype, device)
         return StubModel(), StubTokenizer()
 
     monkeypatch.setattr(harmmed.models.loading, "fetch_model", fake_fetch)
@@ -146,7 +146,7 @@ def test_make_judge_dispatches_without_downloads(monkeypatch, tmp_path: Path) ->
     spec = {"name": "guard", "source": "local", "path": str(tmp_path)}
     judge = make_judge({"kind": "model", "phrases": PHRASES, "model": spec}, tmp_path)
     assert judge.name == "guard" and seen["fetched"] == "guard"
-    assert seen["loaded"] == (str(tmp_path), "float32", "cpu", False)  # never remote code by default
+    assert seen["loaded"] == (str(tmp_path), "float32", "cpu")
     assert judge.judge(["q"], ["a bomb"]) == [COMPLIANCE]
     with pytest.raises(ValueError, match="judge manifest"):
         make_judge({"kind": "model", "model": spec}, tmp_path, record={"name": "other", "path": "x"})
@@ -245,9 +245,9 @@ def stage_files(tmp: Path, tiny_dir: Path) -> tuple[dict, dict, Path, Path]:
     cfg = validate_config({"models": [{"name": "tiny", "source": "local", "path": str(tiny_dir)}],
                            "prompts": {"pairs_file": str(tmp / "pairs.csv")},
                            "generation": {"max_prompts": 2, "max_new_tokens": 4}})
-    from harmmed.models.checks import weights_digest
+    from harmmed.stages import download_model
 
-    manifest = {"name": "tiny", "path": str(tiny_dir), "refusal_token_ids": [5], "sha256": weights_digest(tiny_dir)}
+    manifest = download_model(cfg, "tiny", tmp / "models", tmp / "manifest.json")  # the checked record
     return cfg, manifest, tmp / "inputs.jsonl", tmp / "gating_units.json"
 
 

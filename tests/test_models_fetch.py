@@ -77,6 +77,7 @@ def test_local_spec_fetch_and_load(tiny_dir: Path, tmp_path: Path) -> None:
         "path": str(tiny_dir),
         "revision": None,
         "sha256": safetensors_digest(tiny_dir),
+        "files": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(tiny_dir.iterdir())},
     }
     json.dumps(record)  # JSON-able
     weights = hashlib.sha256((tiny_dir / "model.safetensors").read_bytes()).hexdigest()
@@ -112,7 +113,7 @@ def test_hub_revision_must_be_a_commit(revision: str | None) -> None:
         ({"name": "../escape"}, "name"),
         ({"dtype": "float64"}, "dtype"),
         ({"device": "gpu"}, "device"),
-        ({"trust_remote_code": "yes"}, "trust_remote_code"),
+        ({"trust_remote_code": True}, "trust_remote_code"),
         ({"wheel_sha256": "abc"}, "wheel_sha256"),
         ({"package": "--index-url=http://evil"}, "package"),
         ({"gguf_file": ""}, "gguf_file"),
@@ -125,7 +126,7 @@ def test_bad_spec_names_the_key(change: dict[str, object], key: str) -> None:
 
 def test_spec_defaults() -> None:
     spec = validate_spec({**SMOL, "wheel_sha256": SMOL["wheel_sha256"].upper()})
-    assert spec["dtype"] == "float32" and spec["device"] == "cpu" and spec["trust_remote_code"] is False
+    assert spec["dtype"] == "float32" and spec["device"] == "cpu" and "trust_remote_code" not in spec
     assert spec["wheel_sha256"] == SMOL["wheel_sha256"]
 
 

@@ -208,15 +208,9 @@ def tiny_stage(tmp_path_factory):
         "token": {"split": "all", "max_pairs": 2},
         "probe": {"folds": 3},
     })
-    from transformers import AutoTokenizer
+    from harmmed.stages import download_model
 
-    from harmmed.patching.metrics import refusal_token_ids
-
-    tokenizer = AutoTokenizer.from_pretrained(work / "model")
-    from harmmed.models.checks import weights_digest
-
-    manifest = {"name": "tiny", "path": str(work / "model"), "n_layers": 4, "sha256": weights_digest(work / "model"),
-                "refusal_token_ids": refusal_token_ids(tokenizer, ["Sorry", "I cannot"])}
+    manifest = download_model(cfg, "tiny", work / "models", work / "manifest.json")  # the checked record
     prepare_prompts(cfg, manifest, work / "pairs.csv", work / "inputs.jsonl", work / "dropped.csv")
     return work, cfg, manifest
 

@@ -342,8 +342,8 @@ def read_inputs(results: Path) -> dict[str, dict]:
 def unpaired_run(tmp_path_factory, mirror):
     workdir = tmp_path_factory.mktemp("unpaired")
     save_tiny_model(workdir / "tiny-model")
-    public = {"enabled": True, "lock_file": str(workdir / "lock.json"), "harmful": ["advbench"], "benign": ["alpaca"],
-              "n_pairs": 8, "seed": 3, "url_overrides": {"advbench": f"{mirror}/advbench.csv",
+    public = {"enabled": True, "lock_file": str(workdir / "lock.json"), "pin_new": True,  # a fresh lock: pin first use
+              "harmful": ["advbench"], "benign": ["alpaca"], "n_pairs": 8, "seed": 3, "url_overrides": {"advbench": f"{mirror}/advbench.csv",
                                                           "alpaca": f"{mirror}/alpaca_processed.json"}}
     config = workflow_config(workdir, {"mode": "unpaired", "public": public},
                              {"layer_positions": ["post", "last"], "module_positions": ["post"],

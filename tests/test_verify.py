@@ -187,3 +187,42 @@ def test_report_holds_the_figures_of_the_stages_the_model_ran(tmp_path):
     (tmp_path / "screen_heatmap.png").unlink()
     with pytest.raises(BundleError, match="screen_heatmap.png was not regenerated"):
         write_report(tmp_path, "plant", ["screen"])
+
+
+def test_make_verify_never_rewrites_the_record_it_checks(verified_run, tmp_path):
+    """make verify runs only the verify rules: a table edited after the run fails on its digest,
+    and provenance.json is not recomputed over the edit."""
+    workdir, config = verified_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)  # with .snakemake: the run's metadata
+    results = copy / "results" / "tiny"
+    record = (results / "provenance.json").read_bytes()
+    lines = (results / "layer.csv").read_text().splitlines(keepends=True)
+    cells = lines[-1].rstrip("\n").split(",")
+    cells[-2] = f"{float(cells[-2]) + 0.5:.9g}"  # y_patched of the last row, likely never sampled
+    lines[-1] = ",".join(cells) + "\n"
+    (results / "layer.csv").write_text("".join(lines))
+    done = snakemake(copy, config, "--allowed-rules", "verify", "verify_all", "--", "verify_all")
+    assert done.returncode != 0
+    assert "sha256 results/layer.csv" in (copy / "logs" / "verify" / "tiny.log").read_text()
+    assert (results / "provenance.json").read_bytes() == record
+
+
+def test_verify_warns_on_a_foreign_commit_and_fails_on_an_edited_config(verified_run, tmp_path, monkeypatch):
+    from harmmed.review.verify import VerificationFailed
+
+    workdir, config = verified_run
+    results = _copy(workdir, tmp_path, monkeypatch) / "results" / "tiny"
+    record = json.loads((results / "provenance.json").read_text())
+    record["git"]["commit"] = "0123456789abcdef0123456789abcdef01234567"
+    record["versions"]["torch"] = "0.0.1"
+    (results / "provenance.json").write_text(json.dumps(record))
+    _verify(config)  # the results still match their digests: warnings only
+    report = Path("verification.md").read_text()
+    assert "| recorded commit | WARN | 0123456789abcdef0123456789abcdef01234567 is not in this repository's" in report
+    assert "| package versions | WARN | torch 0.0.1 recorded," in report and "**PASS**" in report
+
+    record["config"]["claims"]["thresholds"]["C3_gate_share"] = 0.1
+    (results / "provenance.json").write_text(json.dumps(record))
+    with pytest.raises(VerificationFailed, match="provenance config"):
+        _verify(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from tiny import save_tiny_model, write_tiny_pairs
+from tiny import TINY_CATEGORIES, save_tiny_model, write_tiny_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -24,7 +25,7 @@ def tiny_config(workdir: Path) -> Path:
     write_tiny_pairs(workdir / "pairs.csv")
     config = {
         "models": [{"name": "tiny", "source": "local", "path": str(workdir / "tiny-model")}],
-        "prompts": {"pairs_file": str(workdir / "pairs.csv")},
+        "prompts": {"pairs_file": str(workdir / "pairs.csv"), "categories": TINY_CATEGORIES},
         "metrics": {"refusal_phrases": ["Sorry", "I cannot"]},
         "mediation": {"max_pairs": 4, "windows": [1, 3], "heatmap": {"n_pairs": 1}},
         "neuron": {"block_size": 16, "random_draws": 10},
@@ -116,6 +117,70 @@ def test_second_run_has_nothing_to_do(tiny_run):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
+def planned_jobs(workdir: Path, config: Path) -> set[str]:
+    """The rules a dry run would run (Snakemake's default rerun triggers: files, params, code)."""
+    done = snakemake(workdir, config, "--dry-run")
+    assert done.returncode == 0, done.stderr[-4000:]
+    text = done.stdout + done.stderr
+    if "Nothing to be done" in text:
+        return set()
+    table = text.split("job ", 1)[1].split("total", 1)[0]
+    return {line.split()[0] for line in table.splitlines()[2:] if line.strip()}
+
+
+def changed_config(workdir: Path, config: Path, name: str, edit) -> Path:
+    """A copy of the tiny config with ``edit`` applied, beside it."""
+    settings = yaml.safe_load(config.read_text(encoding="utf-8"))
+    edit(settings)
+    path = workdir / f"config-{name}.yaml"
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return path
+
+
+MODEL_STAGES = {"mediate_layer", "mediate_module", "mediate_heatmap", "mediate_neuron", "mediate_token", "probe",
+                "screen_units", "gating", "neuron_sparsity", "mediate_claims", "generate_and_judge"}
+
+
+def test_a_changed_setting_reruns_what_reads_it_and_nothing_else(tiny_run):
+    workdir, config = tiny_run
+
+    def windows(cfg):
+        cfg["mediation"]["windows"] = [1]
+
+    def threshold(cfg):
+        cfg.setdefault("claims", {}).setdefault("thresholds", {})["C3_gate_share"] = 0.4
+
+    def ci(cfg):
+        cfg["effects"]["ci"] = 0.9
+
+    planned = planned_jobs(workdir, changed_config(workdir, config, "windows", windows))
+    assert {"mediate_module", "mediate_claims", "claims"} <= planned  # and the tables made from them
+    assert not planned & {"download_model", "prepare_prompts", "mediate_layer", "mediate_neuron", "probe",
+                          "screen_units", "mediate_token", "gating"}
+    planned = planned_jobs(workdir, changed_config(workdir, config, "threshold", threshold))
+    assert planned == {"claims", "calibration", "provenance", "all"}
+    planned = planned_jobs(workdir, changed_config(workdir, config, "ci", ci))
+    assert {"claims", "figures", "neuron_figures", "generate_and_judge"} <= planned
+    assert not planned & (MODEL_STAGES - {"generate_and_judge"})
+
+
+def test_a_changed_model_or_pairs_file_reruns_what_came_from_it(tiny_run):
+    workdir, config = tiny_run
+    shutil.copytree(workdir / "tiny-model", workdir / "other-model", dirs_exist_ok=True)
+    shutil.copyfile(workdir / "pairs.csv", workdir / "other-pairs.csv")
+
+    def model(cfg):
+        cfg["models"][0]["path"] = str(workdir / "other-model")
+
+    def pairs(cfg):
+        cfg["prompts"]["pairs_file"] = str(workdir / "other-pairs.csv")
+
+    planned = planned_jobs(workdir, changed_config(workdir, config, "model", model))
+    assert {"download_model", "prepare_prompts"} | MODEL_STAGES <= planned
+    planned = planned_jobs(workdir, changed_config(workdir, config, "pairs", pairs))
+    assert {"prepare_prompts", "mediate_token"} | MODEL_STAGES <= planned and "download_model" not in planned
+
+
 def test_rerun_is_byte_identical(tiny_run):
     workdir, config = tiny_run
     results = workdir / "results" / "tiny"
@@ -156,6 +221,7 @@ def test_bad_config_is_refused_before_any_job(tmp_path):
     config.write_text(yaml.safe_dump(bad))
     done = snakemake(tmp_path, config, "--dry-run")
     assert done.returncode != 0 and "mediation.windows" in done.stdout + done.stderr
+    assert str(config) in done.stdout + done.stderr  # the message names the file the key is in
     assert not (tmp_path / "results").exists()
 
 

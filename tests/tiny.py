@@ -81,6 +81,9 @@ TINY_PAIRS = [
 ]
 
 
+TINY_CATEGORIES = sorted({row[0] for row in TINY_PAIRS})  # declare them in prompts.categories
+
+
 def write_tiny_pairs(path) -> None:
     import csv
 

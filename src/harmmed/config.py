@@ -29,6 +29,9 @@ from jsonschema import validators
 
 __all__ = [
     "ConfigError",
+    "ModelSettingError",
+    "check_model_settings",
+    "model_spec",
     "DEFAULT_SCHEMA_PATH",
     "default_schema_path",
     "load_config",
@@ -165,6 +168,10 @@ def _error_lines(error: jsonschema.ValidationError, root: Any) -> list[str]:
     if kind == "not" and error.validator_value == {"multipleOf": 2}:
         return [f"{path}: {instance!r} must be odd"]
 
+    if kind == "pattern" and path.endswith((".name", ".base")):
+        return [f"{path}: {instance!r} is not a plain file name (letters, digits, '.', '_', '-', starting with a "
+                "letter or digit): it names folders under results/ and data/models/"]
+
     return [f"{path}: {error.message}"]
 
 
@@ -191,12 +198,18 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
     mediation = cfg.get("mediation") or {}
     if (prompts.get("public") or {}).get("enabled") and prompts.get("mode") == "minimal":
         problems.append("prompts.mode: public benchmark prompts are not minimal pairs; set mode: unpaired or noise")
-    overrides = (prompts.get("public") or {}).get("url_overrides") or {}
-    if overrides:
-        from .datasets.public_datasets import SOURCES
+    public = prompts.get("public") or {}
+    if public.get("url_overrides") or public.get("local_files"):
+        from .datasets.public_datasets import SOURCES, check_override_url
 
-        for name in sorted(set(overrides) - set(SOURCES)):
-            problems.append(f"prompts.public.url_overrides.{name}: unknown source name; known: {', '.join(sorted(SOURCES))}")
+        for key in ("url_overrides", "local_files"):
+            for name in sorted(set(public.get(key) or {}) - set(SOURCES)):
+                problems.append(f"prompts.public.{key}.{name}: unknown source name; known: {', '.join(sorted(SOURCES))}")
+        for name, url in sorted((public.get("url_overrides") or {}).items()):
+            try:
+                check_override_url(name, url)
+            except ValueError as err:
+                problems.append(str(err))
     if prompts.get("mode") == "unpaired":
         for key in ("layer_positions", "module_positions"):
             if "all" in (mediation.get(key) or []):
@@ -265,6 +278,7 @@ def validate_config(
         )
 
     schema, validator_class = _compiled_schema(schema_path)
+    _parse_inline_sections(cfg, schema)
     validator = validator_class(schema)
 
     filled = copy.deepcopy(cfg)
@@ -288,15 +302,36 @@ def validate_config(
     return cfg
 
 
+def _parse_inline_sections(cfg: dict[str, Any], schema: Mapping[str, Any]) -> None:
+    """A section given on the command line as one string (``--config 'effects={ci: 0.9}'``)
+    is parsed as YAML when the schema wants a mapping there."""
+    for key, value in list(cfg.items()):
+        wanted = (schema.get("properties") or {}).get(key) or {}
+        if isinstance(value, str) and wanted.get("type") == "object" and value.lstrip().startswith("{"):
+            try:
+                parsed = yaml.load(value, Loader=_SafeLoader)  # noqa: S506 (safe loader)
+            except yaml.YAMLError:
+                continue  # left as it is: the schema names the key
+            if isinstance(parsed, dict):
+                cfg[key] = parsed
+
+
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line, with the line and column where it was found."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict[str, Any]:
     """Read a YAML config file, validate it and return it with defaults filled in."""
     path = Path(path)
     try:
         cfg = _read_yaml(path)
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config {path} is not valid YAML: {yaml_error_line(exc)}") from exc
     if cfg is None:
         raise ConfigError(f"config {path} is empty")
     return validate_config(cfg, schema_path, source=path)
@@ -308,3 +343,58 @@ def model_spec(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
         if spec["name"] == name:
             return spec
     raise KeyError(f"models: no model named {name!r}")
+
+
+class ModelSettingError(ValueError):
+    """A setting that depends on the model does not fit it (a window wider than the model, more
+    units than a layer has)."""
+
+
+def check_model_settings(cfg: Mapping[str, Any], manifest: Mapping[str, Any], sections: Iterable[str],
+                         where: str = "the config") -> None:
+    """The numeric settings of config ``sections`` that depend on the model, against its
+    manifest, before any computation: each problem names its key, the value and the limit."""
+    n_layers, d_mlp, name = int(manifest["n_layers"]), int(manifest["d_mlp"]), manifest["name"]
+    units = "MLP units of a layer"
+    checks: dict[str, list[tuple[str, Any, int | None, str]]] = {  # key, value(s), limit (None: a layer index), what
+        "mediation": [("mediation.windows", cfg["mediation"]["windows"], n_layers, "layers")],
+        "neuron": [("neuron.extra_layers", cfg["neuron"]["extra_layers"], None, ""),
+                   ("neuron.block_size", cfg["neuron"]["block_size"], d_mlp, units)],
+        "gating": [("gating.top_k", cfg["gating"]["top_k"], d_mlp, units)],
+        "screen": [("screen.per_position_layers", cfg["screen"]["per_position_layers"], None, ""),
+                   ("screen.top_k", cfg["screen"]["top_k"], d_mlp, units),
+                   ("screen.held_out.k", cfg["screen"]["held_out"]["k"], d_mlp, units),
+                   ("screen.held_out.block_size", cfg["screen"]["held_out"]["block_size"], d_mlp, units)],
+    }
+    problems = []
+    for section in sections:
+        for key, values, limit, what in checks.get(section, []):
+            for value in values if isinstance(values, list) else [values]:
+                if limit is None and not -n_layers <= value < n_layers:
+                    problems.append(f"{key}: layer {value} is outside {name}'s {n_layers} layers "
+                                    f"({-n_layers}..{n_layers - 1}, negative counts from the end)")
+                elif limit is not None and value > limit:
+                    problems.append(f"{key}: {value} is more than the {limit} {what} of {name}")
+    if problems:
+        raise ModelSettingError(f"{where} does not fit model {name}: " + "; ".join(problems))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harmmed.config FILE``: check a config file before any workflow runs; one line
+    on failure (the file, the key or the YAML line), exit status 2."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m harmmed.config CONFIG.yaml", file=sys.stderr)
+        return 2
+    try:
+        load_config(args[0])
+    except ConfigError as err:
+        print(f"error: {' '.join(str(err).split())}" if "\n" not in str(err) else f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,7 +18,6 @@ rule calibration:
     conda:
         "../../envs/analysis.yaml"
     params:
-        expected={m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
-        metric=config["calibration"]["metric"],
+        settings=reads("calibration.metric", "expected_verdicts"),
     script:
         "../scripts/calibration.py"

@@ -14,8 +14,6 @@ rule claims:
     conda:
         "../../envs/analysis.yaml"
     params:
-        thresholds=config["claims"]["thresholds"],
-        effects=config["effects"],
-        probe_level=config["probe"]["accuracy_level"],
+        settings=reads("claims.thresholds", "effects", "probe.accuracy_level"),
     script:
         "../scripts/claims.py"

@@ -31,6 +31,39 @@ def _names_regex(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
+# Config values that are not one key: what the recovery reads of every plant, and the expected
+# verdicts the calibration reads (an edited verdict reruns the calibration, not the recovery).
+DERIVED_SETTINGS = {
+    "plants": lambda: [
+        {k: v for k, v in m.items() if k != "expected_verdicts"} for m in config["models"] if m["source"] == "finetune"
+    ],
+    "expected_verdicts": lambda: {m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
+}
+
+
+def reads(*keys, model=False):
+    """A rule's ``params``: a digest of exactly the config values the rule's stage reads (dotted
+    ``keys``, or a name of DERIVED_SETTINGS) and, with ``model``, the model's own entry of
+    ``models``. Snakemake's params trigger reruns a job when its digest changes, so a changed
+    setting reruns what it affects and nothing else."""
+
+    def digest(wildcards):
+        values = {}
+        for key in keys:
+            if key in DERIVED_SETTINGS:
+                values[key] = DERIVED_SETTINGS[key]()
+                continue
+            value = config
+            for part in key.split("."):
+                value = value[part]
+            values[key] = value
+        if model:
+            values["models"] = model_spec(config, wildcards.model)
+        return config_digest(values)
+
+    return digest
+
+
 def results(path):
     """``results/<model>/<path>`` for every configured model."""
     return expand(f"results/{{model}}/{path}", model=MODELS)

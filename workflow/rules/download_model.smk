@@ -14,5 +14,7 @@ rule download_model:
     threads: 1
     resources:
         mem_mb=download_mem_mb,
+    params:
+        settings=reads("metrics.refusal_phrases", model=True),
     script:
         "../scripts/download_model.py"

@@ -21,6 +21,8 @@ rule figures:
         "benchmarks/figures/{model}.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        settings=reads("effects"),
     script:
         "../scripts/figures.py"
 
@@ -39,5 +41,7 @@ rule cross_model_figure:
         "benchmarks/cross_model_figure/all.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        settings=reads("effects"),
     script:
         "../scripts/cross_model_figure.py"

@@ -24,10 +24,15 @@ rule finetune_model:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        spec=lambda w: FINETUNED[w.model],
-        check=config["finetune"],
-        prompts=config["prompts"],
-        phrases=config["metrics"]["refusal_phrases"],
-        judge_phrases=config["generation"]["judge"]["phrases"],
+        settings=reads(
+            "finetune",
+            "prompts.pairs_file",
+            "prompts.mode",
+            "prompts.discovery_fraction",
+            "prompts.split_seed",
+            "metrics.refusal_phrases",
+            "generation.judge.phrases",
+            model=True,
+        ),
     script:
         "../scripts/finetune_model.py"

@@ -15,6 +15,8 @@ rule download_judge:
     conda:
         "../../envs/prepare.yaml"
     threads: 1
+    params:
+        settings=reads("generation.judge"),
     script:
         "../scripts/download_judge.py"
 
@@ -44,6 +46,8 @@ rule generate_and_judge:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:
+        settings=reads("generation", "effects.ci", "engine", model=True),
     script:
         "../scripts/generate_and_judge.py"
 

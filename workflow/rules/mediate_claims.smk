@@ -23,8 +23,16 @@ rule mediate_claims:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        claims={k: v for k, v in config["claims"].items() if k != "thresholds"},
-        positions=config["mediation"]["module_positions"][0],
-        min_abs_te=config["effects"]["min_abs_te"],
+        settings=reads(
+            "claims.split",
+            "claims.max_pairs",
+            "claims.top_fraction",
+            "claims.random_draws",
+            "claims.seed",
+            "mediation.module_positions",
+            "effects.min_abs_te",
+            "engine",
+            model=True,
+        ),
     script:
         "../scripts/mediate_claims.py"

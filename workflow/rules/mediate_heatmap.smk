@@ -20,8 +20,9 @@ rule mediate_heatmap:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "heatmap")},
-        mode=config["prompts"]["mode"],
+    params:
+        settings=reads(
+            "mediation.split", "mediation.max_pairs", "mediation.heatmap", "prompts.mode", "engine", model=True
+        ),
     script:
         "../scripts/mediate_heatmap.py"

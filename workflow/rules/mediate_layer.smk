@@ -21,7 +21,14 @@ rule mediate_layer:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings={k: config["mediation"][k] for k in ("split", "max_pairs", "layer_positions", "severed_positions")},
+    params:
+        settings=reads(
+            "mediation.split",
+            "mediation.max_pairs",
+            "mediation.layer_positions",
+            "mediation.severed_positions",
+            "engine",
+            model=True,
+        ),
     script:
         "../scripts/mediate_layer.py"

@@ -18,7 +18,14 @@ rule mediate_module:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings={k: config["mediation"][k] for k in ("split", "module_max_pairs", "module_positions", "windows")},
+    params:
+        settings=reads(
+            "mediation.split",
+            "mediation.module_max_pairs",
+            "mediation.module_positions",
+            "mediation.windows",
+            "engine",
+            model=True,
+        ),
     script:
         "../scripts/mediate_module.py"

@@ -19,10 +19,16 @@ rule mediate_neuron:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings={
-            k: config["neuron"][k] for k in ("split", "max_pairs", "extra_layers", "block_size", "block_max_pairs")
-        },
+    params:
+        settings=reads(
+            "neuron.split",
+            "neuron.max_pairs",
+            "neuron.extra_layers",
+            "neuron.block_size",
+            "neuron.block_max_pairs",
+            "engine",
+            model=True,
+        ),
     script:
         "../scripts/mediate_neuron.py"
 
@@ -50,9 +56,8 @@ rule neuron_sparsity:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings=config["neuron"],
-        top_k=config["gating"]["top_k"],
+    params:
+        settings=reads("neuron", "gating.top_k", "engine", model=True),
     script:
         "../scripts/neuron_sparsity.py"
 
@@ -80,9 +85,8 @@ rule gating:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings=config["gating"],
-        discovery={k: config["neuron"][k] for k in ("split", "max_pairs")},
+    params:
+        settings=reads("gating", "neuron.split", "neuron.max_pairs", "engine", model=True),
     script:
         "../scripts/gating.py"
 
@@ -109,5 +113,7 @@ rule neuron_figures:
         "benchmarks/neuron_figures/{model}.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        settings=reads("effects"),
     script:
         "../scripts/neuron_figures.py"

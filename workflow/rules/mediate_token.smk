@@ -19,8 +19,8 @@ rule mediate_token:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
-    params:  # the config keys the stage reads, so changing one reruns it
-        settings=config["token"],
+    params:
+        settings=reads("token", "engine", model=True),
     script:
         "../scripts/mediate_token.py"
 

@@ -9,12 +9,14 @@ rule fetch_public_datasets:
         "benchmarks/fetch_public_datasets/all.tsv"
     conda:
         "../../envs/prepare.yaml"
-    params:  # every key the stage reads, so changing one reruns it (url_overrides only say where the pinned bytes are)
-        harmful=PUBLIC["harmful"],
-        benign=PUBLIC["benign"],
-        n_pairs=PUBLIC["n_pairs"],
-        seed=PUBLIC["seed"],
-        lock_file=PUBLIC["lock_file"],
+    params:
+        settings=reads(
+            "prompts.public.harmful",
+            "prompts.public.benign",
+            "prompts.public.n_pairs",
+            "prompts.public.seed",
+            "prompts.public.lock_file",
+        ),
     script:
         "../scripts/fetch_public_datasets.py"
 
@@ -34,11 +36,13 @@ rule prepare_prompts:
         "benchmarks/prepare_prompts/{model}.tsv"
     conda:
         "../../envs/prepare.yaml"
-    params:  # every config key the stage reads
-        mode=config["prompts"]["mode"],
-        split_seed=config["prompts"]["split_seed"],
-        discovery_fraction=config["prompts"]["discovery_fraction"],
-        request_span=PUBLIC["enabled"],
-        noise=config["noise"] if config["prompts"]["mode"] == "noise" else None,
+    params:
+        settings=reads(
+            "prompts.mode",
+            "prompts.split_seed",
+            "prompts.discovery_fraction",
+            "prompts.public.enabled",
+            *(["noise"] if config["prompts"]["mode"] == "noise" else []),
+        ),
     script:
         "../scripts/prepare_prompts.py"

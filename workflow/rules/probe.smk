@@ -18,6 +18,8 @@ rule probe:
         gpu=MODEL_GPUS,
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
+    params:
+        settings=reads("probe.split", "probe.max_pairs", "probe.folds", "probe.C", "probe.seed", "engine", model=True),
     script:
         "../scripts/probe.py"
 
@@ -42,5 +44,7 @@ rule probe_figure:
     conda:
         "../../envs/analysis.yaml"
     threads: 1
+    params:
+        settings=reads("probe.accuracy_level"),
     script:
         "../scripts/probe_figure.py"

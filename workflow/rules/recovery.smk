@@ -21,9 +21,7 @@ rule recovery:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        recovery=config["recovery"],
-        plants=[m for m in config["models"] if m["source"] == "finetune"],
-        metric=config["gating"]["metric"],
+        settings=reads("recovery", "gating.metric", "effects", "engine", "plants", model=True),
     script:
         "../scripts/recovery.py"
 

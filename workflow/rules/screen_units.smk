@@ -23,11 +23,7 @@ rule screen_units:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        settings=lambda wildcards: {
-            "screen": config["screen"],
-            "min_abs_te": config["effects"]["min_abs_te"],
-            "engine": config["engine"],
-        },
+        settings=reads("screen", "effects.min_abs_te", "engine", model=True),
     script:
         "../scripts/screen_units.py"
 
@@ -57,6 +53,6 @@ rule screen_figures:
     conda:
         "../../envs/analysis.yaml"
     params:
-        held_out=lambda wildcards: config["screen"]["held_out"],
+        settings=reads("screen.held_out"),
     script:
         "../scripts/screen_figures.py"

@@ -51,7 +51,7 @@ rule verify:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        settings=lambda wildcards: config["verify"],
+        settings=reads("verify", model=True),
     script:
         "../scripts/verify.py"
 

@@ -175,6 +175,52 @@ def encode_pairs(
     return kept, dropped
 
 
+def check_categories(rows: list[dict[str, str]], declared: list[str] | None, path: str | Path,
+                     key: str = "prompts.categories") -> None:
+    """Every row's category must be one of ``declared`` (None: no list declared): a misspelt
+    category would otherwise become a stratum of its own and change the split."""
+    if declared is None:
+        return
+    for row_number, row in enumerate(rows, start=2):
+        if row["category"] not in declared:
+            raise PromptFileError(f"{path}, row {row_number}, column 'category': {row['category']!r} is not a declared "
+                                  f"category ({key}: {', '.join(declared)}); correct the row or declare it")
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """The tokenizer's special tokens (the chat template's control tokens among them)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special = set(tokenizer.all_special_tokens) | {str(t.content) for t in added.values() if getattr(t, "special", False)}
+    return sorted(t for t in special if t)
+
+
+def check_control_tokens(rows: list[dict[str, str]], tokenizer, path: str | Path) -> None:
+    """A prompt or target must not contain the chat template's control tokens: they would be
+    encoded as real control tokens and change the conversation's structure."""
+    tokens = control_tokens(tokenizer)
+    for row_number, row in enumerate(rows, start=2):
+        for column in ("harmful", "benign", "harmful_target", "benign_target"):
+            found = [t for t in tokens if t in row[column]]
+            if found:
+                raise PromptFileError(f"{path}, row {row_number}, column {column!r}: contains the tokenizer's control "
+                                      f"token(s) {', '.join(found)}; remove them from the text")
+
+
+def check_lengths(pairs: list[EncodedPair], rows: list[dict[str, str]], limit: int | None, path: str | Path,
+                  model: str) -> None:
+    """Prompt plus target must fit the model's context (its position embeddings), or the model
+    would score positions it was never trained on."""
+    if not limit:
+        return
+    row_of = {row["pair_id"]: n for n, row in enumerate(rows, start=2)}
+    for pair in pairs:
+        length = max(len(pair.harmful_ids), len(pair.benign_ids)) + len(pair.target_ids)
+        if length > limit:
+            raise PromptFileError(f"{path}, row {row_of[pair.pair_id]} ({pair.pair_id}): {length} tokens with the chat "
+                                  f"template and the target, but {model} takes at most {limit}; shorten the row or "
+                                  "remove it")
+
+
 def split_pairs(rows: list[dict[str, str]], discovery_fraction: float, seed: int) -> dict[str, str]:
     """Seeded split, stratified by category so both splits cover every harm category.
 

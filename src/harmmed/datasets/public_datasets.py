@@ -1,10 +1,10 @@
 """Public prompt sources for the unpaired mode, pinned and verified.
 
 Every entry of :data:`SOURCES` points at an immutable URL: a GitHub raw URL that
-names a full commit hash, or a Hugging Face ``resolve/<commit>`` URL. The commit
-hashes are pinned here, in the registry; the sha256 of each file is not known in
-advance (mirrors re-save files) and is recorded in the lock file on the first
-verified download, then enforced on every later download or reuse.
+names a full commit hash, or a Hugging Face ``resolve/<commit>`` URL. The lock file
+(shipped in ``data/datasets.lock.json``) pins each file's bytes, by sha256 or by the git
+blob id the pinned commit's tree lists; a set without a pin is refused unless the user
+asks to pin what its URL serves now (``prompts.public.pin_new``).
 
 Parsers accept the canonical upstream formats. Some also accept the reference
 copies kept in ``../shared/datasets`` (same data, different columns or a
@@ -14,11 +14,14 @@ pre-processed layout); the format is detected from the columns or keys.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
 import re
+import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,15 +219,27 @@ def get_source(name: str) -> Source:
         ) from None
 
 
+class UnpinnedSourceError(ValueError):
+    """A public set has no digest in the lock file, and pinning new ones was not asked for."""
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def read_lock(lock_file: Path) -> dict[str, dict[str, str]]:
-    """The lock file's entries, or none when it does not exist yet."""
+    """The lock file's entries (``{name: {url, sha256 | git_blob}}``), or none when it does not
+    exist; a malformed file is one clear error naming it."""
     lock_file = Path(lock_file)
     if not lock_file.exists():
         return {}
-    with open(lock_file, encoding="utf-8") as handle:
-        data = json.load(handle)
-    if not isinstance(data, dict):
-        raise ValueError(f"{lock_file}: expected a JSON object of {{name: {{url, sha256}}}}")
+    try:
+        data = json.loads(lock_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{lock_file}: not a readable JSON lock file ({err}); restore it from git") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and ("sha256" in v or "git_blob" in v)
+                                             for v in data.values()):
+        raise ValueError(f"{lock_file}: expected a JSON object of {{name: {{url, sha256 or git_blob}}}}; "
+                         "restore it from git")
     return data
 
 
@@ -244,53 +259,120 @@ def write_lock(lock_file: Path, entries: Mapping[str, Mapping[str, str]]) -> Non
         Path(tmp).unlink(missing_ok=True)
 
 
+def git_blob_id(path: Path) -> str:
+    """The git blob id (sha1 of ``blob <size>\\0`` and the bytes) of a file: the digest a
+    repository's tree lists for it, so a file served from a pinned commit can be checked
+    without having downloaded it before."""
+    data = Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def check_override_url(name: str, url: str) -> None:
+    """A mirror must be https (http only on this machine's loopback, for a local mirror server);
+    a file on disk goes through ``local_files``, never a ``file://`` URL."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "https" or (parsed.scheme == "http" and parsed.hostname in LOOPBACK_HOSTS):
+        return
+    raise ValueError(f"prompts.public.url_overrides.{name}: {url!r} is not an https:// URL; a file on this machine "
+                     f"goes under prompts.public.local_files.{name}")
+
+
+def _verify_pin(source: Source, path: Path, entry: Mapping[str, str] | None, lock_file: Path, where: str) -> str:
+    """The file's sha256, after checking it against its lock entry (sha256, or a git blob id)."""
+    actual = sha256_file(path)
+    if entry is None:
+        return actual
+    if "sha256" in entry:
+        pinned = normalize_sha256(entry["sha256"], f"{lock_file}: {source.name}.sha256")
+        if actual != pinned:
+            raise ChecksumMismatchError(f"Checksum mismatch for {source.name} ({where}): expected sha256 {pinned} "
+                                        f"from {lock_file}, got {actual}. The file was not kept.")
+    elif git_blob_id(path) != entry["git_blob"]:
+        raise ChecksumMismatchError(f"Checksum mismatch for {source.name} ({where}): expected git blob "
+                                    f"{entry['git_blob']} from {lock_file}, got {git_blob_id(path)}. The file was not kept.")
+    return actual
+
+
 def fetch_sources(
     names: Iterable[str],
     raw_dir: Path,
     lock_file: Path,
     url_overrides: dict[str, str] | None = None,
+    local_files: dict[str, str] | None = None,
+    pin_new: bool = False,
 ) -> dict[str, Path]:
     """Make each named source's file present and verified in ``raw_dir``.
 
-    A file already present is re-hashed against its lock entry rather than fetched
-    again. A missing file is downloaded and checked against the lock entry; with no
-    entry yet, its sha256 is recorded (trust on first verified download). A lock
-    entry always wins over a changed URL: the bytes, not the address, are pinned.
+    A file already present is re-hashed against its lock entry. A missing one is downloaded
+    (or copied from ``local_files``) to a staging name, checked against its lock entry (a
+    sha256, or the git blob id of the pinned commit's file), parsed, and only then moved into
+    ``raw_dir`` and, when new, pinned: a failed set leaves nothing behind. A source with no
+    lock entry is refused unless ``pin_new`` (trust on first use, asked for explicitly).
     """
     names = list(names)
     sources = [get_source(name) for name in names]
-    overrides = dict(url_overrides or {})
-    unknown = sorted(set(overrides) - set(SOURCES))
-    if unknown:
-        raise ValueError(f"url_overrides name unknown source(s) {unknown}; known: {sorted(SOURCES)}")
+    overrides, local = dict(url_overrides or {}), dict(local_files or {})
+    for key, given in (("url_overrides", overrides), ("local_files", local)):
+        unknown = sorted(set(given) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"prompts.public.{key}: unknown source(s) {unknown}; known: {sorted(SOURCES)}")
+    for name, url in overrides.items():
+        check_override_url(name, url)
     raw_dir = Path(raw_dir)
     lock = read_lock(lock_file)
     changed = False
     paths: dict[str, Path] = {}
-    seen: dict[Path, str] = {}  # files hashed in this call; xstest_safe/unsafe share one
+    seen: dict[Path, str] = {}  # files verified in this call; xstest_safe/unsafe share one
     for source in sources:
         url = overrides.get(source.name, source.url)
+        where = local.get(source.name, url)
         path = raw_dir / source.filename
         entry = lock.get(source.name)
-        pinned = normalize_sha256(entry.get("sha256", ""), f"{lock_file}: {source.name}.sha256") if entry else None
-        if path in seen or (path.exists() and pinned is not None):
-            actual = seen[path] if path in seen else sha256_file(path)
-            if pinned is not None and actual != pinned:
-                raise ChecksumMismatchError(
-                    f"Checksum mismatch for {path} (source {source.name}, {url}): expected sha256 "
-                    f"{pinned} from {lock_file}, got {actual}. Delete the file to download it again."
-                )
+        if entry is None and not pin_new:
+            raise UnpinnedSourceError(
+                f"{lock_file}: no digest pinned for {source.name}. Pin it by adding its sha256 (or git blob id) to "
+                f"the lock, or set prompts.public.pin_new: true to record what {where} serves now (trust on first use)")
+        if path in seen:
+            actual = seen[path]
+        elif path.exists() and entry is not None:
+            actual = _verify_pin(source, path, entry, lock_file, str(path))
         else:
-            # Missing, or present but never verified: (re)download, so what we lock is what the URL serves.
-            actual = download(url, path, expected_sha256=pinned)
+            actual = _stage(source, path, url, local.get(source.name), entry, lock_file)
         seen[path] = actual
-        if entry is None:
-            lock[source.name] = {"url": url, "sha256": actual}
+        if entry is None or "sha256" not in entry:
+            lock[source.name] = {**(entry or {}), "url": url, "sha256": actual}
             changed = True
         paths[source.name] = path
     if changed:
         write_lock(lock_file, lock)
     return paths
+
+
+def _stage(source: Source, path: Path, url: str, local: str | None, entry: Mapping[str, str] | None,
+           lock_file: Path) -> str:
+    """Download (or copy) a source to a staging name beside ``path``, verify and parse it, then
+    move it into place; on any failure nothing is left. Returns its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.staged")
+    try:
+        if local is not None:
+            if not Path(local).is_file():
+                raise FileNotFoundError(f"prompts.public.local_files.{source.name}: {local} is not a file")
+            shutil.copyfile(local, staged)
+        else:
+            download(url, staged)
+        actual = _verify_pin(source, staged, entry, lock_file, local or url)
+        try:
+            rows = source.parser(staged)
+        except (ValueError, KeyError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
+            raise ValueError(f"{source.name} from {local or url}: not a {source.name} file ({err}); nothing was "
+                             "kept or pinned") from None
+        if not rows:
+            raise ValueError(f"{source.name} from {local or url}: no prompts parsed; nothing was kept or pinned")
+        os.replace(staged, path)
+        return actual
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def load_prompts(name: str, path: Path) -> list[Prompt]:

@@ -1,5 +1,7 @@
-"""The checks every model load passes first: the weights are the bytes the manifest records,
-and the device the spec asks for exists.
+"""The checks every model load passes: the device the spec asks for exists, every file of the
+model folder (weights, tokenizer, chat template, config) is the bytes the manifest records, and
+the manifest's fields derived from the model (layers, widths, refusal token ids, template) are
+what the loaded model gives.
 
 Kept apart from the loader so provenance and verification can hash weights without torch
 (torch is imported only to look for a CUDA device).
@@ -19,6 +21,16 @@ class WeightsChangedError(RuntimeError):
 
 class DeviceUnavailableError(RuntimeError):
     """A model spec asks for a device this machine does not have."""
+
+
+class ManifestMismatchError(RuntimeError):
+    """A manifest field derived from the model differs from what the loaded model gives."""
+
+
+# Manifest fields read off the loaded model and tokenizer (download_model writes them, every
+# later load re-derives them): a hand-edited manifest can never steer a stage.
+DERIVED_FIELDS = ("architecture", "n_layers", "d_model", "d_mlp", "vocab_size", "max_positions", "chat_template",
+                  "refusal_token_ids", "refusal_tokens")
 
 
 def weights_digest(path: str | os.PathLike[str]) -> str:
@@ -64,3 +76,70 @@ def check_config_devices(cfg: Mapping[str, Any]) -> None:
     """Every model's device, checked before any job starts."""
     for i, spec in enumerate(cfg["models"]):
         check_device(spec.get("device", "cpu"), f"models[{i}].device ({spec['name']})")
+
+
+def model_file_digests(path: str | os.PathLike[str]) -> dict[str, str]:
+    """sha256 of every file of a model folder by name: weights, tokenizer files, chat template,
+    config (hidden files aside)."""
+    from ..io.fetch import sha256_file
+
+    return {f.name: sha256_file(f) for f in sorted(Path(path).iterdir()) if f.is_file() and not f.name.startswith(".")}
+
+
+def check_model_files(manifest: Mapping[str, Any], where: str = "the manifest") -> None:
+    """Fail unless the model folder holds exactly the files, with exactly the bytes, that the
+    manifest records (a tokenizer or chat template edited in place changes every input)."""
+    recorded = manifest.get("files")
+    if not isinstance(recorded, Mapping):
+        raise KeyError(f"model {manifest.get('name')}: {where} records no 'files' digests of the model folder, so "
+                       "its tokenizer and chat template cannot be checked; rerun download_model")
+    actual = model_file_digests(manifest["path"])
+    problems = [f"{name} changed" for name in sorted(recorded.keys() & actual.keys()) if recorded[name] != actual[name]]
+    problems += [f"{name} missing" for name in sorted(recorded.keys() - actual.keys())]
+    problems += [f"{name} added" for name in sorted(actual.keys() - recorded.keys())]
+    if problems:
+        raise WeightsChangedError(
+            f"model {manifest.get('name')}: the model folder {manifest['path']} differs from what {where} records "
+            f"({'; '.join(problems)}). Rerun the workflow from download_model (snakemake --forcerun download_model) "
+            "so every table comes from one model.")
+
+
+def refusal_token_ids(tokenizer: Any, phrases: list[str]) -> list[int]:
+    """First token of each refusal phrase as it would open the response; sorted, unique."""
+    ids: set[int] = set()
+    for phrase in phrases:
+        encoded = tokenizer(phrase, add_special_tokens=False)["input_ids"]
+        if not encoded:
+            raise ValueError(f"metrics.refusal_phrases: {phrase!r} encodes to no tokens")
+        ids.add(int(encoded[0]))
+    return sorted(ids)
+
+
+def derived_fields(model: Any, tokenizer: Any, phrases: list[str]) -> dict[str, Any]:
+    """The manifest fields read off a loaded model and its tokenizer (:data:`DERIVED_FIELDS`)."""
+    from .arch import resolve_sites
+
+    sites = resolve_sites(model)
+    refusal_ids = refusal_token_ids(tokenizer, phrases)
+    return {
+        "architecture": model.config.model_type, "n_layers": sites.n_layers, "d_model": sites.d_model,
+        "d_mlp": sites.d_mlp, "vocab_size": model.get_output_embeddings().weight.shape[0],
+        "max_positions": getattr(model.config, "max_position_embeddings", None), "chat_template": tokenizer.chat_template,
+        "refusal_token_ids": refusal_ids, "refusal_tokens": [tokenizer.convert_ids_to_tokens(i) for i in refusal_ids],
+    }
+
+
+def check_derived_fields(manifest: Mapping[str, Any], model: Any, tokenizer: Any, where: str = "the manifest") -> None:
+    """Fail when a manifest field derived from the model differs from what the model gives."""
+    if "refusal_phrases" not in manifest:
+        raise KeyError(f"model {manifest.get('name')}: {where} records no 'refusal_phrases'; rerun download_model")
+    actual = derived_fields(model, tokenizer, list(manifest["refusal_phrases"]))
+    wrong = [key for key in DERIVED_FIELDS if manifest.get(key) != actual[key]]
+    if wrong:
+        detail = "; ".join(f"{key} is {manifest.get(key)!r} there, the model gives {actual[key]!r}"
+                           for key in wrong if key != "chat_template")
+        if "chat_template" in wrong:
+            detail = "; ".join(filter(None, [detail, "chat_template differs"]))
+        raise ManifestMismatchError(f"model {manifest.get('name')}: {where} does not describe the model at "
+                                    f"{manifest['path']} ({detail}). It was edited by hand or written for another "
+                                    "model; rerun download_model.")

@@ -7,7 +7,7 @@ which one is configured:
   near the start of the response. Free, deterministic, no download.
 * :class:`ModelJudge`: a chat safety classifier such as Llama Guard, loaded from a model spec
   through :func:`harmmed.models.loading.fetch_model` / :func:`harmmed.models.loading.open_model` (safetensors
-  only, ``trust_remote_code`` as the spec says, default false).
+  only, never the model folder's own code).
 
 Verdicts are the strings ``refusal`` and ``compliance``. The two judges answer different
 questions, and the verdicts should be read accordingly: the phrase judge says whether the
@@ -129,8 +129,8 @@ class ModelJudge:
             record = fetch_model(spec, Path(models_dir))
         elif record.get("name") != spec["name"]:
             raise ValueError(f"judge manifest is for {record.get('name')!r}, config names {spec['name']!r}")
-        model, tokenizer = open_model(record, spec["dtype"], spec["device"], None, spec["trust_remote_code"],
-                                      where="the judge's manifest", device_key="generation.judge.model.device")
+        model, tokenizer = open_model(record, spec["dtype"], spec["device"], where="the judge's manifest", device_key="generation.judge.model.device",
+                                      derived=False)
         return cls(model, tokenizer, spec["name"])
 
     def conversation(self, prompt: str, response: str) -> list[dict[str, Any]]:

@@ -120,9 +120,9 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
         raise ModelSpecError(
             f"model {name}: key 'device' must be cpu, cuda, cuda:N or auto, got {out['device']!r}"
         )
-    out.setdefault("trust_remote_code", False)
-    if not isinstance(out["trust_remote_code"], bool):
-        raise ModelSpecError(f"model {name}: key 'trust_remote_code' must be true or false")
+    if "trust_remote_code" in out:
+        raise ModelSpecError(f"model {name}: key 'trust_remote_code' is not supported: only the built-in "
+                             "architectures are loaded, never a model folder's own code; remove the key")
     return out
 
 
@@ -174,12 +174,15 @@ def fetch_model(spec: dict[str, Any], models_dir: Path) -> dict[str, Any]:
             f"model {spec['name']}: the converted weights in {path} have sha256 {digest}, but the conversion "
             f"wrote {pinned} ({STAMP_FILE}): they changed on disk. Delete {path} to convert the verified GGUF again."
         )
+    from .checks import model_file_digests
+
     return {
         "name": spec["name"],
         "source": source,
         "path": portable_path(path),
         "revision": revision,
         "sha256": digest,
+        "files": model_file_digests(path),
         **extra,
     }
 
@@ -378,7 +381,6 @@ def load_model(
     path: str | os.PathLike[str],
     dtype: str = "float32",
     device: str = "cpu",
-    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a fetched model in eval mode, from safetensors only.
 
@@ -391,29 +393,34 @@ def load_model(
     if not _DEVICE_RE.match(device):
         raise ModelSpecError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}")
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+        path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=False
     )
     model.to(resolve_device(device))
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
 def open_model(manifest: Mapping[str, Any], dtype: str, device: str, threads: int | None = None,
-               trust_remote_code: bool = False, where: str = "the manifest", device_key: str | None = None
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               where: str = "the manifest", device_key: str | None = None, derived: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The one checked way to open a manifest's (or fetch record's) model: the device must exist
-    (an error names ``device_key``, by default the model's ``models[...]`` entry) and the weights
-    must still be the bytes ``where`` records, so no table mixes two sets of weights; torch then
-    runs on ``threads`` threads (None leaves torch's setting alone)."""
-    from .checks import check_device, check_weights
+    (an error names ``device_key``, by default the model's ``models[...]`` entry), the weights
+    and every other file of the folder must still be the bytes ``where`` records, so no table
+    mixes two models; torch then runs on ``threads`` threads (None leaves torch's setting
+    alone). With ``derived`` (a manifest, not a fetch record) the fields the manifest derived
+    from the model must be what the loaded model gives."""
+    from .checks import check_derived_fields, check_device, check_model_files, check_weights
 
     check_device(device, device_key or f"models[{manifest.get('name')}].device")
     check_weights(manifest, where=where)
+    check_model_files(manifest, where=where)
     if threads is not None:
         import torch
 
         torch.set_num_threads(max(1, threads))
-    return load_model(manifest["path"], dtype, device, trust_remote_code)
+    model, tokenizer = load_model(manifest["path"], dtype, device)
+    if derived:
+        check_derived_fields(manifest, model, tokenizer, where)
+    return model, tokenizer

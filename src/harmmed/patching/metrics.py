@@ -9,17 +9,6 @@ from __future__ import annotations
 import torch
 
 
-def refusal_token_ids(tokenizer, phrases: list[str]) -> list[int]:
-    """First token of each refusal phrase as it would open the response; sorted, unique."""
-    ids: set[int] = set()
-    for phrase in phrases:
-        encoded = tokenizer(phrase, add_special_tokens=False)["input_ids"]
-        if not encoded:
-            raise ValueError(f"metrics.refusal_phrases: {phrase!r} encodes to no tokens")
-        ids.add(int(encoded[0]))
-    return sorted(ids)
-
-
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """Half-precision logits are scored in float32; float64 ones stay float64, so first-order
     checks of the metrics (finite differences) are not limited by float32 rounding."""

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..datasets.prompts import EncodedPair, select_pairs
 from ..io.fetch import sha256_file
 from ..io.storage import write_table
+from .provenance import config_digest
 from .reference import Edit, ReferencePatcher
 
 QUANTITIES = ("y_benign", "y_harmful", "y_patched")
@@ -44,6 +45,28 @@ class Check:
     name: str
     passed: bool
     detail: str
+    warning: bool = False  # reported, never a failure: the run may still be reproducible
+
+
+def environment_checks(provenance: Mapping[str, Any], repo: str | Path, installed: Mapping[str, str | None]
+                       ) -> list[Check]:
+    """Warnings, not failures: the recorded commit is not in this checkout's history (the
+    results came from code this repository does not have), or a recorded package version
+    differs from the installed one (recomputed rows may then differ within the tolerance)."""
+    import subprocess
+
+    checks = []
+    commit = (provenance.get("git") or {}).get("commit")
+    if commit:
+        known = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"],
+                               capture_output=True).returncode == 0
+        checks.append(Check("recorded commit", True, f"{commit} is in this repository's history" if known else
+                            f"{commit} is not in this repository's history", warning=not known))
+    recorded = provenance.get("versions") or {}
+    differ = sorted(name for name in recorded if name in installed and recorded[name] != installed[name])
+    checks.append(Check("package versions", True, "as recorded" if not differ else ", ".join(
+        f"{name} {recorded[name]} recorded, {installed[name]} installed" for name in differ), warning=bool(differ)))
+    return checks
 
 
 def read_text_table(path: str | Path) -> pd.DataFrame:
@@ -250,7 +273,10 @@ def file_checks(provenance: Mapping[str, Any], results: Path, manifest: Mapping[
                 weights_sha256: str) -> list[Check]:
     """The weights and every recorded input and result file against their provenance digests."""
     recorded = provenance["weights"]["sha256"]
-    checks = [Check("weights sha256", weights_sha256 == recorded == manifest["sha256"],
+    config_intact = config_digest(provenance["config"]) == provenance.get("config_sha256")
+    checks = [Check("provenance config", config_intact, "matches its recorded config_sha256" if config_intact else
+                    "provenance.json's config does not match its own config_sha256: the record was edited"),
+              Check("weights sha256", weights_sha256 == recorded == manifest["sha256"],
                     f"on disk {weights_sha256}, provenance {recorded}, manifest {manifest['sha256']}")]
     for group, base in (("results", results), ("datasets", Path("."))):
         for name, digest in sorted(provenance[group].items()):
@@ -275,7 +301,8 @@ def write_report(rows: list[dict], summary: list[dict], checks: list[Check], tol
              "| table | rows checked | max abs diff | verdict |", "| --- | ---: | ---: | --- |"]
     lines += [f"| {s['table']} | {s['rows']} | {s['max_abs_diff']:.3g} | {s['verdict']} |" for s in summary]
     lines += ["", "| check | verdict | detail |", "| --- | --- | --- |"]
-    lines += [f"| {c.name} | {'PASS' if c.passed else 'FAIL'} | {c.detail} |" for c in checks]
+    lines += [f"| {c.name} | {'FAIL' if not c.passed else 'WARN' if c.warning else 'PASS'} | {c.detail} |"
+              for c in checks]
     failed = failures(summary, checks)
     lines += ["", f"**{'FAIL: ' + ', '.join(failed) if failed else 'PASS'}**", ""]
     text = "\n".join(lines)

@@ -4,13 +4,14 @@ Snakemake with its log file, and the context of a stage that runs the model."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import model_spec
+from ..config import check_model_settings, model_spec
 from ..datasets.prompts import EncodedPair, read_inputs, select_pairs
 from ..io.shards import WHOLE, Shard, shard_offset, take_shard
 from ..io.storage import read_manifest
@@ -25,8 +26,16 @@ log = logging.getLogger("harmmed")
 
 
 # ---------------------------------------------------------------- running under Snakemake
+def error_line(err: BaseException) -> str:
+    """One line for an error: its type and message (a KeyError's message without the quotes)."""
+    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return f"{type(err).__name__}: {' '.join(str(message).split())}"
+
+
 def run_stage(smk, stage) -> None:
-    """Run ``stage(smk)`` with logging (and library warnings) sent to the rule's log file."""
+    """Run ``stage(smk)`` with logging (and library warnings) sent to the rule's log file. A
+    failure prints one line (what went wrong, naming the file, key or row) and exits 1; the
+    traceback goes to the log."""
     handler = logging.FileHandler(smk.log[0], mode="w") if smk.log else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -35,9 +44,11 @@ def run_stage(smk, stage) -> None:
     logging.captureWarnings(True)
     try:
         stage(smk)
-    except Exception:
+    except Exception as err:
         log.exception("stage failed")
-        raise
+        where = f" (traceback in {smk.log[0]})" if smk.log else ""
+        print(f"error: {error_line(err)}{where}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         root.removeHandler(handler)
         handler.close()
@@ -64,8 +75,7 @@ def open_engine(cfg: Mapping[str, Any], manifest: Mapping[str, Any], threads: in
     from ..patching.engine import EngineSettings, MediationEngine
 
     spec = model_spec(cfg, manifest["name"])
-    model, tokenizer = open_model(manifest, spec["dtype"], spec["device"], threads,
-                                  spec.get("trust_remote_code", False))
+    model, tokenizer = open_model(manifest, spec["dtype"], spec["device"], threads)
     settings = EngineSettings.from_config(cfg)
     return MediationEngine(model, manifest["refusal_token_ids"], settings.memory_budget_mb,
                            settings.max_batch_size), tokenizer
@@ -83,12 +93,14 @@ def section_pairs(cfg: Mapping[str, Any], inputs: str | Path, section: str, cap:
 
 @contextmanager
 def model_stage(cfg: Mapping[str, Any], manifest: ManifestSource, threads: int, inputs: str | Path,
-                section: str, cap: str = "max_pairs", shard: Shard = WHOLE, first: int | None = None
-                ) -> Iterator[ModelStage]:
-    """Open the engine (weights checked before the stage computes anything), select
+                section: str, cap: str = "max_pairs", shard: Shard = WHOLE, first: int | None = None,
+                also_check: tuple[str, ...] = ()) -> Iterator[ModelStage]:
+    """Check the settings of ``section`` (and ``also_check``) that depend on the model, open the
+    engine (every file checked before the stage computes anything), select
     ``section``'s pairs (only the ``first`` of them when given, then ``shard``'s part), and log
     the pair count and the engine's work when the stage's body is done."""
     manifest = read_manifest(manifest)
+    check_model_settings(cfg, manifest, [section.split('.')[0], *also_check])
     engine, tokenizer = open_engine(cfg, manifest, threads)
     chosen = section_pairs(cfg, inputs, section, cap)[:first]
     stage = ModelStage(engine, tokenizer, manifest, take_shard(chosen, shard), shard_offset(len(chosen), shard),

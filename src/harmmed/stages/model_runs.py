@@ -100,7 +100,7 @@ def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path
     """The discovery ranking of final-layer units over every pair of neuron.csv, and the
     sparsity curve (joint top-k vs random-k at the final layer) under that ranking."""
     settings = cfg["neuron"]
-    with model_stage(cfg, manifest, threads, inputs_path, "neuron") as stage:
+    with model_stage(cfg, manifest, threads, inputs_path, "neuron", also_check=("gating",)) as stage:
         engine = stage.engine
         final = engine.sites.n_layers - 1
         frame = read_table(neuron_csv, ("positions", "block", "neuron"))

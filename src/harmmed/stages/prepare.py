@@ -9,6 +9,9 @@ from ..config import model_spec
 from ..datasets.prompts import (
     DROPPED_COLUMNS,
     PAIR_COLUMNS,
+    check_categories,
+    check_control_tokens,
+    check_lengths,
     encode_pairs,
     read_pairs,
     select_pairs,
@@ -25,8 +28,7 @@ def download_model(cfg: dict, name: str, models_dir: str | Path, manifest_path: 
 
     spec = model_spec(cfg, name)
     record = fetch_model(spec, Path(models_dir))
-    model, tokenizer = open_model(record, spec["dtype"], "cpu", None, spec.get("trust_remote_code", False),
-                                  where="its fetch record")
+    model, tokenizer = open_model(record, spec["dtype"], "cpu", where="its fetch record", derived=False)
     manifest = {**record, **_describe_model(model, tokenizer, spec, cfg["metrics"]["refusal_phrases"])}
     write_json(manifest, manifest_path)
     return manifest
@@ -34,17 +36,10 @@ def download_model(cfg: dict, name: str, models_dir: str | Path, manifest_path: 
 
 def _describe_model(model, tokenizer, spec: dict, phrases: list[str]) -> dict:
     """The manifest fields every model stage reads, whatever the model's source."""
-    from ..models.arch import resolve_sites
-    from ..patching.metrics import refusal_token_ids
+    from ..models.checks import derived_fields
 
-    sites = resolve_sites(model)
-    refusal_ids = refusal_token_ids(tokenizer, phrases)
-    return {
-        "architecture": model.config.model_type, "n_layers": sites.n_layers, "d_model": sites.d_model,
-        "d_mlp": sites.d_mlp, "vocab_size": model.get_output_embeddings().weight.shape[0], "dtype": spec["dtype"],
-        "device": spec["device"], "chat_template": tokenizer.chat_template, "refusal_phrases": phrases,
-        "refusal_token_ids": refusal_ids, "refusal_tokens": [tokenizer.convert_ids_to_tokens(i) for i in refusal_ids],
-    }
+    return {**derived_fields(model, tokenizer, phrases), "dtype": spec["dtype"], "device": spec["device"],
+            "refusal_phrases": phrases}
 
 
 # ---------------------------------------------------------------- prepare_prompts
@@ -53,12 +48,19 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
     """Encode, check alignment, split. Returns (kept, dropped)."""
     from transformers import AutoTokenizer
 
+    from ..models.checks import check_model_files
+
     prompts, manifest = cfg["prompts"], read_manifest(manifest)
     rows = read_pairs(pairs_file)
-    tokenizer = AutoTokenizer.from_pretrained(manifest["path"])  # tokenizer files only: no weights to check
+    if not prompts["public"]["enabled"]:  # the public sets' pairs are sampled by our code, categories and all
+        check_categories(rows, prompts["categories"], pairs_file)
+    check_model_files(manifest)  # the tokenizer and chat template are the recorded ones
+    tokenizer = AutoTokenizer.from_pretrained(manifest["path"])
+    check_control_tokens(rows, tokenizer, pairs_file)
     split_of = split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"])
     kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of, cfg["noise"],
                                  request_span=prompts["public"]["enabled"])
+    check_lengths(kept, rows, manifest.get("max_positions"), pairs_file, manifest["name"])
     log.info("prompt pairs: %d read, %d kept, %d dropped (not token-aligned or identical ids) under %s",
              len(rows), len(kept), len(dropped), manifest["name"])
     if not kept:
@@ -76,7 +78,8 @@ def fetch_public_datasets(cfg: dict, raw_dir: str | Path, pairs_csv: str | Path)
 
     public = cfg["prompts"]["public"]
     names = public["harmful"] + public["benign"]
-    paths = fetch_sources(names, Path(raw_dir), Path(public["lock_file"]), public["url_overrides"])
+    paths = fetch_sources(names, Path(raw_dir), Path(public["lock_file"]), public["url_overrides"],
+                          public["local_files"], public["pin_new"])
     harmful = [p for name in public["harmful"] for p in load_prompts(name, paths[name])]
     benign = [p for name in public["benign"] for p in load_prompts(name, paths[name])]
     pairs = build_unpaired_pairs(harmful, benign, public["n_pairs"], public["seed"])
@@ -106,6 +109,7 @@ def finetune_model(cfg: dict, name: str, base_manifest: ManifestSource, models_d
     behaviour on held-out pairs and write its manifest. A model failing the check is never
     silently used: with ``finetune.on_failure: error`` the stage fails (the record is kept in
     ``<manifest>.failed.json``); with ``mark`` the manifest says ``behaviour.passed: false``."""
+    from ..models.checks import model_file_digests
     from ..models.loading import safetensors_digest
     from ..training import finetune
     from ..training.behaviour import BehaviourCheckError, behaviour_check, describe_failure
@@ -116,7 +120,7 @@ def finetune_model(cfg: dict, name: str, base_manifest: ManifestSource, models_d
     trained = finetune.fine_tune(spec, base, f"models[{index}]", threads)
     out_dir = finetune.save_model(trained.model, trained.tokenizer, Path(models_dir) / name / "hf")
     manifest = {"name": name, "source": "finetune", "path": str(out_dir), "revision": None,
-                "sha256": safetensors_digest(out_dir),
+                "sha256": safetensors_digest(out_dir), "files": model_file_digests(out_dir),
                 **_describe_model(trained.model, trained.tokenizer, spec, cfg["metrics"]["refusal_phrases"]),
                 **trained.record(spec, base)}
     prompts = cfg["prompts"]

@@ -45,12 +45,17 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
     input encoding and the claims table; write the report, then fail if anything failed."""
     from ..models.checks import weights_digest
     from ..review import verify as checks_of
+    from ..review.provenance import versions
 
     results = Path(results_dir)
     record = checks_of.read_provenance(results / "provenance.json")
     recorded_cfg, manifest, paths = record["config"], read_manifest(results / "manifest.json"), _result_paths(results)
     digest = weights_digest(manifest["path"])
     checks = checks_of.file_checks(record, results, manifest, digest)
+    checks += checks_of.environment_checks(record, Path(__file__).resolve().parents[3], versions())
+    for check in checks:
+        if check.warning:
+            log.warning("%s: %s", check.name, check.detail)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
@@ -84,8 +89,7 @@ def _recomputer(cfg: dict, recorded_cfg: dict, manifest: dict, results: Path, th
     from ..review.verify import RecordedSettings, RowRecomputer
 
     device = model_spec(cfg, manifest["name"])["device"]
-    trust = model_spec(recorded_cfg, manifest["name"]).get("trust_remote_code", False)
-    model, _ = open_model(manifest, manifest["dtype"], device, threads, trust)
+    model, _ = open_model(manifest, manifest["dtype"], device, threads)
     return RowRecomputer(ReferencePatcher(model, manifest["refusal_token_ids"]), read_inputs(results / "inputs.jsonl"),
                          RecordedSettings.from_config(recorded_cfg), pd.read_csv(results / "neuron_ranking.csv"))
 

@@ -387,8 +387,7 @@ def fine_tune(spec: dict, base: dict, key: str, threads: int) -> Trained:
 
     from ..models.loading import open_model
 
-    model, tokenizer = open_model(base, "float32", spec["device"], threads, spec.get("trust_remote_code", False),
-                                  where=f"the manifest of {spec['base']}", device_key=f"{key}.device")
+    model, tokenizer = open_model(base, "float32", spec["device"], threads, where=f"the manifest of {spec['base']}", device_key=f"{key}.device")
     component = parse_trainable(spec["trainable"], f"{key}.trainable")
     plan = resolve_trainable(model, component, spec["seed"], f"{key}.trainable")
     rows = balanced_subset(read_training_rows(spec["data"]), spec.get("max_examples"), spec["seed"])
