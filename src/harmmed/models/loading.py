@@ -387,17 +387,26 @@ def load_model(
     Grad mode is left alone: callers wrap forward passes in ``torch.inference_mode``.
     A tokenizer without a pad token gets its eos token as pad, so batches can be padded.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     require_safetensors_dir(Path(path))
     if not _DEVICE_RE.match(device):
         raise ModelSpecError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=False
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # a truncated or foreign file
+        raise ModelFormatError(f"model directory {path}: the model could not be loaded from its config.json and "
+                               f"*.safetensors ({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
     model.to(resolve_device(device))
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelFormatError(f"model directory {path}: its tokenizer could not be loaded from the tokenizer files "
+                               f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
