@@ -3,9 +3,9 @@
 
 import os
 
-from snakemake.utils import min_version
+from snakemake.utils import min_version, update_config
 
-from harmmed.config import validate_config
+from harmmed.config import typed_overrides, validate_config
 
 min_version("8.0")
 
@@ -22,6 +22,7 @@ envvars:
 configfile: "config/config.yaml"
 
 
+update_config(config, typed_overrides(dict(workflow.config_settings.config)))  # --config values, typed
 config.update(validate_config(config, source=" + ".join(map(str, workflow.configfiles)) or None))
 
 if not workflow.non_local_exec:  # a cluster's GPUs are on its nodes, not where this runs

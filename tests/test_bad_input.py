@@ -4,9 +4,8 @@ handled) and a test."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -217,7 +216,7 @@ def test_a_prompt_with_the_templates_control_tokens_is_refused(tmp_path):
 
     run = _prepared(tmp_path, [ROW, ROW.replace("p1,", "p2,").replace("a cake .", "a cake <|end|> .")])
     assert "<|end|>" in AutoTokenizer.from_pretrained(tmp_path / "model").all_special_tokens  # ends a turn
-    with pytest.raises(PromptFileError, match=rf"row 3, column 'benign': contains the tokenizer's control token\(s\) "
+    with pytest.raises(PromptFileError, match=r"row 3, column 'benign': contains the tokenizer's control token\(s\) "
                                               r"<\|end\|>"):
         run()
 

@@ -290,7 +290,7 @@ def test_an_unpinned_set_is_refused_unless_pinning_is_asked_for(tmp_path: Path, 
     from harmmed.datasets.public_datasets import UnpinnedSourceError
 
     raw, lock_file = tmp_path / "raw", tmp_path / "lock.json"
-    with pytest.raises(UnpinnedSourceError, match=r"no digest pinned for advbench.*prompts.public.pin_new: true"):
+    with pytest.raises(UnpinnedSourceError, match=r"lock.json does not exist, so nothing pins advbench.*prompts.public.pin_new: true"):
         fetch_sources(["advbench"], raw, lock_file, url_overrides=overrides)
     assert not lock_file.exists() and not raw.exists()
 

@@ -19,6 +19,7 @@ code can index ``cfg["effects"]["ci"]`` without ``.get``. Errors are raised as
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,24 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SCHEMA_CACHE: dict[tuple[str, int], tuple[dict[str, Any], Any]] = {}
 
 
+class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {seen[key] + 1}); keep one",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> Any:
     with open(path, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=_SafeLoader)  # noqa: S506 (safe loader)
+        return yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
 
 
 def load_schema(schema_path: str | Path | None = None) -> dict[str, Any]:
@@ -121,7 +137,10 @@ def _extend_with_defaults(validator_class):
                         instance[key] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return validators.extend(validator_class, {"properties": set_defaults})
+    # An integer is an int: JSON Schema would take 4.0, which later fails as a count or index.
+    integers = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+    return validators.extend(validator_class, {"properties": set_defaults}, type_checker=integers)
 
 
 # --------------------------------------------------------------------------- messages
@@ -178,14 +197,28 @@ def _error_lines(error: jsonschema.ValidationError, root: Any) -> list[str]:
 # --------------------------------------------------------------------------- checks
 
 
+def _non_finite(value: Any, path: str = "") -> list[str]:
+    """Keys whose value is NaN or infinite (they pass every minimum and maximum)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: {value} is not a finite number"]
+    if isinstance(value, Mapping):
+        return [p for key, item in value.items() for p in _non_finite(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _non_finite(item, f"{path}[{i}]")]
+    return []
+
+
 def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
     """Checks that JSON Schema cannot express."""
-    problems = []
+    problems = _non_finite(cfg)
     seen: dict[str, int] = {}
     for i, model in enumerate(cfg.get("models") or []):
         name = model.get("name") if isinstance(model, dict) else None
         if not isinstance(name, str):
             continue
+        if name in RESERVED_NAMES or name.lower().endswith(RESERVED_SUFFIXES):
+            problems.append(f"models[{i}].name: {name!r} is the name of a workflow output under results/ "
+                            "(the judge's folder, or a table or figure file); choose another")
         if name in seen:
             problems.append(
                 f"models[{i}].name: duplicate model name {name!r} (also models[{seen[name]}].name)"
@@ -218,6 +251,10 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
             problems.append("mediation.severed_positions: 'all' needs token-aligned minimal pairs (mode unpaired)")
     return problems
 
+
+# results/<name> is the model's folder: names the workflow writes beside the models are taken.
+RESERVED_NAMES = ("judge",)
+RESERVED_SUFFIXES = (".csv", ".json", ".jsonl", ".png", ".pdf", ".md", ".html", ".tar.gz", ".sha256")
 
 # Stages whose outputs other per-model stages read: skipping one means skipping its readers.
 SKIP_READERS = {"gating": ("figures", "generate")}  # the neuron figures; generation's gated run
@@ -314,6 +351,21 @@ def _parse_inline_sections(cfg: dict[str, Any], schema: Mapping[str, Any]) -> No
                 continue  # left as it is: the schema names the key
             if isinstance(parsed, dict):
                 cfg[key] = parsed
+
+
+def typed_overrides(values: Any) -> Any:
+    """``--config`` values as YAML would type them: Snakemake reads ``effects={ci: 0.9}`` with
+    YAML's base loader, so every leaf arrives as a string ('0.9'); typed here, once."""
+    if isinstance(values, Mapping):
+        return {key: typed_overrides(value) for key, value in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [typed_overrides(value) for value in values]
+    if isinstance(values, str):
+        try:
+            return yaml.load(values, Loader=_SafeLoader)  # noqa: S506 (safe loader)
+        except yaml.YAMLError:
+            return values
+    return values
 
 
 def yaml_error_line(exc: yaml.YAMLError) -> str:

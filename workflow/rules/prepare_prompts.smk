@@ -39,6 +39,7 @@ rule prepare_prompts:
     params:
         settings=reads(
             "prompts.mode",
+            "prompts.categories",
             "prompts.split_seed",
             "prompts.discovery_fraction",
             "prompts.public.enabled",

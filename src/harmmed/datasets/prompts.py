@@ -55,7 +55,11 @@ def read_pairs(path: str | Path) -> list[dict[str, str]]:
         header = reader.fieldnames or []
         missing = [c for c in PAIR_COLUMNS if c not in header]
         if missing:
-            raise PromptFileError(f"{path}: header lacks column(s) {', '.join(missing)}; expected {', '.join(PAIR_COLUMNS)}")
+            raise PromptFileError(f"{path}: header lacks column(s) {', '.join(missing)}; expected {', '.join(PAIR_COLUMNS)}, "
+                                  f"found {', '.join(repr(c) for c in header)}")
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise PromptFileError(f"{path}: header names column(s) {', '.join(repeated)} more than once; keep one")
         rows: list[dict[str, str]] = []
         seen: dict[str, int] = {}
         for row_number, row in enumerate(reader, start=2):  # row 1 is the header
@@ -151,8 +155,11 @@ def encode_pairs(
     dropped: list[dict[str, str]] = []
     aligned_only = mode == "minimal" or (mode == "noise" and not request_span)
     for index, row in enumerate(rows):
-        harmful_ids, post = encode_prompt(tokenizer, row["harmful"])
-        benign_ids, benign_post = encode_prompt(tokenizer, row["benign"])
+        try:
+            harmful_ids, post = encode_prompt(tokenizer, row["harmful"])
+            benign_ids, benign_post = encode_prompt(tokenizer, row["benign"])
+        except ValueError as err:  # the template rewrote the request, or left no assistant header
+            raise ValueError(f"pair {row['pair_id']}: {err}") from None
         reason = None
         if harmful_ids == benign_ids:
             reason = "identical token ids"

@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..io.fetch import ChecksumMismatchError, download, normalize_sha256, sha256_file
+from ..io.storage import atomic_path
 
 Role = Literal["harmful", "benign"]
 Prompt = dict[str, Any]
@@ -248,15 +248,8 @@ def write_lock(lock_file: Path, entries: Mapping[str, Mapping[str, str]]) -> Non
     lock_file = Path(lock_file)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(entries, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{lock_file.name}.", suffix=".tmp", dir=lock_file.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, lock_file)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(lock_file) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def git_blob_id(path: Path) -> str:
@@ -320,7 +313,6 @@ def fetch_sources(
         check_override_url(name, url)
     raw_dir = Path(raw_dir)
     lock = read_lock(lock_file)
-    changed = False
     paths: dict[str, Path] = {}
     seen: dict[Path, str] = {}  # files verified in this call; xstest_safe/unsafe share one
     for source in sources:
@@ -329,9 +321,10 @@ def fetch_sources(
         path = raw_dir / source.filename
         entry = lock.get(source.name)
         if entry is None and not pin_new:
+            state = "has no digest for" if Path(lock_file).exists() else "does not exist, so nothing pins"
             raise UnpinnedSourceError(
-                f"{lock_file}: no digest pinned for {source.name}. Pin it by adding its sha256 (or git blob id) to "
-                f"the lock, or set prompts.public.pin_new: true to record what {where} serves now (trust on first use)")
+                f"{lock_file} {state} {source.name}. Pin it by adding its sha256 (or git blob id) to the lock, or set "
+                f"prompts.public.pin_new: true to record what {where} serves now (trust on first use)")
         if path in seen:
             actual = seen[path]
         elif path.exists() and entry is not None:
@@ -339,12 +332,10 @@ def fetch_sources(
         else:
             actual = _stage(source, path, url, local.get(source.name), entry, lock_file)
         seen[path] = actual
-        if entry is None or "sha256" not in entry:
+        if entry is None or "sha256" not in entry:  # pinned now, so a kept file never lacks its pin
             lock[source.name] = {**(entry or {}), "url": url, "sha256": actual}
-            changed = True
+            write_lock(lock_file, lock)
         paths[source.name] = path
-    if changed:
-        write_lock(lock_file, lock)
     return paths
 
 
@@ -364,7 +355,7 @@ def _stage(source: Source, path: Path, url: str, local: str | None, entry: Mappi
         actual = _verify_pin(source, staged, entry, lock_file, local or url)
         try:
             rows = source.parser(staged)
-        except (ValueError, KeyError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, csv.Error) as err:
             raise ValueError(f"{source.name} from {local or url}: not a {source.name} file ({err}); nothing was "
                              "kept or pinned") from None
         if not rows:
@@ -405,8 +396,8 @@ def build_unpaired_pairs(
         raise ValueError(f"n_pairs must be positive, got {n_pairs}")
     if n_pairs > len(harmful) or n_pairs > len(benign):
         raise ValueError(
-            f"n_pairs={n_pairs} exceeds the available prompts "
-            f"({len(harmful)} harmful, {len(benign)} benign)"
+            f"prompts.public.n_pairs: {n_pairs} exceeds the available prompts "
+            f"({len(harmful)} harmful, {len(benign)} benign in the chosen sets)"
         )
     rng = random.Random(seed)
     drawn_harmful = rng.sample(harmful, n_pairs)

@@ -136,6 +136,9 @@ def download(
                 f"Checksum mismatch for {dest} downloaded from {url}: "
                 f"expected sha256 {expected}, got {actual}. The file was not kept."
             )
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 would keep the download from everyone else
         os.replace(tmp, dest)
         return actual
     finally:

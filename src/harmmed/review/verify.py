@@ -48,6 +48,16 @@ class Check:
     warning: bool = False  # reported, never a failure: the run may still be reproducible
 
 
+def config_checks(provenance: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[Check]:
+    """A warning when the config now in force differs from the one the results were made with
+    (the results are checked against their own config; they may be stale for the current one)."""
+    recorded = provenance.get("config") or {}
+    differ = sorted(key for key in set(recorded) | set(cfg) if key != "verify" and recorded.get(key) != cfg.get(key))
+    return [Check("current config", True, "as recorded" if not differ else
+                  f"differs from the recorded one in {', '.join(differ)}: the results may be stale for it",
+                  warning=bool(differ))]
+
+
 def environment_checks(provenance: Mapping[str, Any], repo: str | Path, installed: Mapping[str, str | None]
                        ) -> list[Check]:
     """Warnings, not failures: the recorded commit is not in this checkout's history (the
@@ -314,8 +324,20 @@ def failures(summary: list[dict], checks: list[Check]) -> list[str]:
     return [s["table"] for s in summary if not s["passed"]] + [c.name for c in checks if not c.passed]
 
 
+PROVENANCE_KEYS = ("config", "config_sha256", "weights", "results", "datasets", "pairs_file")
+
+
 def read_provenance(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise VerificationFailed(f"{path}: no provenance record; run the workflow's provenance rule first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise VerificationFailed(f"{path}: not a readable provenance record ({err}); it was edited or truncated, "
+                                 "rerun the workflow's provenance rule") from None
+    missing = [key for key in PROVENANCE_KEYS if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise VerificationFailed(f"{path}: the provenance record lacks {', '.join(missing)}; it was edited, rerun the "
+                                 "workflow's provenance rule")
+    return record

@@ -18,6 +18,7 @@ from ..analyses import generation as gen
 from ..analyses import recovery as rec
 from ..analyses.probe import probe_accuracy_by_layer, probe_features
 from ..analyses.sweep import sweep, sweep_cells
+from ..config import ModelSettingError
 from ..constants import (
     GATING_COLUMNS,
     NEURON_COLUMNS,
@@ -210,6 +211,7 @@ def generate_and_judge(cfg: dict, manifest: ManifestSource, inputs_path: str | P
     conditions = gen.conditions_from_gating(gen.read_gating(gating_json))
     with model_stage(cfg, manifest, threads, inputs_path, "generation", "max_prompts") as stage:
         engine, tokenizer, pairs = stage.engine, stage.tokenizer, stage.pairs
+        _check_generation_fits(settings["max_new_tokens"], pairs, stage.manifest)
         gen.check_conditions(conditions, engine.sites.n_layers, engine.sites.d_mlp)
         records = gen.generate_records(engine, tokenizer, pairs, conditions, settings["max_new_tokens"])
         by_id = {p.pair_id: p for p in pairs}
@@ -225,6 +227,15 @@ def generate_and_judge(cfg: dict, manifest: ManifestSource, inputs_path: str | P
     with atomic_path(rates_csv) as tmp:
         write_rates(rates, tmp)
     log.info("generation rates (%s):\n%s", judge_name(settings["judge"]), rates.to_string(index=False))
+
+
+def _check_generation_fits(max_new_tokens: int, pairs: list, manifest: dict) -> None:
+    """The longest prompt plus every new token must fit the model's positions."""
+    limit = manifest.get("max_positions")
+    longest = max(max(len(p.harmful_ids), len(p.benign_ids)) for p in pairs)
+    if limit and longest + max_new_tokens > limit:
+        raise ModelSettingError(f"generation.max_new_tokens: {max_new_tokens} new tokens after a prompt of {longest} "
+                                f"exceed the {limit} positions of {manifest['name']}; set it to at most {limit - longest}")
 
 
 def recovery(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking_csv: str | Path,

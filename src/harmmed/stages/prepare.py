@@ -9,6 +9,7 @@ from ..config import model_spec
 from ..datasets.prompts import (
     DROPPED_COLUMNS,
     PAIR_COLUMNS,
+    PromptFileError,
     check_categories,
     check_control_tokens,
     check_lengths,
@@ -56,10 +57,17 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
         check_categories(rows, prompts["categories"], pairs_file)
     check_model_files(manifest)  # the tokenizer and chat template are the recorded ones
     tokenizer = AutoTokenizer.from_pretrained(manifest["path"])
+    if not tokenizer.chat_template:
+        raise PromptFileError(f"model {manifest['name']} ({manifest['path']}): its tokenizer has no chat template "
+                              "(tokenizer_config.json or chat_template.jinja); prompts are encoded as chat turns, so "
+                              "the analysis needs a chat model")
     check_control_tokens(rows, tokenizer, pairs_file)
     split_of = split_pairs(rows, prompts["discovery_fraction"], prompts["split_seed"])
-    kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of, cfg["noise"],
-                                 request_span=prompts["public"]["enabled"])
+    try:
+        kept, dropped = encode_pairs(tokenizer, rows, prompts["mode"], split_of, cfg["noise"],
+                                     request_span=prompts["public"]["enabled"])
+    except ValueError as err:
+        raise PromptFileError(f"{pairs_file}: {err} (under {manifest['name']}'s chat template)") from None
     check_lengths(kept, rows, manifest.get("max_positions"), pairs_file, manifest["name"])
     log.info("prompt pairs: %d read, %d kept, %d dropped (not token-aligned or identical ids) under %s",
              len(rows), len(kept), len(dropped), manifest["name"])

@@ -11,7 +11,7 @@ import pandas as pd
 from ..config import model_spec
 from ..datasets.prompts import read_inputs
 from ..io.storage import atomic_path, read_json, read_manifest, write_json
-from .base import ManifestSource, log
+from .base import ManifestSource, error_line, log
 from .prepare import prepare_prompts
 from .tables import claims, figures, generation_figure, neuron_figures, probe_figure, screen_figures, token_figures
 
@@ -53,25 +53,33 @@ def verify(cfg: dict, results_dir: str | Path, verification_csv: str | Path, ver
     digest = weights_digest(manifest["path"])
     checks = checks_of.file_checks(record, results, manifest, digest)
     checks += checks_of.environment_checks(record, Path(__file__).resolve().parents[3], versions())
+    checks += checks_of.config_checks(record, cfg)
     for check in checks:
         if check.warning:
             log.warning("%s: %s", check.name, check.detail)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        prepare_prompts(recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl", tmp / "dropped.csv")
-        checks.append(checks_of.same_bytes("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
-                                           tmp / "inputs.jsonl"))
-        claims(recorded_cfg, paths, {"csv": tmp / "claims.csv"})
-        checks.append(checks_of.same_bytes("claims.csv recomputed from the tables", results / "claims.csv",
-                                           tmp / "claims.csv"))
+        # A recomputation that cannot run (a file changed, a table no longer parses) is a failed
+        # check in the report, beside the digest checks that say why; never a bare traceback.
+        checks.append(_recomputed("inputs.jsonl re-encoded from the prompt file", results / "inputs.jsonl",
+                                  tmp / "inputs.jsonl", lambda: prepare_prompts(
+                                      recorded_cfg, manifest, record["pairs_file"], tmp / "inputs.jsonl",
+                                      tmp / "dropped.csv")))
+        checks.append(_recomputed("claims.csv recomputed from the tables", results / "claims.csv", tmp / "claims.csv",
+                                  lambda: claims(recorded_cfg, paths, {"csv": tmp / "claims.csv"})))
     rows, tables = [], checks_of.table_rows(results)
     ran = digest == manifest["sha256"] == record["weights"]["sha256"]  # other weights cannot reproduce a row
     if recorded_cfg["prompts"]["mode"] == "noise":
         ran = False
         checks.append(checks_of.Check("rows recomputed", False, "noise mode: the reference draws no embedding noise"))
     if ran:
-        rows = checks_of.verify_rows(tables, _recomputer(cfg, recorded_cfg, manifest, results, threads),
-                                     cfg["verify"]["n_rows"], cfg["verify"]["seed"])
+        try:
+            rows = checks_of.verify_rows(tables, _recomputer(cfg, recorded_cfg, manifest, results, threads),
+                                         cfg["verify"]["n_rows"], cfg["verify"]["seed"])
+        except (ValueError, KeyError, IndexError, RuntimeError) as err:
+            ran = False
+            checks.append(checks_of.Check("rows recomputed", False, f"the tables could not be read back: "
+                                                                    f"{error_line(err)}"))
     summary = checks_of.table_summary(rows, cfg["verify"]["tolerance"], tables, ran)
     with atomic_path(verification_csv) as tmp_csv, atomic_path(verification_md) as tmp_md:
         text = checks_of.write_report(rows, summary, checks, cfg["verify"]["tolerance"], manifest["name"],
@@ -92,6 +100,17 @@ def _recomputer(cfg: dict, recorded_cfg: dict, manifest: dict, results: Path, th
     model, _ = open_model(manifest, manifest["dtype"], device, threads)
     return RowRecomputer(ReferencePatcher(model, manifest["refusal_token_ids"]), read_inputs(results / "inputs.jsonl"),
                          RecordedSettings.from_config(recorded_cfg), pd.read_csv(results / "neuron_ranking.csv"))
+
+
+def _recomputed(name: str, ours: Path, recomputed: Path, recompute):
+    """The check that ``recompute()`` writes ``recomputed`` byte-identical to ``ours``."""
+    from ..review.verify import Check, same_bytes
+
+    try:
+        recompute()
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
+        return Check(name, False, f"could not be recomputed: {error_line(err)}")
+    return same_bytes(name, ours, recomputed)
 
 
 def bundle(provenance_path: str | Path, calibration_csv: str | Path, out: str | Path) -> None:
