@@ -277,7 +277,8 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
 def test_a_setting_that_does_not_fit_the_model_names_its_key(tmp_path, tiny_dir, monkeypatch):  # noqa: F811
     import shutil
 
-    from harmmed.config import ModelSettingError, validate_config
+    from harmmed.config import validate_config
+    from harmmed.stages.base import ModelSettingError
     from harmmed.stages import download_model, mediate_module, screen_units
 
     shutil.copytree(tiny_dir, tmp_path / "model")

@@ -30,8 +30,6 @@ from jsonschema import validators
 
 __all__ = [
     "ConfigError",
-    "ModelSettingError",
-    "check_model_settings",
     "model_spec",
     "DEFAULT_SCHEMA_PATH",
     "default_schema_path",
@@ -395,40 +393,6 @@ def model_spec(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
         if spec["name"] == name:
             return spec
     raise KeyError(f"models: no model named {name!r}")
-
-
-class ModelSettingError(ValueError):
-    """A setting that depends on the model does not fit it (a window wider than the model, more
-    units than a layer has)."""
-
-
-def check_model_settings(cfg: Mapping[str, Any], manifest: Mapping[str, Any], sections: Iterable[str],
-                         where: str = "the config") -> None:
-    """The numeric settings of config ``sections`` that depend on the model, against its
-    manifest, before any computation: each problem names its key, the value and the limit."""
-    n_layers, d_mlp, name = int(manifest["n_layers"]), int(manifest["d_mlp"]), manifest["name"]
-    units = "MLP units of a layer"
-    checks: dict[str, list[tuple[str, Any, int | None, str]]] = {  # key, value(s), limit (None: a layer index), what
-        "mediation": [("mediation.windows", cfg["mediation"]["windows"], n_layers, "layers")],
-        "neuron": [("neuron.extra_layers", cfg["neuron"]["extra_layers"], None, ""),
-                   ("neuron.block_size", cfg["neuron"]["block_size"], d_mlp, units)],
-        "gating": [("gating.top_k", cfg["gating"]["top_k"], d_mlp, units)],
-        "screen": [("screen.per_position_layers", cfg["screen"]["per_position_layers"], None, ""),
-                   ("screen.top_k", cfg["screen"]["top_k"], d_mlp, units),
-                   ("screen.held_out.k", cfg["screen"]["held_out"]["k"], d_mlp, units),
-                   ("screen.held_out.block_size", cfg["screen"]["held_out"]["block_size"], d_mlp, units)],
-    }
-    problems = []
-    for section in sections:
-        for key, values, limit, what in checks.get(section, []):
-            for value in values if isinstance(values, list) else [values]:
-                if limit is None and not -n_layers <= value < n_layers:
-                    problems.append(f"{key}: layer {value} is outside {name}'s {n_layers} layers "
-                                    f"({-n_layers}..{n_layers - 1}, negative counts from the end)")
-                elif limit is not None and value > limit:
-                    problems.append(f"{key}: {value} is more than the {limit} {what} of {name}")
-    if problems:
-        raise ModelSettingError(f"{where} does not fit model {name}: " + "; ".join(problems))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from ..analyses import generation as gen
 from ..analyses import recovery as rec
 from ..analyses.probe import probe_accuracy_by_layer, probe_features
 from ..analyses.sweep import sweep, sweep_cells
-from ..config import ModelSettingError
 from ..constants import (
     GATING_COLUMNS,
     NEURON_COLUMNS,
@@ -35,7 +34,7 @@ from ..stats import screen_report
 from ..stats.claims import PATCH_COLUMNS
 from ..stats.effects import Bootstrap
 from ..stats.rates import write_rates
-from .base import ManifestSource, Paths, log, model_stage, section_pairs
+from .base import ManifestSource, ModelSettingError, Paths, log, model_stage, section_pairs
 
 
 # ---------------------------------------------------------------- mediation stages
