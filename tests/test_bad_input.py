@@ -292,3 +292,33 @@ def test_a_setting_that_does_not_fit_the_model_names_its_key(tmp_path, tiny_dir,
                                                 r"screen.held_out.k: 4096 is more than the \d+ MLP units"):
         screen_units(cfg, "manifest.json", "inputs.jsonl", {})
     assert not Path("module.csv").exists()
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text(HEADER.rstrip("\n") + ",harmful\n" + ROW.rstrip("\n") + ",other\n", encoding="utf-8")
+    with pytest.raises(PromptFileError, match=r"pairs.csv: header names column\(s\) harmful more than once"):
+        read_pairs(path)
+
+
+def test_a_broken_manifest_is_named_with_its_line(tmp_path):
+    from harmmed.io.storage import read_manifest
+
+    path = tmp_path / "manifest.json"
+    path.write_text('{"name": "tiny",\n  "path": }\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"manifest.json: not valid JSON \(line 2, column 11"):
+        read_manifest(path)
+
+
+def test_result_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from harmmed.io.storage import write_table
+
+    old = os.umask(0o022)
+    try:
+        write_table([{"a": 1}], ["a"], tmp_path / "t.csv")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "t.csv").stat().st_mode) == 0o644

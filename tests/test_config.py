@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,26 @@ def test_missing_file(tmp_path):
 
 def test_config_error_is_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("effects:\n  ci: .nan\n", "effects.ci: nan is not a finite number"),
+    ("verify:\n  tolerance: .inf\n", "verify.tolerance: inf is not a finite number"),
+    ("gating:\n  top_k: 4.0\n", "gating.top_k: 4.0 is not of type 'integer'"),
+    ("effects:\n  ci: 0.9\neffects:\n  ci: 0.8\n", "line 5, column 1: key 'effects' is given twice (first on line 3)"),
+    ("models:\n  - {name: judge, source: local, path: x}\n", "models[0].name: 'judge' is the name of a workflow output"),
+    ("models:\n  - {name: claims.csv, source: local, path: x}\n", "'claims.csv' is the name of a workflow output"),
+])
+def test_values_the_schema_cannot_refuse_are_refused_by_key(tmp_path, text, message):
+    path = tmp_path / "config.yaml"
+    models = "" if text.startswith("models") else "models:\n  - {name: m, source: local, path: x}\n"
+    path.write_text(models + text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
+
+
+def test_command_line_values_are_typed_as_yaml():
+    from harmmed.config import typed_overrides
+
+    assert typed_overrides({"effects": {"ci": "0.9"}, "mediation": {"windows": ["1", "3"]}, "tag": "x"}) == \
+        {"effects": {"ci": 0.9}, "mediation": {"windows": [1, 3]}, "tag": "x"}
