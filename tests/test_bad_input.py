@@ -252,13 +252,6 @@ def test_a_failing_stage_prints_one_line_and_logs_the_traceback(tmp_path, capsys
     assert "Traceback (most recent call last)" in (tmp_path / "stage.log").read_text()
 
 
-def test_a_section_given_inline_on_the_command_line_is_parsed():
-    from harmmed.config import validate_config
-
-    cfg = validate_config({"models": [{"name": "m", "source": "local", "path": "x"}], "effects": "{ci: 0.9}"})
-    assert cfg["effects"]["ci"] == 0.9 and cfg["effects"]["bootstrap_samples"] > 0
-
-
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
     from harmmed.config import main
 
@@ -278,8 +271,8 @@ def test_a_setting_that_does_not_fit_the_model_names_its_key(tmp_path, tiny_dir,
     import shutil
 
     from harmmed.config import validate_config
-    from harmmed.stages.base import ModelSettingError
     from harmmed.stages import download_model, mediate_module, screen_units
+    from harmmed.stages.base import ModelSettingError
 
     shutil.copytree(tiny_dir, tmp_path / "model")
     monkeypatch.chdir(tmp_path)

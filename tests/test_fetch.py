@@ -95,15 +95,16 @@ def test_fetch_sources_records_lock_then_reverifies(
     tmp_path: Path, overrides: dict[str, str], shared_dir: Path, closed_port_url: str
 ) -> None:
     raw, lock_file = tmp_path / "raw", tmp_path / "data" / "datasets.lock.json"
-    names = list(REFERENCE_FILES)
+    names = [name for name in REFERENCE_FILES if name != "alpaca"]  # the alpaca copy is re-saved: not canonical
+    unpinned = [name for name in names if SOURCES[name].pin is None]
 
     paths = fetch_sources(names, raw, lock_file, url_overrides=overrides, pin_new=True)
 
     assert set(paths) == set(names)
-    assert paths["xstest_safe"] == paths["xstest_unsafe"]  # one file, two sources
+    assert paths["xstest_safe"] == paths["xstest_unsafe"]  # one file, two sources, verified by the registry's pin
     lock = read_lock(lock_file)
-    assert sorted(lock) == sorted(names)
-    for name in names:
+    assert sorted(lock) == sorted(unpinned)  # only the pins recorded now are written
+    for name in unpinned:
         reference_sha = sha256_file(shared_dir / REFERENCE_FILES[name])
         assert lock[name] == {"url": overrides[name], "sha256": reference_sha}
         assert sha256_file(paths[name]) == reference_sha
@@ -326,7 +327,7 @@ def test_a_set_that_does_not_parse_leaves_nothing_cached_or_pinned(tmp_path: Pat
     assert not lock_file.exists() and sorted(p.name for p in raw.iterdir()) == []
 
 
-def test_a_git_blob_pin_checks_the_bytes_and_records_their_sha256(tmp_path: Path, shared_dir: Path) -> None:
+def test_a_git_blob_pin_checks_the_bytes_and_leaves_the_lock_alone(tmp_path: Path, shared_dir: Path) -> None:
     from harmmed.datasets.public_datasets import git_blob_id
 
     reference = shared_dir / "advbench.csv"
@@ -335,15 +336,24 @@ def test_a_git_blob_pin_checks_the_bytes_and_records_their_sha256(tmp_path: Path
     with pytest.raises(ChecksumMismatchError, match="expected git blob 0000"):
         fetch_sources(["advbench"], raw, lock_file, local_files={"advbench": str(reference)})
     assert not (raw / "advbench.csv").exists()
-    lock_file.write_text(json.dumps({"advbench": {"url": "https://x/advbench.csv", "git_blob": git_blob_id(reference)}}))
-    fetch_sources(["advbench"], raw, lock_file, local_files={"advbench": str(reference)})
-    assert read_lock(lock_file)["advbench"]["sha256"] == sha256_file(reference)
+    pinned = json.dumps({"advbench": {"url": "https://x/advbench.csv", "git_blob": git_blob_id(reference)}})
+    lock_file.write_text(pinned)
+    paths = fetch_sources(["advbench"], raw, lock_file, local_files={"advbench": str(reference)})
+    assert paths["advbench"].read_bytes() == reference.read_bytes() and lock_file.read_text() == pinned  # not rewritten
 
 
-def test_the_shipped_lock_pins_sets_by_their_canonical_bytes(shared_dir: Path) -> None:
-    """data/datasets.lock.json ships with pins, so no default download is trusted on first use;
-    XSTest's reference copy is the canonical file of the pinned commit."""
-    shipped = read_lock(Path(__file__).resolve().parents[1] / "data" / "datasets.lock.json")
-    assert {"alpaca", "xstest_safe", "xstest_unsafe"} <= set(shipped)
-    assert shipped["xstest_safe"]["sha256"] == sha256_file(shared_dir / "xstest_prompts.csv")
-    assert len(shipped["alpaca"]["git_blob"]) == 40
+def test_the_registry_pins_sets_by_their_canonical_bytes(shared_dir: Path, tmp_path: Path) -> None:
+    """The registry pins what it can, so those sets are never trusted on first use; XSTest's
+    reference copy is the canonical file of the pinned commit, Alpaca's is re-saved."""
+    from harmmed.datasets.public_datasets import git_blob_id
+
+    assert SOURCES["xstest_safe"].pin == {"sha256": sha256_file(shared_dir / "xstest_prompts.csv")}
+    assert len(SOURCES["alpaca"].pin["git_blob"]) == 40
+    assert SOURCES["alpaca"].pin["git_blob"] != git_blob_id(shared_dir / "alpaca_processed.json")
+    lock_file = tmp_path / "lock.json"
+    with pytest.raises(ChecksumMismatchError, match="expected git blob 3779ddbc"):  # a re-saved copy is refused
+        fetch_sources(["alpaca"], tmp_path / "raw", lock_file, local_files={"alpaca": str(
+            shared_dir / "alpaca_processed.json")})
+    fetch_sources(["xstest_unsafe"], tmp_path / "raw", lock_file, local_files={"xstest_unsafe": str(
+        shared_dir / "xstest_prompts.csv")})
+    assert not lock_file.exists()  # a registry pin is never written back

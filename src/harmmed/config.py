@@ -72,6 +72,7 @@ class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
     """The safe loader, refusing a key given twice in one mapping (YAML would keep the last)."""
 
     def construct_mapping(self, node, deep=False):
+        self.flatten_mapping(node)  # merge keys (<<: *anchor) first, as the safe loader does
         seen: dict[Any, int] = {}
         for key_node, _value in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -168,7 +169,8 @@ def _error_lines(error: jsonschema.ValidationError, root: Any) -> list[str]:
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(k for k in instance if k not in error.schema.get("properties", {}))
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-        return [f"{_join(path, key)}: unknown key{hint}" for key in extra]
+        return [f"{_join(path, key)}: not supported: a model folder's own code never runs; remove the key"
+                if key == "trust_remote_code" else f"{_join(path, key)}: unknown key{hint}" for key in extra]
 
     if kind == "required" and isinstance(instance, dict):
         missing = [k for k in error.validator_value if k not in instance]
@@ -313,7 +315,6 @@ def validate_config(
         )
 
     schema, validator_class = _compiled_schema(schema_path)
-    _parse_inline_sections(cfg, schema)
     validator = validator_class(schema)
 
     filled = copy.deepcopy(cfg)
@@ -335,20 +336,6 @@ def validate_config(
 
     cfg.update(filled)
     return cfg
-
-
-def _parse_inline_sections(cfg: dict[str, Any], schema: Mapping[str, Any]) -> None:
-    """A section given on the command line as one string (``--config 'effects={ci: 0.9}'``)
-    is parsed as YAML when the schema wants a mapping there."""
-    for key, value in list(cfg.items()):
-        wanted = (schema.get("properties") or {}).get(key) or {}
-        if isinstance(value, str) and wanted.get("type") == "object" and value.lstrip().startswith("{"):
-            try:
-                parsed = yaml.load(value, Loader=_SafeLoader)  # noqa: S506 (safe loader)
-            except yaml.YAMLError:
-                continue  # left as it is: the schema names the key
-            if isinstance(parsed, dict):
-                cfg[key] = parsed
 
 
 def typed_overrides(values: Any) -> Any:

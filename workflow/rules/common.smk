@@ -34,10 +34,16 @@ def _names_regex(names):
 
 # Config values that are not one key: what the recovery reads of every plant, and the expected
 # verdicts the calibration reads (an edited verdict reruns the calibration, not the recovery).
+NOT_COMPUTED_FROM = ("expected_verdicts", "skip_stages")  # a model entry's keys that change no computation
+
+
+def computed_from(spec):
+    """A model entry without the keys that change no computation (verdicts, skipped stages)."""
+    return {k: v for k, v in spec.items() if k not in NOT_COMPUTED_FROM}
+
+
 DERIVED_SETTINGS = {
-    "plants": lambda: [
-        {k: v for k, v in m.items() if k != "expected_verdicts"} for m in config["models"] if m["source"] == "finetune"
-    ],
+    "plants": lambda: [computed_from(m) for m in config["models"] if m["source"] == "finetune"],
     "expected_verdicts": lambda: {m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
 }
 
@@ -59,7 +65,7 @@ def reads(*keys, model=False):
                 value = value[part]
             values[key] = value
         if model:
-            values["models"] = model_spec(config, wildcards.model)
+            values["models"] = computed_from(model_spec(config, wildcards.model))
         return config_digest(values)
 
     return digest

@@ -191,7 +191,8 @@ def check_categories(rows: list[dict[str, str]], declared: list[str] | None, pat
     for row_number, row in enumerate(rows, start=2):
         if row["category"] not in declared:
             raise PromptFileError(f"{path}, row {row_number}, column 'category': {row['category']!r} is not a declared "
-                                  f"category ({key}: {', '.join(declared)}); correct the row or declare it")
+                                  f"category ({key}: {', '.join(declared)}); correct the row, or declare it in "
+                                  f"{key} (null declares none)")
 
 
 def control_tokens(tokenizer) -> list[str]:

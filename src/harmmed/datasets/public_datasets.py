@@ -1,10 +1,11 @@
 """Public prompt sources for the unpaired mode, pinned and verified.
 
 Every entry of :data:`SOURCES` points at an immutable URL: a GitHub raw URL that
-names a full commit hash, or a Hugging Face ``resolve/<commit>`` URL. The lock file
-(shipped in ``data/datasets.lock.json``) pins each file's bytes, by sha256 or by the git
-blob id the pinned commit's tree lists; a set without a pin is refused unless the user
-asks to pin what its URL serves now (``prompts.public.pin_new``).
+names a full commit hash, or a Hugging Face ``resolve/<commit>`` URL. A file's bytes are
+pinned by the registry (where the canonical digest is known) or by the user's lock file,
+by sha256 or by the git blob id the pinned commit's tree lists; a set without a pin is
+refused unless the user asks to pin what its URL serves now (``prompts.public.pin_new``),
+and only such new pins are written to the lock file.
 
 Parsers accept the canonical upstream formats. Some also accept the reference
 copies kept in ``../shared/datasets`` (same data, different columns or a
@@ -159,6 +160,7 @@ class Source:
     parser: Parser
     role: Role
     license: str
+    pin: Mapping[str, str] | None = None  # the canonical file's digest (sha256 or git blob id), where known
 
 
 _ADVBENCH_URL = (
@@ -183,6 +185,12 @@ _ALPACA_URL = (
     "761dc5bfbdeeffa89b8bff5d038781a4055f796a/alpaca_data.json"
 )
 
+# Pins of canonical files known without downloading them: XSTest's file at the pinned commit (the
+# reference copy is that file), and Alpaca's git blob id in the pinned commit's tree. AdvBench,
+# HarmBench and JBB have none here: pin them in the lock file, or let pin_new record them.
+_XSTEST_SHA256 = "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a"
+_ALPACA_GIT_BLOB = "3779ddbc040543ab1834ef216c983d6fcc06cc9a"
+
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
@@ -198,13 +206,14 @@ SOURCES: dict[str, Source] = {
         ),
         Source(
             "xstest_safe", _XSTEST_URL, "xstest_prompts.csv", "csv",
-            parse_xstest_safe, "benign", "CC-BY-4.0",
+            parse_xstest_safe, "benign", "CC-BY-4.0", {"sha256": _XSTEST_SHA256},
         ),
         Source(
             "xstest_unsafe", _XSTEST_URL, "xstest_prompts.csv", "csv",
-            parse_xstest_unsafe, "harmful", "CC-BY-4.0",
+            parse_xstest_unsafe, "harmful", "CC-BY-4.0", {"sha256": _XSTEST_SHA256},
         ),
-        Source("alpaca", _ALPACA_URL, "alpaca_data.json", "json", parse_alpaca, "benign", "CC-BY-NC-4.0"),
+        Source("alpaca", _ALPACA_URL, "alpaca_data.json", "json", parse_alpaca, "benign", "CC-BY-NC-4.0",
+               {"git_blob": _ALPACA_GIT_BLOB}),
     )
 }
 
@@ -278,11 +287,11 @@ def _verify_pin(source: Source, path: Path, entry: Mapping[str, str] | None, loc
     if "sha256" in entry:
         pinned = normalize_sha256(entry["sha256"], f"{lock_file}: {source.name}.sha256")
         if actual != pinned:
-            raise ChecksumMismatchError(f"Checksum mismatch for {source.name} ({where}): expected sha256 {pinned} "
-                                        f"from {lock_file}, got {actual}. The file was not kept.")
-    elif git_blob_id(path) != entry["git_blob"]:
+            raise ChecksumMismatchError(f"Checksum mismatch for {source.name} ({where}): expected sha256 {pinned}, "
+                                        f"got {actual}.")
+    elif (blob := git_blob_id(path)) != entry["git_blob"]:
         raise ChecksumMismatchError(f"Checksum mismatch for {source.name} ({where}): expected git blob "
-                                    f"{entry['git_blob']} from {lock_file}, got {git_blob_id(path)}. The file was not kept.")
+                                    f"{entry['git_blob']}, got {blob}.")
     return actual
 
 
@@ -319,21 +328,26 @@ def fetch_sources(
         url = overrides.get(source.name, source.url)
         where = local.get(source.name, url)
         path = raw_dir / source.filename
-        entry = lock.get(source.name)
+        entry = lock.get(source.name) or source.pin  # the lock's own pin first (a mirror's bytes may differ)
         if entry is None and not pin_new:
             state = "has no digest for" if Path(lock_file).exists() else "does not exist, so nothing pins"
             raise UnpinnedSourceError(
-                f"{lock_file} {state} {source.name}. Pin it by adding its sha256 (or git blob id) to the lock, or set "
-                f"prompts.public.pin_new: true to record what {where} serves now (trust on first use)")
+                f"{lock_file} {state} {source.name} (nor does the registry). Pin it by adding its sha256 (or git "
+                f"blob id) to the lock, or set prompts.public.pin_new: true to record what {where} serves now "
+                "(trust on first use)")
+        if path in seen and entry is not None and "sha256" in entry and entry["sha256"] != seen[path]:
+            raise ChecksumMismatchError(f"{source.name}: {lock_file} pins {entry['sha256']} for {path}, which another "
+                                        f"source's pin verified as {seen[path]}")
         if path in seen:
             actual = seen[path]
         elif path.exists() and entry is not None:
-            actual = _verify_pin(source, path, entry, lock_file, str(path))
+            actual = _verify_pin(source, path, entry, lock_file, f"{path}, kept from an earlier run; delete it to "
+                                                                  "download it again")
         else:
             actual = _stage(source, path, url, local.get(source.name), entry, lock_file)
         seen[path] = actual
-        if entry is None or "sha256" not in entry:  # pinned now, so a kept file never lacks its pin
-            lock[source.name] = {**(entry or {}), "url": url, "sha256": actual}
+        if entry is None:  # pinned now (asked for), so a kept file never lacks its pin
+            lock[source.name] = {"url": url, "sha256": actual}
             write_lock(lock_file, lock)
         paths[source.name] = path
     return paths
@@ -352,7 +366,7 @@ def _stage(source: Source, path: Path, url: str, local: str | None, entry: Mappi
             shutil.copyfile(local, staged)
         else:
             download(url, staged)
-        actual = _verify_pin(source, staged, entry, lock_file, local or url)
+        actual = _verify_pin(source, staged, entry, lock_file, f"{local or url}; the file was not kept")
         try:
             rows = source.parser(staged)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, csv.Error) as err:

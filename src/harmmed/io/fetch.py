@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from ..constants import PACKAGE_VERSION
+from .storage import make_readable
 
 _CHUNK = 1 << 20
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -136,9 +137,7 @@ def download(
                 f"Checksum mismatch for {dest} downloaded from {url}: "
                 f"expected sha256 {expected}, got {actual}. The file was not kept."
             )
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 would keep the download from everyone else
+        make_readable(tmp)
         os.replace(tmp, dest)
         return actual
     finally:

@@ -30,17 +30,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would keep results from everyone else
+        make_readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()  # read once: setting it to read it is not thread-safe
+
+
+def make_readable(path: str | Path) -> None:
+    """The mode a plain ``open`` would give: mkstemp's 0600 would keep results from everyone else."""
+    os.chmod(path, 0o666 & ~UMASK)
 
 
 def write_json(obj: Mapping[str, Any], path: str | Path) -> None:

@@ -39,19 +39,30 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
     return safetensors_digest(Path(path))
 
 
-def check_weights(manifest: Mapping[str, Any], expected: str | None = None, where: str = "the manifest") -> str:
-    """Hash the weights at ``manifest["path"]`` and fail unless they are the recorded ones;
-    returns the digest. Every stage that loads a model calls this before computing anything."""
+def weights_digest_from(digests: Mapping[str, str]) -> str:
+    """:func:`weights_digest` from a folder's file digests (the same formula, no second read)."""
+    import hashlib
+
+    names = sorted(name for name in digests if name.endswith(".safetensors"))
+    return hashlib.sha256("".join(f"{digests[name]}  {name}\n" for name in names).encode()).hexdigest()
+
+
+def check_weights(manifest: Mapping[str, Any], expected: str | None = None, where: str = "the manifest",
+                  digests: Mapping[str, str] | None = None) -> str:
+    """Hash the weights at ``manifest["path"]`` (or take them from the folder's ``digests``) and
+    fail unless they are the recorded ones; returns the digest. Every stage that loads a model
+    calls this before computing anything."""
     expected = expected or manifest.get("sha256")
     if not expected:
         raise KeyError(f"model {manifest.get('name')}: the manifest records no 'sha256' of its weights, so they "
                        "cannot be checked; rerun download_model")
-    actual = weights_digest(manifest["path"])
+    actual = weights_digest_from(digests) if digests is not None else weights_digest(manifest["path"])
     if actual != expected:
         raise WeightsChangedError(
             f"model {manifest.get('name')}: the weights at {manifest['path']} have sha256 {actual}, but {where} "
-            f"records {expected}. They changed after the manifest was written; rerun the workflow from "
-            f"download_model (snakemake --forcerun download_model) so every table comes from one set of weights."
+            f"records {expected}. They changed after the manifest was written; rerun the workflow from the rule "
+            f"that wrote it (snakemake --forcerun download_model, or finetune_model for a fine-tune) so every "
+            f"table comes from one set of weights."
         )
     return actual
 
@@ -78,30 +89,37 @@ def check_config_devices(cfg: Mapping[str, Any]) -> None:
         check_device(spec.get("device", "cpu"), f"models[{i}].device ({spec['name']})")
 
 
-def model_file_digests(path: str | os.PathLike[str]) -> dict[str, str]:
+def model_file_digests(path: str | os.PathLike[str], weights: bool = True) -> dict[str, str]:
     """sha256 of every file of a model folder by name: weights, tokenizer files, chat template,
-    config (hidden files aside)."""
+    config (hidden files aside; without ``weights``, the *.safetensors files too)."""
     from ..io.fetch import sha256_file
 
-    return {f.name: sha256_file(f) for f in sorted(Path(path).iterdir()) if f.is_file() and not f.name.startswith(".")}
+    return {f.name: sha256_file(f) for f in sorted(Path(path).iterdir())
+            if f.is_file() and not f.name.startswith(".") and (weights or not f.name.endswith(".safetensors"))}
 
 
-def check_model_files(manifest: Mapping[str, Any], where: str = "the manifest") -> None:
+def check_model_files(manifest: Mapping[str, Any], where: str = "the manifest", weights: bool = True,
+                      digests: Mapping[str, str] | None = None) -> dict[str, str]:
     """Fail unless the model folder holds exactly the files, with exactly the bytes, that the
-    manifest records (a tokenizer or chat template edited in place changes every input)."""
+    manifest records (a tokenizer or chat template edited in place changes every input); without
+    ``weights`` the *.safetensors files are left out (a tokenizer-only load). Returns the digests."""
     recorded = manifest.get("files")
     if not isinstance(recorded, Mapping):
         raise KeyError(f"model {manifest.get('name')}: {where} records no 'files' digests of the model folder, so "
                        "its tokenizer and chat template cannot be checked; rerun download_model")
-    actual = model_file_digests(manifest["path"])
-    problems = [f"{name} changed" for name in sorted(recorded.keys() & actual.keys()) if recorded[name] != actual[name]]
-    problems += [f"{name} missing" for name in sorted(recorded.keys() - actual.keys())]
-    problems += [f"{name} added" for name in sorted(actual.keys() - recorded.keys())]
+    if digests is None:
+        digests = model_file_digests(manifest["path"], weights)
+    if not weights:
+        recorded = {name: digest for name, digest in recorded.items() if not name.endswith(".safetensors")}
+    problems = [f"{name} changed" for name in sorted(recorded.keys() & digests.keys()) if recorded[name] != digests[name]]
+    problems += [f"{name} missing" for name in sorted(recorded.keys() - digests.keys())]
+    problems += [f"{name} added" for name in sorted(digests.keys() - recorded.keys())]
     if problems:
         raise WeightsChangedError(
             f"model {manifest.get('name')}: the model folder {manifest['path']} differs from what {where} records "
-            f"({'; '.join(problems)}). Rerun the workflow from download_model (snakemake --forcerun download_model) "
-            "so every table comes from one model.")
+            f"({'; '.join(problems)}). Rerun the workflow from the rule that wrote the manifest (snakemake "
+            "--forcerun download_model, or finetune_model for a fine-tune) so every table comes from one model.")
+    return dict(digests)
 
 
 def refusal_token_ids(tokenizer: Any, phrases: list[str]) -> list[int]:

@@ -420,11 +420,13 @@ def open_model(manifest: Mapping[str, Any], dtype: str, device: str, threads: in
     mixes two models; torch then runs on ``threads`` threads (None leaves torch's setting
     alone). With ``derived`` (a manifest, not a fetch record) the fields the manifest derived
     from the model must be what the loaded model gives."""
-    from .checks import check_derived_fields, check_device, check_model_files, check_weights
+    from .checks import check_derived_fields, check_device, check_model_files, check_weights, model_file_digests
 
     check_device(device, device_key or f"models[{manifest.get('name')}].device")
-    check_weights(manifest, where=where)
-    check_model_files(manifest, where=where)
+    require_safetensors_dir(Path(manifest["path"]))
+    digests = model_file_digests(manifest["path"])  # every file read once, for both checks
+    check_weights(manifest, where=where, digests=digests)
+    check_model_files(manifest, where=where, digests=digests)
     if threads is not None:
         import torch
 

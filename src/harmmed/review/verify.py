@@ -68,8 +68,11 @@ def environment_checks(provenance: Mapping[str, Any], repo: str | Path, installe
     checks = []
     commit = (provenance.get("git") or {}).get("commit")
     if commit:
-        known = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"],
-                               capture_output=True).returncode == 0
+        try:
+            known = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"],
+                                   capture_output=True).returncode == 0
+        except OSError:  # no git on this machine: the commit cannot be looked up
+            known = False
         checks.append(Check("recorded commit", True, f"{commit} is in this repository's history" if known else
                             f"{commit} is not in this repository's history", warning=not known))
     recorded = provenance.get("versions") or {}

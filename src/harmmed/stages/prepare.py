@@ -54,8 +54,8 @@ def prepare_prompts(cfg: dict, manifest: ManifestSource, pairs_file: str | Path,
     prompts, manifest = cfg["prompts"], read_manifest(manifest)
     rows = read_pairs(pairs_file)
     if not prompts["public"]["enabled"]:  # the public sets' pairs are sampled by our code, categories and all
-        check_categories(rows, prompts["categories"], pairs_file)
-    check_model_files(manifest)  # the tokenizer and chat template are the recorded ones
+        check_categories(rows, prompts.get("categories"), pairs_file)  # absent from configs recorded before it
+    check_model_files(manifest, weights=False)  # the tokenizer and chat template are the recorded ones
     tokenizer = AutoTokenizer.from_pretrained(manifest["path"])
     if not tokenizer.chat_template:
         raise PromptFileError(f"model {manifest['name']} ({manifest['path']}): its tokenizer has no chat template "
