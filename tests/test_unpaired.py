@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -342,7 +343,9 @@ def read_inputs(results: Path) -> dict[str, dict]:
 def unpaired_run(tmp_path_factory, mirror):
     workdir = tmp_path_factory.mktemp("unpaired")
     save_tiny_model(workdir / "tiny-model")
-    public = {"enabled": True, "lock_file": str(workdir / "lock.json"), "pin_new": True,  # a fresh lock: pin first use
+    # The mirror serves the reference copies (Alpaca's is re-saved): they are pinned in their own lock.
+    shutil.copyfile(REPO / "data" / "datasets.mirror.lock.json", workdir / "lock.json")
+    public = {"enabled": True, "lock_file": str(workdir / "lock.json"),
               "harmful": ["advbench"], "benign": ["alpaca"], "n_pairs": 8, "seed": 3, "url_overrides": {"advbench": f"{mirror}/advbench.csv",
                                                           "alpaca": f"{mirror}/alpaca_processed.json"}}
     config = workflow_config(workdir, {"mode": "unpaired", "public": public},
