@@ -394,6 +394,14 @@ def test_unpaired_changed_public_keys_rerun_the_download(unpaired_run):
     dry = snakemake(workdir, other, "--dry-run")
     assert dry.returncode == 0 and "fetch_public_datasets" in dry.stdout
     assert "Nothing to be done" in snakemake(workdir, config, "--dry-run").stdout
+    lock = workdir / "lock.json"
+    pins = json.loads(lock.read_text())
+    try:  # an edited pin refetches (and then fails on the mirror's bytes)
+        lock.write_text(json.dumps({**pins, "advbench": {**pins["advbench"], "sha256": "0" * 64}}))
+        dry = snakemake(workdir, config, "--dry-run")
+        assert dry.returncode == 0 and "fetch_public_datasets" in dry.stdout
+    finally:
+        lock.write_text(json.dumps(pins))
 
 
 def test_noise_workflow_end_to_end(tmp_path):

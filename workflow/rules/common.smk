@@ -1,5 +1,6 @@
 # Globals, input functions and resource requests shared by the rules and by `rule all` (included
 # first by the Snakefile). Functions live here only (rule files hold rules), as `snakemake --lint` asks.
+import json
 import os
 import re
 from pathlib import Path
@@ -45,7 +46,22 @@ def computed_from(spec):
 DERIVED_SETTINGS = {
     "plants": lambda: [computed_from(m) for m in config["models"] if m["source"] == "finetune"],
     "expected_verdicts": lambda: {m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
+    "public_pins": lambda: locked_pins(),
 }
+
+
+def locked_pins():
+    """The lock file's pins of the configured public sets: an edited pin refetches and resamples
+    (the lock is not an input, because fetch_public_datasets writes the pins pin_new records)."""
+    names = PUBLIC["harmful"] + PUBLIC["benign"]
+    lock = Path(PUBLIC["lock_file"])
+    try:
+        entries = json.loads(lock.read_text(encoding="utf-8")) if lock.is_file() else {}
+    except (OSError, ValueError):
+        return lock.read_bytes().hex() if lock.is_file() else None  # the job itself names what is wrong
+    if not isinstance(entries, dict):
+        return entries
+    return {name: entries.get(name) for name in names}
 
 
 def reads(*keys, model=False):

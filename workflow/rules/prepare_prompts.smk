@@ -16,6 +16,7 @@ rule fetch_public_datasets:
             "prompts.public.n_pairs",
             "prompts.public.seed",
             "prompts.public.lock_file",
+            "public_pins",
         ),
     script:
         "../scripts/fetch_public_datasets.py"
