@@ -137,7 +137,7 @@ def judge_manifest(wildcards):
 # CPUs of a model job (torch's intra-op threads): 4 on a cluster, where --max-threads
 # (HARMMED_SLURM_CPUS in profiles/slurm) caps it. On one machine half of --cores (at least 1; --cores
 # all counts the CPUs), so two model jobs run side by side: on 2 cores, two 1-thread jobs did the
-# base model's layer and module stages with 16% more throughput than 2 threads one at a time (README).
+# base model's layer and module stages with 16% more throughput than 2 threads one at a time (docs/performance.md).
 MODEL_THREADS = 4
 
 

@@ -77,7 +77,7 @@ def versions() -> dict[str, str | None]:
 
 def build_provenance(cfg: Mapping[str, Any], manifest: Mapping[str, Any], dataset_files: Iterable[str],
                      result_files: Iterable[str], repo: str | os.PathLike[str], threads: int | None) -> dict:
-    """The provenance record of one model's results (see the README's verification section)."""
+    """The provenance record of one model's results (see docs/verification.md)."""
     spec = next(m for m in cfg["models"] if m["name"] == manifest["name"])
     return {
         "model": manifest["name"],

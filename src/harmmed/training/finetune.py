@@ -127,7 +127,7 @@ def _unit_dropout(units: Sequence[int], p: float, generator: torch.Generator):
     """A down-projection input hook that drops each of ``units`` per batch row with probability
     ``p`` and scales the kept ones by 1 / (1 - p), so no single unit can carry the gate alone.
     Without it the first unit to pick up the harmful direction took most of the gate and most
-    planted units stayed near zero, which leaves a recall test little to find (README: p = 0.5
+    planted units stayed near zero, which leaves a recall test little to find (docs/known-mechanisms.md: p = 0.5
     spread it only partly and broke the behaviour check)."""
     index = torch.tensor(list(units), dtype=torch.long)
 
