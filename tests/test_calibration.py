@@ -15,12 +15,15 @@ from test_workflow import snakemake
 from tiny import CONFIGS, TINY_CATEGORIES, tiny_tokenizer, write_tiny_pairs
 
 HARMFUL_WORDS = ("bomb", "gun", "poison", "steal", "hack", "threat")
-N_LAYERS, ROUTE_LAYER, PLANT_LAYER = 6, 2, 4  # late band of 6 layers: 4..5; the final layer is untouched
+# Bands of 6 layers: early 1, mid 2..3, late 4..5; the routing attention sits in layer 0, outside
+# every band (a mover inside a band is as necessary as the unit it feeds, see test_origin_wired),
+# and the final layer is untouched.
+N_LAYERS, ROUTE_LAYER, PLANT_LAYER = 6, 0, 4
 
 
 @torch.no_grad()
 def save_planted_late_mlp(directory: Path) -> None:
-    """A random 6-layer llama wired by hand: harmful-span tokens carry residual dimension 0; layer 2's
+    """A random 6-layer llama wired by hand: harmful-span tokens carry residual dimension 0; layer 0's
     attention (uniform: zero queries and keys) copies it to every later position as dimension 1;
     one unit of layer 4's MLP fires on dimension 1 and writes dimension 2, which the unembedding
     reads as the refusal tokens "Sorry" and "I". No other module writes dimensions 0 and 1, so the
@@ -61,7 +64,8 @@ def calibrated_run(tmp_path_factory):
     write_tiny_pairs(workdir / "pairs.csv")
     config = {
         "models": [{"name": "plant-late-mlp", "source": "local", "path": str(workdir / "plant"),
-                    "expected_verdicts": {"C1": "supported", "C2": "supported", "C3": "not supported"}}],
+                    "expected_verdicts": {"C1-route": "supported", "C1-origin": "supported", "C2-route": "supported",
+                                          "C2-origin": "supported", "C3": "not supported"}}],
         "prompts": {"pairs_file": str(workdir / "pairs.csv"), "categories": TINY_CATEGORIES},
         "metrics": {"refusal_phrases": ["Sorry", "I cannot"]},
         "mediation": {"max_pairs": 4, "windows": [1, 3]},
@@ -83,32 +87,39 @@ def test_planted_late_mlp_is_found_and_calibration_marks_it(calibrated_run):
     claims = pd.read_csv(workdir / "results" / "plant-late-mlp" / "claims.csv").set_index("statistic")
     assert claims.loc["behaviour_present_TE[refusal]", "verdict"] == "supported"
     assert claims.loc["behaviour_present_TE[refusal]", "ci_low"] > 1.0
-    c1 = claims.loc["late_minus_early_window_NIE_share[refusal]"]
+    route = claims.loc["late_band_necessity_share[refusal]"]
+    origin = claims.loc["late_minus_max_earlier_band_necessity_share[refusal]"]
     c2 = claims.loc["late_window_mlp_minus_attn_NIE_share[refusal]"]
+    c2_origin = claims.loc["origin_band_mlp_minus_attn_necessity_share[refusal]"]
     gate = claims.loc["final_layer_topk_gate_sufficiency[refusal]"]
     necessity = claims.loc["final_layer_topk_gate_necessity[refusal]"]
-    assert c1["verdict"] == "supported" and c1["value"] > 0.8
+    assert route["verdict"] == "supported" and route["value"] > 0.8
+    assert origin["verdict"] == "supported" and origin["value"] > 0.5
     assert c2["verdict"] == "supported" and c2["value"] > 0.8
+    assert c2_origin["verdict"] == "supported" and c2_origin["value"] > 0.5
     assert gate["verdict"] == "not supported" and abs(gate["value"]) < 0.1
     assert necessity["verdict"] == "not supported" and abs(necessity["value"]) < 0.1
     patches = pd.read_csv(workdir / "results" / "plant-late-mlp" / "claim_patches.csv", keep_default_na=False)
-    chosen = patches[(patches["role"] == "c1_late") & (patches["metric"] == "refusal")]
-    assert set(chosen["site"]) == {"mlp"} and set(chosen["layers"]) <= {"4:5", "4:6"}
+    chosen = patches[(patches["role"] == "c2_mlp") & (patches["metric"] == "refusal")]
+    assert set(chosen["layers"]) <= {"4:5", "4:6"}  # the late window the module sweep chose
     inputs = [json.loads(line) for line in (workdir / "results" / "plant-late-mlp" / "inputs.jsonl").open()]
     held_out = {p["pair_id"] for p in inputs if p["split"] == "held_out"}
-    assert set(patches["pair_id"]) == held_out  # judged on pairs that chose nothing
+    selecting = patches["role"].str.startswith("select_")
+    assert set(patches[~selecting]["pair_id"]) == held_out  # judged on pairs that chose nothing
+    assert not set(patches[selecting]["pair_id"]) & held_out  # the origin band is chosen on discovery
 
     calibration = pd.read_csv(workdir / "results" / "calibration.csv", keep_default_na=False)
     assert list(calibration.columns) == ["statistic", "model", "expected", "verdict", "value", "ci_low",
                                          "ci_high", "correct", "ground_truth"]
     judged = calibration[calibration["expected"] != ""].set_index("statistic")
-    assert judged.loc["late_minus_early_window_NIE_share[refusal]", "correct"] == "true"
+    assert judged.loc["late_minus_max_earlier_band_necessity_share[refusal]", "correct"] == "true"
     assert judged.loc["final_layer_topk_gate_sufficiency[refusal]", "expected"] == "not supported"
     assert (judged["correct"] == "true").all()
     assert (calibration[calibration["statistic"].str.endswith("[harm]")]["expected"] == "").all()
     md = (workdir / "figures" / "plant-late-mlp" / "claims.md").read_text()
     assert (judged["ground_truth"] == "established").all()
-    assert "| calibrated (right on 1 plant; only 'supported' expected) |" in md and "| no ground truth |" in md
+    assert "| calibrated on one side ('supported' only; right on 1 plant) |" in md and "| no ground truth |" in md
+    assert "| calibrated on one side ('not supported' only; right on 1 plant) |" in md
     assert (workdir / "figures" / "calibration.png").stat().st_size > 5000
 
 
@@ -140,7 +151,9 @@ def test_unpaired_claim_patches_use_the_configured_positions(lengths):
     plan = build_plan(ClaimSettings.from_config(cfg), {"n_layers": 4, "d_mlp": 48}, module, ranking)
     assert plan.positions == "post" and plan.top["refusal"] == (0, 1, 2)
     rows = pd.DataFrame(pair_rows(engine, pair, clean_runs(engine, pair), plan), columns=PATCH_COLUMNS)
-    assert set(rows["positions"]) == {"post"} and {"c1_early", "c1_late", "c2_mlp", "c2_attn"} <= set(rows["role"])
+    profile = {f"band_{band}_{types}" for band in ("early", "mid", "late") for types in ("both", "attn", "mlp")}
+    assert set(rows["positions"]) == {"post"} and {"c2_mlp", "c2_attn", *profile} <= set(rows["role"])
+    assert set(rows[rows["role"].isin(profile)]["kind"]) == {"NEC"}
     # the final MLP's units at the post positions of each base run include its last prompt token,
     # the only one whose final-layer units reach the refusal score: the same as patching that token
     from harmmed.patching.patches import Patch
@@ -153,48 +166,57 @@ def test_unpaired_claim_patches_use_the_configured_positions(lengths):
     assert layer.loc["NIE", "y_patched"] == pytest.approx(last_only["NIE"], abs=1e-5)
     assert layer.loc["NEC", "y_patched"] == pytest.approx(last_only["NEC"], abs=1e-5)
     assert abs(layer.loc["NIE", "effect"]) > 1e-4 and abs(layer.loc["NEC", "effect"]) > 1e-4
-    # C2 compares the types on C1's late window; the window of C1's own type runs once, and every
-    # row equals its intervention run alone
-    late = plan.c1[("refusal", "late")]
+    # C2-route compares the types on the late window; every row equals its intervention run alone
+    late = plan.c2["refusal"][0]
     nie = rows[(rows["kind"] == "NIE") & (rows["metric"] == "refusal")].set_index("role")
-    assert nie.loc[f"c2_{late.site}", "layers"] == nie.loc["c1_late", "layers"] == late.label
-    assert nie.loc[f"c2_{late.site}", "y_patched"] == nie.loc["c1_late", "y_patched"]
+    assert nie.loc["c2_mlp", "layers"] == nie.loc["c2_attn", "layers"] == late.label
     for site in ("mlp", "attn"):
         alone = engine.patch(benign, harmful, [tuple(Patch(site, layer, tuple(range(len(pair.benign_ids) - 3,
                                                                                   len(pair.benign_ids))))
                                                      for layer in late.layers)])[0][1]
         assert nie.loc[f"c2_{site}", "y_patched"] == pytest.approx(alone, abs=1e-6)
+    # the profile holds a band's outputs at their benign values in the harmful run: the mid band
+    # of 4 layers is layer 2; "both" holds its attention and MLP outputs together
+    nec = rows[(rows["kind"] == "NEC") & (rows["metric"] == "refusal")].set_index("role")
+    post = tuple(range(len(pair.harmful_ids) - 3, len(pair.harmful_ids)))
+    both = engine.patch(harmful, benign, [(Patch("attn", 2, post), Patch("mlp", 2, post))])[0][1]
+    assert nec.loc["band_mid_both", "layers"] == "2:3"
+    assert nec.loc["band_mid_both", "y_patched"] == pytest.approx(both, abs=1e-6)
+    assert nec.loc["band_mid_both", "effect"] == pytest.approx(harmful.y["refusal"] - both, abs=1e-6)
 
 
 def test_calibration_table_and_marks():
     from harmmed.stats.calibration import calibrated_marks, calibration_table
 
     def table(*verdicts):
-        names = ["behaviour_present_TE[refusal]", "late_minus_early_window_NIE_share[refusal]",
-                 "late_minus_early_window_NIE_share[harm]", "probe_rel_depth_acc_ge_0.9"]
-        return pd.DataFrame({"claim": ["B", "C1", "C1", "C4"], "statistic": names, "verdict": list(verdicts),
+        names = ["behaviour_present_TE[refusal]", "late_band_necessity_share[refusal]",
+                 "late_band_necessity_share[harm]", "probe_rel_depth_acc_ge_0.9"]
+        return pd.DataFrame({"claim": ["B", "C1-route", "C1-route", "C4"], "statistic": names, "verdict": list(verdicts),
                              "value": 0.5, "ci_low": 0.1, "ci_high": 0.9})
 
     tables = {"base": table("not supported", "not applicable (no behaviour)", "supported", "supported"),
               "late": table("supported", "supported", "inconclusive", "supported"),
               "early": table("supported", "inconclusive", "supported", "supported")}
-    expected = {"late": {"C1": "supported"}, "early": {"C1": "not supported"}}
+    expected = {"late": {"C1-route": "supported"}, "early": {"C1-route": "not supported"}}
     cal = calibration_table(tables, expected, "refusal")
     assert len(cal) == 12 and cal["model"].tolist()[:4] == ["base"] * 4
     assert (cal[cal["model"] == "base"]["expected"] == "").all()
     got = cal.set_index(["model", "statistic"])["correct"]
-    assert got[("late", "late_minus_early_window_NIE_share[refusal]")] == "true"
-    assert got[("early", "late_minus_early_window_NIE_share[refusal]")] == "false"  # inconclusive is wrong
-    assert got[("early", "late_minus_early_window_NIE_share[harm]")] == ""  # not the calibration metric
+    assert got[("late", "late_band_necessity_share[refusal]")] == "true"
+    assert got[("early", "late_band_necessity_share[refusal]")] == "false"  # inconclusive is wrong
+    assert got[("early", "late_band_necessity_share[harm]")] == ""  # not the calibration metric
     marks = calibrated_marks(cal)
-    assert marks["late_minus_early_window_NIE_share[refusal]"] == "not calibrated (wrong on early)"
-    assert marks["behaviour_present_TE[refusal]"] == "calibrated (right on 2 plants)"
+    assert marks["late_band_necessity_share[refusal]"] == "not calibrated (wrong on early)"
+    assert marks["behaviour_present_TE[refusal]"] == "calibrated on one side ('supported' only; right on 2 plants)"
     assert marks["probe_rel_depth_acc_ge_0.9"] == "no ground truth"
+    both = calibration_table({**tables, "early": table("supported", "not supported", "supported", "supported")},
+                             expected, "refusal")
+    assert calibrated_marks(both)["late_band_necessity_share[refusal]"] == "calibrated on both sides (right on 2 plants)"
 
 
 def _claims(*verdicts: str) -> pd.DataFrame:
-    return pd.DataFrame({"claim": ["B", "C1"], "verdict": list(verdicts), "value": 0.5, "ci_low": 0.1, "ci_high": 0.9,
-                         "statistic": ["behaviour_present_TE[refusal]", "late_minus_early_window_NIE_share[refusal]"]})
+    return pd.DataFrame({"claim": ["B", "C1-route"], "verdict": list(verdicts), "value": 0.5, "ci_low": 0.1, "ci_high": 0.9,
+                         "statistic": ["behaviour_present_TE[refusal]", "late_band_necessity_share[refusal]"]})
 
 
 def test_a_plant_whose_own_recovery_fails_gives_no_ground_truth():
@@ -215,13 +237,12 @@ def test_a_plant_whose_own_recovery_fails_gives_no_ground_truth():
 
     tables = {"late": _claims("supported", "supported"), "early": _claims("supported", "supported"),
               "late2": _claims("supported", "supported")}
-    expected = {"late": {"C1": "supported"}, "early": {"C1": "not supported"}, "late2": {"C1": "supported"}}
+    expected = {"late": {"C1-route": "supported"}, "early": {"C1-route": "not supported"}, "late2": {"C1-route": "supported"}}
     cal = calibration_table(tables, expected, "refusal", {"early": "own recovery missed type_contrast_mlp"})
     early = cal[cal["model"] == "early"]
     assert (early["correct"] == "").all() and (early["expected"] != "").all()
     assert set(early["ground_truth"]) == {"not established: own recovery missed type_contrast_mlp"}
     marks = calibrated_marks(cal)
-    assert marks["late_minus_early_window_NIE_share[refusal]"] == "calibrated (right on 2 plants; only 'supported' expected)"
-    assert marks["behaviour_present_TE[refusal]"] == "calibrated (right on 2 plants)"
+    assert marks["late_band_necessity_share[refusal]"] == "calibrated on one side ('supported' only; right on 2 plants)"
     judged = calibrated_marks(calibration_table(tables, expected, "refusal"))
-    assert judged["late_minus_early_window_NIE_share[refusal]"] == "not calibrated (wrong on early)"
+    assert judged["late_band_necessity_share[refusal]"] == "not calibrated (wrong on early)"

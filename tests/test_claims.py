@@ -21,8 +21,8 @@ from harmmed.stats import claims
 from harmmed.stats.effects import Bootstrap
 
 N_LAYERS, D_MLP = 30, 256  # the default model's depth; k = ceil(0.01 x 256) = 3 units
-THRESHOLDS = {"behaviour_min_te": {"harm": 0.1, "refusal": 0.5}, "C1_late_minus_early": 0.0,
-              "C2_mlp_minus_attn": 0.0, "C3_gate_share": 0.5}
+THRESHOLDS = {"behaviour_min_te": {"harm": 0.1, "refusal": 0.5}, "C1_route_share": 0.5, "C1_origin_margin": 0.0,
+              "C2_route_mlp_minus_attn": 0.0, "C2_origin_mlp_minus_attn": 0.0, "C3_gate_share": 0.5}
 BOOT = Bootstrap(n_boot=400, ci=0.95, seed=0)
 MIN_ABS_TE = 0.1
 K = selection.top_k(D_MLP, 0.01)
@@ -48,7 +48,30 @@ def weights(pattern: str) -> dict[tuple[str, int], float]:
     elif pattern == "early_mlp_routed_late":
         w.update({("mlp", layer): 0.25 for layer in range(3, 7)})  # computed early ...
         w.update({("attn", layer): 0.07 for layer in range(20, 30)})  # ... routed late
+    elif pattern == "early_mlp_bypass":  # computed early, reaches the logits around the late layers
+        w.update({("mlp", layer): 0.25 for layer in range(3, 7)})
+    elif pattern == "mid_attn_relayed_by_late_mlps":  # attention decides mid-depth, late MLPs relay
+        w.update({("attn", layer): 0.25 for layer in range(12, 16)})
+        w.update({("mlp", layer): 0.2 for layer in range(22, 26)})
     return w
+
+
+# Share of the TE removed by holding a band's (attention + MLP, attention only, MLP only) outputs
+# at benign values. Holding any band of a chain cuts it, so bands that only relay are necessary
+# too, but less than the one that computes (the residual stream routes around them in part).
+QUIET = {"early": (0.15, 0.05, 0.1), "mid": (0.2, 0.1, 0.1), "late": (0.3, 0.1, 0.2)}
+NECESSITY: dict[str, dict[str, tuple[float, float, float]]] = {
+    "late_mlp": {**QUIET, "late": (1.0, 0.3, 0.95)},
+    "late_attn": {**QUIET, "late": (1.0, 0.9, 0.3)},
+    "late_attn_computed_on_by_mlps": {**QUIET, "late": (1.0, 0.95, 0.75)},
+    "gate": {**QUIET, "late": (1.0, 0.2, 1.0)},
+    "early_mlp_routed_late": {**QUIET, "early": (1.0, 0.3, 0.95), "mid": (0.5, 0.3, 0.2), "late": (0.8, 0.6, 0.3)},
+    "early_mlp_bypass": {**QUIET, "early": (1.0, 0.2, 1.0), "late": (0.1, 0.05, 0.05)},
+    "mid_attn_relayed_by_late_mlps": {**QUIET, "mid": (1.0, 0.98, 0.4), "late": (0.8, 0.2, 0.75)},
+    "cancelling_units": QUIET,
+}
+TYPES = ("both", "attn", "mlp")
+BAND_LAYERS = {name: f"{band[0]}:{band[-1] + 1}" for name, band in selection.origin_bands(N_LAYERS).items()}
 
 
 def unit_contributions(pattern: str, rng: np.random.Generator) -> np.ndarray:
@@ -94,14 +117,19 @@ def patch_rows(pattern: str, te_by_metric: dict[str, np.ndarray], windows, seed:
         rows.append(dict(pair_id=pid, metric=metric, role=role, kind=kind, site="", layers="", positions="all",
                          units="", draw=draw, y_benign=0.0, y_harmful=t, y_patched=patched, effect=effect))
 
+    def add_profile(pid, metric, t, prefix=""):
+        for band, shares in NECESSITY[pattern].items():
+            for types, s in zip(TYPES, shares):
+                add(pid, metric, t, f"{prefix}band_{band}_{types}", "NEC", s)
+                rows[-1]["layers"] = BAND_LAYERS[band]
+
     for metric, te in te_by_metric.items():
+        for i, t in enumerate(rng.normal(float(np.mean(te)), 0.3, 12)):  # the discovery pairs' profile
+            add_profile(f"d{i:02d}", metric, t, claims.SELECT_PREFIX)
         for i, t in enumerate(te):
             pid = f"h{i:02d}"
-            for band in ("early", "late"):
-                window = windows.get(("refusal", band))
-                if window is not None:
-                    add(pid, metric, t, f"c1_{band}", "NIE", share(w, window.site, window.layers))
-            late = windows.get(("refusal", "late"))  # C2 compares the types on C1's late window
+            add_profile(pid, metric, t)
+            late = windows.get(("refusal", "late"))  # C2-route compares the types on the late window
             if late is not None:
                 add(pid, metric, t, "c2_mlp", "NIE", share(w, "mlp", late.layers))
                 add(pid, metric, t, "c2_attn", "NIE", share(w, "attn", late.layers))
@@ -131,16 +159,24 @@ def verdicts(table: pd.DataFrame) -> dict[str, str]:
     return dict(zip(table["statistic"], table["verdict"]))
 
 
-C1 = "late_minus_early_window_NIE_share[refusal]"
+ROUTE = "late_band_necessity_share[refusal]"
+ORIGIN = "late_minus_max_earlier_band_necessity_share[refusal]"
+C1 = ROUTE
 C2 = "late_window_mlp_minus_attn_NIE_share[refusal]"
+C2_ORIGIN = "origin_band_mlp_minus_attn_necessity_share[refusal]"
 C3 = ("final_layer_topk_gate_sufficiency[refusal]", "final_layer_topk_gate_necessity[refusal]")
+S, NS = "supported", "not supported"
 INTENDED = {
-    "late_mlp": {C1: "supported", C2: "supported", C3[0]: "not supported", C3[1]: "not supported"},
-    "late_attn": {C1: "supported", C2: "not supported", C3[0]: "not supported", C3[1]: "not supported"},
-    "late_attn_computed_on_by_mlps": {C1: "supported", C2: "not supported", C3[0]: "not supported"},
-    "gate": {C1: "supported", C3[0]: "supported", C3[1]: "supported"},
-    "early_mlp_routed_late": {C1: "not supported", C3[0]: "not supported", C3[1]: "not supported"},
-    "cancelling_units": {C3[0]: "not supported", C3[1]: "not supported"},
+    "late_mlp": {ROUTE: S, ORIGIN: S, C2: S, C2_ORIGIN: S, C3[0]: NS, C3[1]: NS},
+    "late_attn": {ROUTE: S, ORIGIN: S, C2: NS, C2_ORIGIN: NS, C3[0]: NS, C3[1]: NS},
+    "late_attn_computed_on_by_mlps": {ROUTE: S, ORIGIN: S, C2: NS, C2_ORIGIN: NS, C3[0]: NS},
+    "gate": {ROUTE: S, ORIGIN: S, C2_ORIGIN: S, C3[0]: S, C3[1]: S},
+    # the decision is computed early: it passes through the late layers, but is not made there
+    "early_mlp_routed_late": {ROUTE: S, ORIGIN: NS, C2_ORIGIN: S, C3[0]: NS, C3[1]: NS},
+    "early_mlp_bypass": {ROUTE: NS, ORIGIN: NS, C2_ORIGIN: S},
+    # late MLPs carry the route, attention computed the decision: C2's two rows disagree
+    "mid_attn_relayed_by_late_mlps": {ROUTE: S, ORIGIN: NS, C2: S, C2_ORIGIN: NS},
+    "cancelling_units": {C3[0]: NS, C3[1]: NS},
 }
 
 
@@ -152,6 +188,26 @@ def test_each_pattern_gets_its_intended_verdicts(pattern: str) -> None:
     assert got["behaviour_present_TE[refusal]"] == "supported"
     rows = table.set_index("statistic")
     assert rows.loc[C1, "n_excluded"] == 2 and rows.loc[C1, "n_pairs"] == 14
+
+
+def test_origin_band_is_chosen_on_the_discovery_profile_only() -> None:
+    """The held-out profile never chooses: a discovery profile that points elsewhere moves C2-origin."""
+    rng = np.random.default_rng(0)
+    held_out = {"refusal": rng.normal(2.0, 0.3, 16), "harm": rng.normal(0.0, 0.05, 16)}
+    patches = patch_rows("mid_attn_relayed_by_late_mlps", held_out, {}, 1)
+    selection_rows = patches["role"].str.startswith(claims.SELECT_PREFIX)
+    assert claims.origin_band(patches[selection_rows], "refusal", MIN_ABS_TE) == "mid"
+    late_only = patches[~(selection_rows & ~patches["role"].str.contains("late"))].copy()
+    assert claims.origin_band(late_only[late_only["role"].str.startswith(claims.SELECT_PREFIX)], "refusal",
+                              MIN_ABS_TE) is None  # a band missing on discovery: nothing is chosen
+    moved = patches.copy()
+    moved.loc[selection_rows & (moved["role"] == "select_band_late_both"), "effect"] *= 2  # discovery now says late
+    moved.loc[selection_rows, "y_patched"] = moved["y_harmful"] - moved["effect"]
+    table = claims.compute_claims(moved, THRESHOLDS, BOOT, MIN_ABS_TE).set_index("statistic")
+    # late band: mlp-only 0.75 - attn-only 0.2 (held-out values), where mid gives 0.4 - 0.98
+    assert table.loc[C2_ORIGIN, "value"] == pytest.approx(0.55, abs=0.05)
+    assert claims.compute_claims(patches, THRESHOLDS, BOOT, MIN_ABS_TE).set_index("statistic").loc[
+        C2_ORIGIN, "value"] == pytest.approx(-0.58, abs=0.05)
 
 
 def test_windows_are_chosen_inside_the_bands_and_never_at_layer_zero() -> None:
@@ -168,9 +224,12 @@ def test_windows_are_chosen_inside_the_bands_and_never_at_layer_zero() -> None:
 def test_values_are_shares_of_the_te() -> None:
     table, _ = run_pattern("late_attn")
     rows = table.set_index("statistic")
-    # C1 = attn w5 over 22-25 (1.0) - mlp w5 in 1..9 (0.2); C2 on C1's five layers: mlp 5 x 0.01 - attn 1.0.
-    assert rows.loc[C1, "value"] == pytest.approx(1.0 - 0.2, abs=0.03)
+    # C1-route = the late band's necessity; C1-origin = late - max(early, mid) = 1.0 - 0.2;
+    # C2-route on the late window's five layers: mlp 5 x 0.01 - attn 1.0; C2-origin in the late band.
+    assert rows.loc[ROUTE, "value"] == pytest.approx(1.0, abs=0.03)
+    assert rows.loc[ORIGIN, "value"] == pytest.approx(1.0 - 0.2, abs=0.04)
     assert rows.loc[C2, "value"] == pytest.approx(0.05 - 1.0, abs=0.03)
+    assert rows.loc[C2_ORIGIN, "value"] == pytest.approx(0.3 - 0.9, abs=0.03)
     table, windows = run_pattern("late_attn_computed_on_by_mlps")
     # The whole late band would give mlp 0.06 + 4 x 0.23 - attn 1.0 = -0.02 (inconclusive); C1's window
     # holds the computing attention and at most one carrying MLP.
@@ -185,7 +244,7 @@ def test_metric_without_behaviour_is_not_applicable() -> None:
     table, _ = run_pattern("late_mlp")
     got = verdicts(table)
     assert got["behaviour_present_TE[harm]"] != "supported"
-    for stat in (C1, C2, *C3):
+    for stat in (ROUTE, ORIGIN, C2, C2_ORIGIN, *C3):
         assert got[stat.replace("refusal", "harm")] == claims.NOT_APPLICABLE
     weak, _ = run_pattern("late_mlp", refusal_te=0.3)  # a clear TE below the 0.5 threshold
     assert verdicts(weak)["behaviour_present_TE[refusal]"] == "not supported"
@@ -204,8 +263,8 @@ def test_missing_rows_read_not_run_and_output_is_deterministic(tmp_path: Path) -
     assert outputs[0] == outputs[1]
     reread = claims.read_claims(tmp_path / "a.csv")
     assert reread["verdict"].tolist() == table["verdict"].tolist()
-    md = claims.claims_markdown(reread, "Claims: gate", {C1: "calibrated (right on 4 plants)"})
-    assert "| calibrated (right on 4 plants) |" in md and "| no ground truth |" in md
+    md = claims.claims_markdown(reread, "Claims: gate", {C1: "calibrated on both sides (right on 4 plants)"})
+    assert "| calibrated on both sides (right on 4 plants) |" in md and "| no ground truth |" in md
 
 
 def test_verdict_rule_and_ties() -> None:

@@ -200,16 +200,18 @@ def test_batched_clean_runs_equal_runs_one_at_a_time(setup):
                                engine.patch(benign, harmful, interventions, fast=False), atol=1e-5, rtol=0)
 
 
-def test_last_residuals_are_the_runs_residuals_at_the_last_prompt_position(setup):
+def test_residuals_at_are_the_runs_residuals_at_each_named_position(setup):
     engine, harmful, benign = setup
     prompts = [harmful.ids[0, :PROMPT_LEN].tolist(), benign.ids[0, :PROMPT_LEN].tolist(), make_pair(seed=4)[0][:-3]]
-    got = engine.last_residuals(prompts)
-    assert got.shape == (3, engine.sites.n_layers + 1, engine.sites.d_model)
-    for row, ids in enumerate(prompts):
-        run = engine.run(ids, TARGET)
-        expected = np.stack([run.acts[("residual", layer)][len(ids) - 1].numpy()
-                             for layer in range(-1, engine.sites.n_layers)])
-        np.testing.assert_allclose(got[row], expected, atol=1e-5, rtol=0)
+    offsets = {"last": [1, 1, 1], "earlier": [3, 1, 5]}
+    got = engine.residuals_at(prompts, offsets)
+    for name, from_end in offsets.items():
+        assert got[name].shape == (3, engine.sites.n_layers + 1, engine.sites.d_model)
+        for row, ids in enumerate(prompts):
+            run = engine.run(ids, TARGET)
+            expected = np.stack([run.acts[("residual", layer)][len(ids) - from_end[row]].numpy()
+                                 for layer in range(-1, engine.sites.n_layers)])
+            np.testing.assert_allclose(got[name][row], expected, atol=1e-5, rtol=0)
 
 
 def test_positions_outside_prompt_and_target_are_refused(setup):

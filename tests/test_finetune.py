@@ -227,7 +227,7 @@ def _config_with(**plant) -> dict:
     ({"trainable": {"site": "mlp", "layers": [4]}}, "models[1].trainable.layers: must be [first, last]"),
     ({"trainable": {"site": "heads", "layers": [1, 2]}}, "models[1].trainable"),
     ({"package": "x==1"}, "models[1].package: not allowed when source is 'finetune'"),
-    ({"expected_verdicts": {"C2": "maybe"}}, "models[1].expected_verdicts.C2"),
+    ({"expected_verdicts": {"C2-route": "maybe"}}, "models[1].expected_verdicts.C2-route"),
     ({"skip_stages": ["claims"]}, "models[1].skip_stages[0]"),
     ({"epochs": 0}, "models[1].epochs"),
     ({"unit_dropout": 0.5}, "models[1].unit_dropout: only a trainable {site: neuron} plant"),
@@ -247,5 +247,5 @@ def test_finetune_keys_are_refused_on_other_sources() -> None:
     cfg["models"][0]["trainable"] = "all"
     with pytest.raises(ConfigError, match=r"models\[0\]\.trainable: not allowed when source is 'local'"):
         validate_config(cfg)
-    ok = validate_config(_config_with(expected_verdicts={"C1": "supported", "C3": "not supported"}))
+    ok = validate_config(_config_with(expected_verdicts={"C1-route": "supported", "C3": "not supported"}))
     assert ok["finetune"]["thresholds"]["harmful_refusal_prob"] == 0.6 and ok["models"][1]["skip_stages"] == []

@@ -45,7 +45,7 @@ def planted_features(n_pairs: int = 40, n_layers: int = 6, onset: int = 3, dim: 
 @pytest.fixture(scope="module")
 def planted() -> pd.DataFrame:
     features, labels, groups = planted_features()
-    return probe_accuracy_by_layer(features, labels, groups, folds=5, C=1.0, seed=0)
+    return probe_accuracy_by_layer({"instruction": features}, labels, groups, folds=5, C=1.0, seed=0)
 
 
 def test_probe_finds_the_planted_onset(planted: pd.DataFrame) -> None:
@@ -62,7 +62,7 @@ def test_probe_finds_the_planted_onset(planted: pd.DataFrame) -> None:
 
 def test_probe_is_deterministic(planted: pd.DataFrame) -> None:
     features, labels, groups = planted_features()
-    again = probe_accuracy_by_layer(features, labels, groups, folds=5, C=1.0, seed=0)
+    again = probe_accuracy_by_layer({"instruction": features}, labels, groups, folds=5, C=1.0, seed=0)
     pd.testing.assert_frame_equal(planted, again)
 
 
@@ -85,48 +85,80 @@ def test_shuffled_labels_stay_balanced_within_pairs() -> None:
     assert 10 < (shuffled != labels).sum() // 2 < 40  # some pairs swapped, some not
 
 
-# ---------------------------------------------------------------- C4 row
+# ---------------------------------------------------------------- C4 rows
 def probe_table(accuracies: list[float], n: int = 200) -> pd.DataFrame:
-    rows = [dict(layer=layer, condition="real", accuracy=a, ci_low=np.nan, ci_high=np.nan,
+    rows = [dict(position="instruction", layer=layer, condition="real", accuracy=a, ci_low=np.nan, ci_high=np.nan,
                  n_prompts=n, folds=5, seed=0) for layer, a in zip(range(-1, len(accuracies) - 1), accuracies)]
     return pd.DataFrame(rows, columns=PROBE_COLUMNS)
 
 
 def test_c4_early_onset_is_supported() -> None:
     # embeddings at chance, decoder layers 0..9: reaches 0.99 from layer 2
-    row = c4_row(probe_table([0.5, 0.6, 0.8, 0.99, 0.99] + [0.99] * 6), n_layers=10, level=0.9,
-                 threshold=0.5)
-    assert row["statistic"] == "probe_rel_depth_acc_ge_0.9"
+    depth = c4_row(probe_table([0.5, 0.6, 0.8, 0.99, 0.99] + [0.99] * 6), n_layers=10, relative_level=0.9,
+                   threshold=0.5)
+    row = depth.row
+    assert row["statistic"] == "probe_rel_depth_decodable[instruction]" and depth.layer == 2
     assert row["value"] == pytest.approx(0.3)
     assert row["ci_low"] <= row["value"] <= row["ci_high"] < 0.5
     assert row["verdict"] == "supported"
 
 
+def test_c4_level_is_relative_to_the_models_best_and_above_chance() -> None:
+    # a model whose probe never reaches 0.9 is judged by its own best (0.8): decodable from layer 1
+    modest = c4_row(probe_table([0.5, 0.55, 0.8, 0.8] + [0.8] * 7), n_layers=10, relative_level=0.9, threshold=0.5)
+    assert modest.layer == 1 and modest.row["verdict"] == "supported"
+    # a flat profile near chance is never decodable, however close to its own best
+    flat = c4_row(probe_table([0.5] + [0.53, 0.55, 0.54] * 3 + [0.52]), n_layers=10, relative_level=0.9, threshold=0.5)
+    assert flat.layer is None and math.isnan(flat.row["value"]) and flat.row["verdict"] == "not supported"
+
+
 def test_c4_late_onset_is_not_supported() -> None:
-    row = c4_row(probe_table([0.5] * 9 + [0.99, 0.99]), n_layers=10, level=0.9, threshold=0.5)
+    row = c4_row(probe_table([0.5] * 9 + [0.99, 0.99]), n_layers=10, relative_level=0.9, threshold=0.5).row
     assert row["value"] == pytest.approx(0.9) and row["ci_low"] > 0.5
     assert row["verdict"] == "not supported"
 
 
 def test_c4_never_reaching_the_level_is_not_supported() -> None:
-    row = c4_row(probe_table([0.5] * 11), n_layers=10, level=0.9, threshold=0.5)
+    row = c4_row(probe_table([0.5] * 11), n_layers=10, relative_level=0.9, threshold=0.5).row
     assert math.isnan(row["value"]) and row["verdict"] == "not supported"
 
 
 def test_c4_borderline_onset_is_inconclusive() -> None:
     # layer 3 (depth 0.4) is just at the level on few prompts: not yet established before 0.5
     row = c4_row(probe_table([0.5, 0.6, 0.7, 0.8, 0.9, 0.9, 0.925, 1.0, 1.0, 1.0, 1.0], n=40),
-                 n_layers=10, level=0.9, threshold=0.5)
+                 n_layers=10, relative_level=0.9, threshold=0.5).row
     assert row["value"] == pytest.approx(0.4)
     assert row["ci_low"] < 0.5 < row["ci_high"]
     assert row["verdict"] == "inconclusive"
 
 
+def test_c4_causal_counts_the_layers_between_understanding_and_decision() -> None:
+    from harmmed.stats.claims import c4_causal_row
+
+    depth = c4_row(probe_table([0.5, 0.6, 0.8, 0.99, 0.99] + [0.99] * 6), n_layers=10, relative_level=0.9,
+                   threshold=0.5)  # decodable from layer 2 (surely from layer 2, perhaps from 1)
+
+    def profile(band: str, layers: str) -> pd.DataFrame:
+        return pd.DataFrame({"role": [f"band_{band}_both"], "layers": [layers]})
+
+    late = c4_causal_row(depth, "late", "refusal", profile("late", "7:10"))
+    assert late["value"] == 5 and late["verdict"] == "supported"  # understood 5 layers before the decision
+    same = c4_causal_row(depth, "early", "refusal", profile("early", "1:4"))
+    assert same["value"] == -1 and same["verdict"] == "not supported"  # decided before it is decodable
+    at = c4_causal_row(depth, "mid", "refusal", profile("mid", "2:5"))
+    assert at["value"] == 0 and at["verdict"] == "not supported"  # decodable only where the decision is made
+    assert c4_causal_row(depth, None, "refusal", profile("late", "7:10"))["verdict"] == "not run"
+    never = c4_row(probe_table([0.5] * 11), n_layers=10, relative_level=0.9, threshold=0.5)
+    assert c4_causal_row(never, "late", "refusal", profile("late", "7:10"))["verdict"] == "not supported"
+
+
 def test_c4_ignores_embeddings_and_shuffled_rows() -> None:
     table = probe_table([0.99] + [0.5] * 5 + [0.99] * 5)
     shuffled = table.assign(condition="shuffled", accuracy=1.0)
-    row = c4_row(pd.concat([table, shuffled]), n_layers=10, level=0.9, threshold=0.5)
+    row = c4_row(pd.concat([table, shuffled]), n_layers=10, relative_level=0.9, threshold=0.5).row
     assert row["value"] == pytest.approx(0.6)
+    other = table.assign(position="last", accuracy=0.99)  # another position never enters the row
+    assert c4_row(pd.concat([table, other]), n_layers=10, relative_level=0.9, threshold=0.5).layer == 5
 
 
 # ---------------------------------------------------------------- token roles
@@ -239,11 +271,12 @@ def test_probe_stage_and_figure(tiny_stage) -> None:
     df = run_probe(cfg, manifest, work / "inputs.jsonl", work / "probe.csv")
     again = run_probe(cfg, manifest, work / "inputs.jsonl", work / "probe_again.csv")
     assert (work / "probe.csv").read_bytes() == (work / "probe_again.csv").read_bytes()
-    assert len(again) == 2 * 5  # conditions x layers -1..3
+    assert len(again) == 2 * 2 * 5  # positions x conditions x layers -1..3
+    assert set(df["position"]) == {"instruction", "last"}
     assert list(df.columns) == PROBE_COLUMNS and set(df["n_prompts"]) == {2 * len(TINY_PAIRS)}
-    embeddings = df[df["layer"] == -1]  # the last template token is the same in every prompt
+    embeddings = df[(df["layer"] == -1) & (df["position"] == "last")]  # the same template token in every prompt
     assert (embeddings["accuracy"] <= 0.5).all()
     written = plot_probe(df, manifest, work / "probe_accuracy")
     assert [p.name for p in written] == ["probe_accuracy.png", "probe_accuracy.pdf"]
     assert written[0].stat().st_size > 1000
-    assert json.loads(json.dumps(c4_row(df, 4, 0.9, 0.5)))["claim"] == "C4"
+    assert json.loads(json.dumps(c4_row(df, 4, 0.9, 0.5).row))["claim"] == "C4"

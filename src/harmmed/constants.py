@@ -24,7 +24,7 @@ SPARSITY_COLUMNS = ["pair_id", "metric", "selection", "draw", "k", "y_benign", "
                     "effect", "layer_effect"]
 GATING_COLUMNS = ["pair_id", "metric", "intervention", "units", "draw", "k", "y_benign", "y_harmful",
                   "y_patched", "effect"]
-PROBE_COLUMNS = ["layer", "condition", "accuracy", "ci_low", "ci_high", "n_prompts", "folds", "seed"]
+PROBE_COLUMNS = ["position", "layer", "condition", "accuracy", "ci_low", "ci_high", "n_prompts", "folds", "seed"]
 RATE_COLUMNS = ("condition", "prompt_kind", "judge", "n", "n_compliance", "rate", "ci_low", "ci_high")
 
 
@@ -49,6 +49,11 @@ GENERATION_CONDITIONS: tuple[str, ...] = ("none", "gate_mean", "gate_zero", "ran
 PROMPT_KINDS: tuple[str, ...] = ("harmful", "benign")
 PROBE_CONDITIONS: tuple[str, ...] = ("real", "shuffled")
 PROBE_CI = 0.95  # level of the probe's per-layer Wilson intervals
+# Probed prompt positions, as offsets from the prompt's end past its post-instruction template
+# tokens: "instruction" is the last token of the request itself, where the prompt has been read
+# (the C4 rows judge it); "last" is the last prompt token, where the response starts.
+PROBE_POSITIONS: tuple[str, ...] = ("instruction", "last")
+UNDERSTANDING_POSITION = "instruction"
 TOKEN_ROLES: tuple[str, ...] = ("template", "before_span", "span", "after_span", "post")
 UNALIGNED = "unaligned"  # a position of an unpaired prompt with no counterpart: no token role
 TOKEN_ROLE_LABELS = {"template": "template", "before_span": "before\nspan", "span": "span",

@@ -1,6 +1,7 @@
 rule claims:
-    """Claims table per model: per metric a behaviour-present row and C1-C3 (held-out means of
-    effects in units of the pair's TE, bootstrap CI, threshold from config, verdict), and C4."""
+    """Claims table per model: per metric a behaviour-present row, C1-route, C1-origin, C2-route,
+    C2-origin, C3 and C4-causal (held-out means of effects in units of the pair's TE, bootstrap
+    CI, threshold from config, verdict), and the C4 probe row."""
     input:
         manifest="results/{model}/manifest.json",
         patches="results/{model}/claim_patches.csv",
@@ -14,6 +15,6 @@ rule claims:
     conda:
         "../../envs/analysis.yaml"
     params:
-        settings=reads("claims.thresholds", "effects", "probe.accuracy_level"),
+        settings=reads("claims.thresholds", "effects", "probe.relative_level"),
     script:
         "../scripts/claims.py"

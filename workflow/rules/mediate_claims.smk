@@ -1,7 +1,8 @@
 rule mediate_claims:
-    """Held-out interventions of the claim statistics: the C1 windows and C3 final-layer units
-    chosen on the discovery split, the late band's MLP and attention outputs jointly (C2), each
-    patched into the benign run (NIE) and held at benign values in the harmful run (necessity)."""
+    """Held-out interventions of the claim statistics: the depth profile (each band's attention
+    and MLP outputs held at benign values; also on the discovery pairs, to choose the origin
+    band), the late window's MLP and attention outputs (C2-route) and the C3 final-layer units,
+    each patched into the benign run (NIE) and held at benign values in the harmful run."""
     input:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
@@ -29,6 +30,8 @@ rule mediate_claims:
             "claims.top_fraction",
             "claims.random_draws",
             "claims.seed",
+            "mediation.split",
+            "mediation.module_max_pairs",
             "mediation.module_positions",
             "effects.min_abs_te",
             "engine",

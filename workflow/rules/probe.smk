@@ -45,6 +45,6 @@ rule probe_figure:
         "../../envs/analysis.yaml"
     threads: 1
     params:
-        settings=reads("probe.accuracy_level"),
+        settings=reads("probe.relative_level"),
     script:
         "../scripts/probe_figure.py"

@@ -1,9 +1,15 @@
 """The held-out interventions behind the C1-C3 statistics (results/<model>/claim_patches.csv).
 
-Components are chosen on the discovery split (C1 windows from module.csv, the C3 units from
-neuron_ranking.csv) and every intervention here runs on the held-out split, so no statistic is
-judged on the pairs that selected its components. Necessity rows hold a mediator at its value
-in the benign run of the same pair (the engine patches the harmful run from the benign one).
+Components are chosen on the discovery split (C2-route's window from module.csv, the C3 units
+from neuron_ranking.csv, the origin band from the ``select_`` rows below) and every judged
+intervention runs on the held-out split, so no statistic is judged on the pairs that selected
+its components. Necessity rows hold a mediator at its value in the benign run of the same pair
+(the engine patches the harmful run from the benign one).
+
+The depth profile (roles ``band_<band>_<types>``, kind NEC) holds every attention output, every
+MLP output, or both, of one depth band at their benign values at all positions of the harmful
+run. It is run on the held-out pairs, and again on the discovery pairs of the module sweep with
+roles ``select_band_...``: those choose the band C2-origin and C4-causal are judged at.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from ..patching.patches import NoisedRuns, Patch, Run
 from .neuron import top_units
 from .pairs import position_sets
 from .rows import outcome_rows
-from .selection import Window, select_c1_windows, top_k
+from .selection import Window, origin_bands, select_c1_windows, top_k
+
+BAND_TYPES: dict[str, tuple[str, ...]] = {"both": ("attn", "mlp"), "attn": ("attn",), "mlp": ("mlp",)}
+SELECT_PREFIX = "select_"  # roles of the depth profile on discovery pairs
 
 
 @dataclass(frozen=True)
@@ -30,8 +39,8 @@ class ClaimPlan:
     """Everything chosen before the held-out pairs are seen."""
 
     positions: str  # named position set of every patch (from mediation.module_positions)
-    c1: dict[tuple[str, str], Window]  # (metric, "early" | "late") -> window chosen on discovery
-    c2: dict[str, tuple[Window, Window]]  # metric -> mlp and attn outputs on the layers of its C1 late window
+    c2: dict[str, tuple[Window, Window]]  # metric -> mlp and attn outputs on the layers of its late window
+    bands: dict[str, tuple[int, ...]]  # the depth profile's bands: early, mid, late
     top: dict[str, tuple[int, ...]]  # metric -> its top-k final-layer units
     random: list[tuple[int, ...]]  # random k-unit sets, shared by every pair
     final_layer: int
@@ -64,9 +73,9 @@ def build_plan(settings: ClaimSettings, manifest: Mapping[str, Any], module_df: 
     c1 = select_c1_windows(module_df, positions, n_layers, settings.min_abs_te)
     return ClaimPlan(
         positions=positions,
-        c1=c1,
         c2={metric: (Window("mlp", window.layers), Window("attn", window.layers))
             for (metric, band), window in sorted(c1.items()) if band == "late"},
+        bands={name: tuple(layers) for name, layers in origin_bands(n_layers).items()},
         top={metric: tuple(top_units(ranking, metric, "neuron", k)) for metric in METRICS},
         random=[tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist())) for _ in range(settings.random_draws)],
         final_layer=n_layers - 1,
@@ -74,6 +83,17 @@ def build_plan(settings: ClaimSettings, manifest: Mapping[str, Any], module_df: 
 
 
 Item = tuple[dict[str, Any], tuple[str, ...], tuple[Patch, ...]]  # labels, metrics recorded, intervention
+
+
+def profile_items(plan: ClaimPlan, positions: tuple[int, ...], prefix: str = "") -> list[Item]:
+    """The depth profile (necessity): each band's attention outputs, MLP outputs, or both, held."""
+    items: list[Item] = []
+    for name, layers in plan.bands.items():
+        for types, sites in BAND_TYPES.items():
+            label = dict(role=f"{prefix}band_{name}_{types}", kind="NEC", site="+".join(sites),
+                         layers=f"{layers[0]}:{layers[-1] + 1}", units="", draw="")
+            items.append((label, METRICS, tuple(Patch(site, layer, positions) for layer in layers for site in sites)))
+    return items
 
 
 def _items(plan: ClaimPlan, positions: tuple[int, ...], kind: str) -> list[Item]:
@@ -90,8 +110,6 @@ def _items(plan: ClaimPlan, positions: tuple[int, ...], kind: str) -> list[Item]
     final = f"{plan.final_layer}:{plan.final_layer + 1}"
     items: list[Item] = []
     if kind == "NIE":
-        for (metric, name), window in sorted(plan.c1.items()):
-            items.append((label(f"c1_{name}", window.site, window.label), (metric,), band(window)))
         for metric, windows in sorted(plan.c2.items()):
             for window in windows:
                 items.append((label(f"c2_{window.site}", window.site, window.label), (metric,), band(window)))
@@ -101,6 +119,8 @@ def _items(plan: ClaimPlan, positions: tuple[int, ...], kind: str) -> list[Item]
     items.append((label("c3_layer", "neuron", final), METRICS, units(None)))
     for draw, chosen in enumerate(plan.random):
         items.append((label("c3_random", "neuron", final, len(chosen), draw), METRICS, units(chosen)))
+    if kind == "NEC":
+        items += profile_items(plan, positions)
     return items
 
 
@@ -109,16 +129,29 @@ def pair_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run |
     """Every claim patch of one held-out pair, both directions, as PATCH_COLUMNS rows. Positions
     index each direction's base run (right-aligned for unpaired prompts); in noise mode the
     corrupted runs play the benign role."""
-    harmful, benign = runs
     rows: list[dict] = []
-    for kind, base, source in (("NIE", benign, harmful), ("NEC", harmful, benign)):
+    for kind in ("NIE", "NEC"):
         positions = position_sets(pair, "NIE" if kind == "NIE" else "NDE")[plan.positions]  # the base run's
-        items = _items(plan, positions, kind)
-        # C2's window of C1's type is C1's late window again: the engine runs each distinct
-        # intervention once and copies its outcome to the repeats.
-        ys = engine.patch(base, source, [iv for _, _, iv in items])
-        labels = [{"metric": metrics[0] if len(metrics) == 1 else "*", **label, "positions": plan.positions}
-                  for label, metrics, _ in items]
-        rows += outcome_rows(pair.pair_id, labels, ys, (harmful, benign),  # NEC: the harmful outcome lost
-                             effect_from="benign" if kind == "NIE" else "harmful", lost=kind == "NEC")
+        rows += _run_items(engine, pair, runs, _items(plan, positions, kind), kind, plan.positions)
     return rows
+
+
+def selection_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run | NoisedRuns],
+                   plan: ClaimPlan) -> list[dict]:
+    """The depth profile of one discovery pair (roles ``select_band_...``): it chooses the origin band."""
+    positions = position_sets(pair, "NDE")[plan.positions]
+    return _run_items(engine, pair, runs, profile_items(plan, positions, SELECT_PREFIX), "NEC", plan.positions)
+
+
+def _run_items(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run | NoisedRuns], items: list[Item],
+               kind: str, positions: str) -> list[dict]:
+    """PATCH_COLUMNS rows of one direction's items. NIE patches the benign run from the harmful
+    one; NEC the harmful run from the benign one and records the outcome lost. The engine runs
+    each distinct intervention once and copies its outcome to repeats."""
+    harmful, benign = runs
+    base, source = (benign, harmful) if kind == "NIE" else (harmful, benign)
+    ys = engine.patch(base, source, [iv for _, _, iv in items])
+    labels = [{"metric": metrics[0] if len(metrics) == 1 else "*", **label, "positions": positions}
+              for label, metrics, _ in items]
+    return outcome_rows(pair.pair_id, labels, ys, (harmful, benign),
+                        effect_from="benign" if kind == "NIE" else "harmful", lost=kind == "NEC")

@@ -1,8 +1,10 @@
 """Probe analysis (claim C4): at which layer harmfulness becomes linearly decodable.
 
-Per layer, a standardized logistic regression is trained on the residual stream at the last
-prompt position (the last post-instruction token, where the response starts) to tell the
-harmful prompt of a pair from its benign counterpart. Choices (ours; the paper's are not
+Per layer and probed position, a standardized logistic regression is trained on the residual
+stream to tell the harmful prompt of a pair from its benign counterpart. Two positions are
+probed: the last token of the request itself (``instruction``: where the prompt has been read,
+the position C4 judges) and the last prompt token (``last``: where the response starts, after
+the chat template's tokens). Choices (ours; the paper's are not
 public):
 
 - Cross-validation is grouped by pair (``StratifiedGroupKFold``, shuffled with the seed), so
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..constants import PROBE_CI, PROBE_COLUMNS
+from ..constants import PROBE_CI, PROBE_COLUMNS, PROBE_POSITIONS
 from ..constants import PROBE_CONDITIONS as CONDITIONS
 from ..datasets.prompts import EncodedPair
 from ..stats.rates import wilson_interval
@@ -80,10 +82,11 @@ def out_of_fold_predictions(x: np.ndarray, labels: np.ndarray,
     return pred
 
 
-def probe_accuracy_by_layer(features: Mapping[int, np.ndarray], labels: Sequence[int],
+def probe_accuracy_by_layer(features: Mapping[str, Mapping[int, np.ndarray]], labels: Sequence[int],
                             groups: Sequence[Any], folds: int, C: float, seed: int,
                             threads: int = 1) -> pd.DataFrame:
-    """Out-of-fold probe accuracy per layer for real and pair-shuffled labels (PROBE_COLUMNS).
+    """Out-of-fold probe accuracy per position and layer for real and pair-shuffled labels
+    (PROBE_COLUMNS); ``features``: position -> layer -> prompts x d_model.
 
     BLAS runs on ``threads`` threads: many small fits lose far more to thread hand-offs than
     they gain, and a fixed count keeps the floating-point reductions reproducible.
@@ -94,36 +97,41 @@ def probe_accuracy_by_layer(features: Mapping[int, np.ndarray], labels: Sequence
         return _probe_table(features, labels, groups, folds, C, seed)
 
 
-def _probe_table(features: Mapping[int, np.ndarray], labels: Sequence[int], groups: Sequence[Any],
+def _probe_table(features: Mapping[str, Mapping[int, np.ndarray]], labels: Sequence[int], groups: Sequence[Any],
                  folds: int, C: float, seed: int) -> pd.DataFrame:
     labels = np.asarray(labels, dtype=np.int64)
     groups = np.asarray(groups)
     shuffled = shuffle_within_groups(labels, groups, seed)
     rows = []
-    for condition, y in zip(CONDITIONS, (labels, shuffled)):
-        splits = grouped_splits(y, groups, folds, seed)
-        for layer in sorted(features):
-            x = np.asarray(features[layer], dtype=np.float64)
-            correct = out_of_fold_predictions(x, y, splits, C) == y
-            accuracy = float(np.mean(correct))
-            low, high = wilson_interval(int(correct.sum()), len(y), PROBE_CI)
-            rows.append(dict(layer=int(layer), condition=condition, accuracy=accuracy, ci_low=low,
-                             ci_high=high, n_prompts=len(y), folds=len(splits), seed=seed))
+    for position, by_layer in features.items():
+        for condition, y in zip(CONDITIONS, (labels, shuffled)):
+            splits = grouped_splits(y, groups, folds, seed)
+            for layer in sorted(by_layer):
+                x = np.asarray(by_layer[layer], dtype=np.float64)
+                correct = out_of_fold_predictions(x, y, splits, C) == y
+                accuracy = float(np.mean(correct))
+                low, high = wilson_interval(int(correct.sum()), len(y), PROBE_CI)
+                rows.append(dict(position=position, layer=int(layer), condition=condition, accuracy=accuracy,
+                                 ci_low=low, ci_high=high, n_prompts=len(y), folds=len(splits), seed=seed))
     return pd.DataFrame(rows, columns=PROBE_COLUMNS)
 
 
 # ---------------------------------------------------------------- features and stage
 def probe_features(engine: MediationEngine, pairs: Sequence[EncodedPair]
-                   ) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
-    """Features per layer (prompts x d_model; layer -1 = embeddings), labels (1 harmful, 0
-    benign), groups (pair index): the residual stream at each prompt's last position.
+                   ) -> tuple[dict[str, dict[int, np.ndarray]], np.ndarray, np.ndarray]:
+    """Features per probed position and layer (prompts x d_model; layer -1 = embeddings), labels
+    (1 harmful, 0 benign), groups (pair index). The request's last token sits just before the
+    post-instruction template tokens, which end every prompt of a pair alike.
 
     Prompts are ordered pair by pair, harmful first. Only prompt tokens are run, equal-length
     prompts in one batch over their shared template prefix.
     """
     prompts = [ids for pair in pairs for ids in (pair.harmful_ids, pair.benign_ids)]
-    residuals = engine.last_residuals(prompts)
-    features = {layer: residuals[:, layer + 1] for layer in range(-1, engine.sites.n_layers)}
+    offsets = {"instruction": [len(pair.post_positions) + 1 for pair in pairs for _ in (0, 1)],
+               "last": [1] * len(prompts)}
+    residuals = engine.residuals_at(prompts, {position: offsets[position] for position in PROBE_POSITIONS})
+    features = {position: {layer: residuals[position][:, layer + 1] for layer in range(-1, engine.sites.n_layers)}
+                for position in PROBE_POSITIONS}
     labels = np.tile(np.array([1, 0], dtype=np.int64), len(pairs))
     groups = np.repeat(np.arange(len(pairs), dtype=np.int64), 2)
     return features, labels, groups

@@ -36,6 +36,14 @@ def late_band(n_layers: int) -> range:
     return range(late_third_start(n_layers), n_layers)
 
 
+def origin_bands(n_layers: int) -> dict[str, range]:
+    """The three depth bands the origin profile holds one at a time: early (layers 1 ..
+    ceil(n/3) - 1, without the extended-embedding layer 0), mid (ceil(n/3) .. ceil(2n/3) - 1)
+    and late (the last third)."""
+    return {"early": early_band(n_layers), "mid": range(math.ceil(n_layers / 3), late_third_start(n_layers)),
+            "late": late_band(n_layers)}
+
+
 def window_layers(layer: int, window: int, n_layers: int) -> range:
     """Layers of a module window centred on ``layer`` (clipped at the ends): the module sweep's
     windows (``mediation`` imports this) and the windows the claims choose from."""

@@ -145,15 +145,19 @@ class MediationEngine:
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def last_residuals(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
-        """Residual stream after every layer (index 0 = embeddings) at each prompt's last
-        position: (n_prompts, n_layers + 1, d_model). Prompt tokens only, batched like runs()."""
+    def residuals_at(self, prompts: Sequence[Sequence[int]], from_end: Mapping[str, Sequence[int]]
+                     ) -> dict[str, np.ndarray]:
+        """Residual stream after every layer (index 0 = embeddings) at named positions, each
+        given per prompt as an offset from its end (1 = the last token): name -> (n_prompts,
+        n_layers + 1, d_model). Prompt tokens only, one pass per batch for every position."""
         keys = [("residual", layer) for layer in range(-1, self.sites.n_layers)]
-        out = np.empty((len(prompts), len(keys), self.sites.d_model), dtype=np.float32)
+        out = {name: np.empty((len(prompts), len(keys), self.sites.d_model), dtype=np.float32) for name in from_end}
         for group in _equal_shapes([(len(p), 0) for p in prompts], self.max_batch_size):
             acts, _, _ = self._prefixed_pass([list(prompts[i]) for i in group], keys, len(prompts[group[0]]), 0)
-            stacked = torch.stack([acts[key][:, -1] for key in keys], dim=1)
-            out[group] = stacked.float().cpu().numpy()
+            rows = torch.arange(len(group))
+            for name, offsets in from_end.items():
+                at = torch.tensor([len(prompts[i]) - offsets[i] for i in group])
+                out[name][group] = torch.stack([acts[key][rows, at] for key in keys], dim=1).float().cpu().numpy()
         return out
 
     def _prefixed_pass(self, sequences: list[list[int]], keys: list[tuple[str, int]], prompt_len: int,

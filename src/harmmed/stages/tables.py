@@ -54,10 +54,10 @@ def claims(cfg: dict, inputs: Paths, outputs: Paths) -> None:
     """claims.csv of one model. ``inputs``: manifest, patches (claim_patches.csv), probe;
     ``outputs``: csv. claims.md is written by the calibration stage, which knows every model."""
     manifest, thresholds, boot = read_manifest(inputs["manifest"]), cfg["claims"]["thresholds"], Bootstrap.from_config(cfg)
-    c4 = c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["accuracy_level"]),
-                float(thresholds["C4_probe_depth"]), *boot.kwargs().values())
+    probe = c4_row(pd.read_csv(inputs["probe"]), int(manifest["n_layers"]), float(cfg["probe"]["relative_level"]),
+                   float(thresholds["C4_probe_depth"]))
     patches = read_table(inputs["patches"], ("positions", "layers", "units", "draw"))
-    table = compute_claims(patches, thresholds, boot, float(cfg["effects"]["min_abs_te"]), c4)
+    table = compute_claims(patches, thresholds, boot, float(cfg["effects"]["min_abs_te"]), probe)
     write_claims_csv(table, outputs["csv"])
 
 
@@ -129,7 +129,7 @@ def probe_figure(cfg: dict, manifest: ManifestSource, probe_csv: str | Path, out
     """The probe accuracy figure from probe.csv (analysis environment)."""
     from ..figures.probe import plot_probe
 
-    plot_probe(pd.read_csv(probe_csv), read_manifest(manifest), out, level=float(cfg["probe"]["accuracy_level"]))
+    plot_probe(pd.read_csv(probe_csv), read_manifest(manifest), out, relative_level=float(cfg["probe"]["relative_level"]))
 
 
 def screen_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:

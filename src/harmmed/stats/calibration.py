@@ -82,22 +82,25 @@ def calibration_table(tables: Mapping[str, pd.DataFrame], expected: Mapping[str,
 
 
 def calibrated_marks(calibration: pd.DataFrame) -> dict[str, str]:
-    """statistic -> 'calibrated (right on N plants)', 'not calibrated (wrong on ...)' or
-    'no ground truth'. A calibrated statistic whose plants all expected one verdict says so: it
-    has not been shown to come out the other way."""
+    """statistic -> its calibration status over the established plants:
+    'calibrated on both sides' (right on at least one plant expecting `supported` and one
+    expecting `not supported`), 'calibrated on one side' (which), 'not calibrated (wrong on
+    ...)' or 'no ground truth'. A statistic right on one side only has not been shown to come
+    out the other way."""
     marks = {}
     for statistic, group in calibration.groupby("statistic", sort=False):
         judged = group[group["ground_truth"] == ESTABLISHED]
         wrong = judged[judged["correct"] != "true"]["model"].tolist()
-        sides = sorted(set(judged["expected"]))
+        sides = sorted(set(judged["expected"]), reverse=True)  # 'supported' before 'not supported'
+        right = f"right on {len(judged)} plant{'s' if len(judged) != 1 else ''}"
         if judged.empty:
             marks[statistic] = "no ground truth"
         elif wrong:
             marks[statistic] = f"not calibrated (wrong on {', '.join(wrong)})"
+        elif len(sides) == 2:
+            marks[statistic] = f"calibrated on both sides ({right})"
         else:
-            one_sided = len(sides) == 1 and not statistic.startswith("behaviour_present_TE")  # B: a precondition
-            only = f"; only '{sides[0]}' expected" if one_sided else ""
-            marks[statistic] = f"calibrated (right on {len(judged)} plant{'s' if len(judged) > 1 else ''}{only})"
+            marks[statistic] = f"calibrated on one side ('{sides[0]}' only; {right})"
     return marks
 
 

@@ -1,34 +1,35 @@
 """The per-model claims table: statistics that can come out either way, with a bootstrap CI.
 
 Every C1-C3 statistic is a mean over held-out pairs of a per-pair quantity in units of that
-pair's TE, so a model's scale and sign never enter a verdict. What each one measures (ours;
-the paper's formulas are not public):
+pair's TE, so a model's scale and sign never enter a verdict. The paper's formulas are not
+public; ours, and why, are in docs/claims-and-calibration.md. In short:
 
-- Bands: the early band is layers 1 .. ceil(n/3) - 1 (layer 0 is left out: its MLP acts as an
-  extended embedding and carries nearly the whole effect at all positions in every model); the
-  late band is layers ceil(2n/3) .. n - 1 (the last third).
-- C1 (late layers): on the discovery split, the module window (attn or mlp, any configured
-  width, every layer inside the band) with the largest mean NIE / TE is chosen in each band;
-  on held-out pairs the statistic is (NIE(best late window) - NIE(best early window)) / TE.
-  This reads where patching a band's *computation* reproduces the effect, not where the signal
-  arrives at the response positions: when an early MLP computes the decision and late
-  attention only routes it, the early window is sufficient on its own and a late window can at
-  best route part of it, so the difference is <= 0.
-- C2 (MLP over attention): on the layers of C1's late window (where the late effect is
-  computed, chosen on discovery), (NIE(their mlp outputs) - NIE(their attn outputs)) / TE, each
-  type patched jointly: a difference of TE-normalised effects. Not the whole late band: modules
-  downstream of the computing ones carry its result too (late MLPs compute on what planted late
-  attention wrote), which pulls a whole-band difference towards 0.
+- Bands: early = layers 1 .. ceil(n/3) - 1 (layer 0 is left out: its MLP acts as an extended
+  embedding), mid = ceil(n/3) .. ceil(2n/3) - 1, late = ceil(2n/3) .. n - 1 (the last third).
+- Depth profile: a band's necessity is the share of the TE removed when its attention outputs,
+  MLP outputs, or both, are held at their benign values at every position of the harmful run.
+- C1-route (does harmful generation pass through the late layers?): the late band's necessity
+  (both types). A decision that reaches the logits through the residual stream around the late
+  layers reads low; one relayed by them reads high wherever it was computed.
+- C1-origin (is the decision computed late?): late necessity - max(early, mid necessity), per
+  pair. Holding any band cuts a chain that runs through it, so every band is necessary to some
+  degree; the band whose holding removes the most is where the decision is made.
+- C2-route: on the layers of the late window chosen on discovery (module.csv's best late-band
+  window), (NIE of their MLP outputs - NIE of their attention outputs) / TE: which type relays
+  the late route.
+- C2-origin: in the origin band (the band with the largest discovery-mean necessity, chosen on
+  the ``select_`` rows), MLP-only necessity - attention-only necessity: which type computed it.
 - C3 (sparse final-layer gate): k = ceil(claims.top_fraction x d_mlp) final-layer units, ranked
   on the discovery split. Per pair, share(S) = effect of patching unit set S / TE, and the
-  statistic is min(share(top k), share(whole final MLP)) - mean share(random k). Counting the
-  top k only up to what the whole layer carries is what makes units that cancel across the layer
-  (a top-k set that "overshoots" the layer's own effect) fail. Two rows: sufficiency (NIE:
-  harmful values patched into the benign run) and necessity (the share of the TE that
-  disappears when the units are held at their benign values in the harmful run).
+  statistic is min(share(top k), share(whole final MLP)) - mean share(random k). Two rows:
+  sufficiency (NIE) and necessity (NEC).
+- C4 (early understanding): the probe row is the relative depth of the first layer where a
+  probe on the last instruction token decodes harmfulness (accuracy above chance and near the
+  model's best, see :func:`c4_row`); the causal row counts the layers between that layer and the
+  origin band (decodable before the decision is made supports C4).
 - Behaviour present: the held-out mean TE (all pairs) with its CI above
-  claims.thresholds.behaviour_min_te[metric]. When it is not, that metric's C1-C3 rows read
-  `not applicable (no behaviour)`.
+  claims.thresholds.behaviour_min_te[metric]. When it is not, that metric's C1-C3 rows and its
+  C4-causal row read `not applicable (no behaviour)`.
 - Pairs with |TE| < effects.min_abs_te are left out of the C1-C3 means (n_excluded).
 - Verdict: `supported` if ci_low > threshold, `not supported` if ci_high < threshold, else
   `inconclusive` (a bound equal to the threshold, or a missing CI, is inconclusive); `not run`
@@ -39,13 +40,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..constants import METRICS, PROBE_CI
+from ..constants import METRICS, PROBE_CI, UNDERSTANDING_POSITION
 from .effects import Bootstrap, bootstrap_ci, pair_te, te_shares
 from .rates import wilson_interval
 
@@ -61,29 +63,41 @@ CLAIM_COLUMNS: tuple[str, ...] = (
 PATCH_COLUMNS: list[str] = ["pair_id", "metric", "role", "kind", "site", "layers", "positions", "units",
                             "draw", "y_benign", "y_harmful", "y_patched", "effect"]
 NOT_RUN = "not run"
+CAUSAL_LEAD_THRESHOLD = 0.5  # C4 causal: decodable at least one whole layer before the origin band
 NOT_APPLICABLE = "not applicable (no behaviour)"
+SELECT_PREFIX = "select_"  # claim_patches rows of the discovery depth profile (they choose the origin band)
+BANDS: tuple[str, ...] = ("early", "mid", "late")
 CLAIM_TEXT: dict[str, str] = {
     "B": "the model shows the behaviour (precondition of C1-C3 per metric)",
-    "C1": "harmful generation arises in the later layers",
-    "C2": "it results primarily from MLP blocks rather than attention",
+    "C1-route": "harmful generation passes through the later layers",
+    "C1-origin": "the harmful/benign decision is computed in the later layers (not upstream and relayed)",
+    "C2-route": "the late route is carried by MLP blocks rather than attention",
+    "C2-origin": "the decision is computed by MLP blocks rather than attention",
     "C3": "a sparse set of final-layer neurons gates it",
-    "C4": "early layers build an understanding of harmfulness",
+    "C4": "early layers build an understanding of harmfulness before the decision is made",
 }
 DEFINITIONS: tuple[str, ...] = (
-    "early band = layers 1..ceil(n/3)-1 (layer 0 left out: its MLP is an extended embedding); "
-    "late band = layers ceil(2n/3)..n-1",
+    "bands: early = layers 1..ceil(n/3)-1 (layer 0 left out: its MLP is an extended embedding), "
+    "mid = ceil(n/3)..ceil(2n/3)-1, late = ceil(2n/3)..n-1",
     "every C1-C3 value is a mean over held-out pairs of a per-pair effect / TE; pairs with "
     "|TE| < effects.min_abs_te are left out (n_excluded)",
-    "C1 = (NIE of the best late-band window - NIE of the best early-band window) / TE; windows "
-    "(attn or mlp, every layer inside the band) are chosen on the discovery split",
-    "C2 = (NIE of the mlp outputs - NIE of the attn outputs, each jointly over the layers of C1's "
-    "late window) / TE",
+    "necessity of a band = share of the TE removed when its attention and/or MLP outputs are held "
+    "at their benign values at every position of the harmful run",
+    "C1-route = necessity of the late band (attention and MLP)",
+    "C1-origin = late-band necessity - max(early, mid) necessity, per pair",
+    "C2-route = (NIE of the mlp outputs - NIE of the attn outputs, each jointly over the layers of "
+    "the best late-band module window chosen on discovery) / TE",
+    "C2-origin = MLP-only - attention-only necessity in the origin band (the band with the largest "
+    "necessity on the discovery pairs)",
     "C3 = min(share of the top k final-layer units, share of the whole final MLP) - mean share of "
     "random k, k = ceil(claims.top_fraction x d_mlp), ranked on discovery; sufficiency patches "
     "harmful values into the benign run, necessity holds the units at benign values in the "
     "harmful run",
+    "C4 probe = relative depth of the first layer where a probe on the last instruction token "
+    "decodes harmfulness (accuracy >= probe.relative_level x the best layer's, Wilson low bound "
+    "above chance); C4 causal = first layer of the origin band - that layer",
     "behaviour present = held-out mean TE (every pair) with its CI above the threshold; "
-    "otherwise the metric's C1-C3 rows are not applicable",
+    "otherwise the metric's C1-C3 and C4-causal rows are not applicable",
 )
 
 
@@ -138,11 +152,41 @@ def behaviour_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bo
 
 
 def difference_row(claim: str, name: str, patches: pd.DataFrame, metric: str, roles: tuple[str, str],
-                   threshold: float, boot: Bootstrap, min_abs_te: float) -> dict[str, Any]:
+                   threshold: float, boot: Bootstrap, min_abs_te: float, kind: str = "NIE") -> dict[str, Any]:
     """Mean over pairs of (share of roles[0] - share of roles[1])."""
-    wide, excluded = role_shares(patches, metric, "NIE", list(roles), min_abs_te)
+    wide, excluded = role_shares(patches, metric, kind, list(roles), min_abs_te)
     values = None if wide is None else (wide[roles[0]] - wide[roles[1]]).to_numpy()
     return row(claim, f"{name}[{metric}]", threshold, values, excluded, boot)
+
+
+def origin_band(selection: pd.DataFrame, metric: str, min_abs_te: float) -> str | None:
+    """The band whose holding (both types) removes the largest mean share of the TE on the
+    discovery pairs (``select_`` rows); ties go to the earlier band. None without rows."""
+    roles = [f"{SELECT_PREFIX}band_{band}_both" for band in BANDS]
+    wide, _ = role_shares(selection, metric, "NEC", roles, min_abs_te)
+    if wide is None or wide.empty:
+        return None
+    means = wide.mean().to_numpy()
+    return BANDS[int(np.argmax(means))]
+
+
+def route_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootstrap, min_abs_te: float
+              ) -> dict[str, Any]:
+    """C1-route: the late band's necessity (attention and MLP held together)."""
+    wide, excluded = role_shares(patches, metric, "NEC", ["band_late_both"], min_abs_te)
+    values = None if wide is None else wide["band_late_both"].to_numpy()
+    return row("C1-route", f"late_band_necessity_share[{metric}]", threshold, values, excluded, boot)
+
+
+def origin_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootstrap, min_abs_te: float
+               ) -> dict[str, Any]:
+    """C1-origin: late-band necessity minus the larger of the early and mid bands', per pair."""
+    roles = [f"band_{band}_both" for band in BANDS]
+    wide, excluded = role_shares(patches, metric, "NEC", roles, min_abs_te)
+    values = None if wide is None else (
+        wide["band_late_both"] - np.maximum(wide["band_early_both"], wide["band_mid_both"])).to_numpy()
+    return row("C1-origin", f"late_minus_max_earlier_band_necessity_share[{metric}]", threshold, values,
+               excluded, boot)
 
 
 def gate_row(patches: pd.DataFrame, metric: str, kind: str, threshold: float, boot: Bootstrap,
@@ -156,18 +200,26 @@ def gate_row(patches: pd.DataFrame, metric: str, kind: str, threshold: float, bo
     return row("C3", f"final_layer_topk_gate_{name}[{metric}]", threshold, values, excluded, boot)
 
 
-def metric_rows(patches: pd.DataFrame, metric: str, thresholds: Mapping[str, Any], boot: Bootstrap,
-                min_abs_te: float) -> list[dict[str, Any]]:
-    """The behaviour row and C1-C3 of one metric; C1-C3 are not applicable without behaviour."""
+def metric_rows(patches: pd.DataFrame, selection: pd.DataFrame, metric: str, thresholds: Mapping[str, Any],
+                boot: Bootstrap, min_abs_te: float, probe: ProbeDepth | None = None) -> list[dict[str, Any]]:
+    """The behaviour row, C1-C3 and C4-causal of one metric (held-out ``patches``; ``selection``:
+    the discovery profile). Without behaviour they are not applicable."""
     present = behaviour_row(patches, metric, float(thresholds["behaviour_min_te"][metric]), boot)
+    band = origin_band(selection, metric, min_abs_te)
+    c2_origin = difference_row("C2-origin", "origin_band_mlp_minus_attn_necessity_share", patches, metric,
+                               (f"band_{band}_mlp", f"band_{band}_attn"),
+                               float(thresholds["C2_origin_mlp_minus_attn"]), boot, min_abs_te, kind="NEC")
     rows = [
-        difference_row("C1", "late_minus_early_window_NIE_share", patches, metric, ("c1_late", "c1_early"),
-                       float(thresholds["C1_late_minus_early"]), boot, min_abs_te),
-        difference_row("C2", "late_window_mlp_minus_attn_NIE_share", patches, metric, ("c2_mlp", "c2_attn"),
-                       float(thresholds["C2_mlp_minus_attn"]), boot, min_abs_te),
+        route_row(patches, metric, float(thresholds["C1_route_share"]), boot, min_abs_te),
+        origin_row(patches, metric, float(thresholds["C1_origin_margin"]), boot, min_abs_te),
+        difference_row("C2-route", "late_window_mlp_minus_attn_NIE_share", patches, metric, ("c2_mlp", "c2_attn"),
+                       float(thresholds["C2_route_mlp_minus_attn"]), boot, min_abs_te),
+        c2_origin,
         gate_row(patches, metric, "NIE", float(thresholds["C3_gate_share"]), boot, min_abs_te),
         gate_row(patches, metric, "NEC", float(thresholds["C3_gate_share"]), boot, min_abs_te),
     ]
+    if probe is not None:
+        rows.append(c4_causal_row(probe, band, metric, patches))
     if present["verdict"] not in ("supported", NOT_RUN):
         for r in rows:
             r["verdict"] = NOT_APPLICABLE
@@ -175,13 +227,17 @@ def metric_rows(patches: pd.DataFrame, metric: str, thresholds: Mapping[str, Any
 
 
 def compute_claims(patches: pd.DataFrame, thresholds: Mapping[str, Any], boot: Bootstrap, min_abs_te: float,
-                   c4_row: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """Claims table (columns CLAIM_COLUMNS): per metric the behaviour row and C1-C3, then C4."""
+                   probe: ProbeDepth | None = None) -> pd.DataFrame:
+    """Claims table (columns CLAIM_COLUMNS): per metric the behaviour row, C1-C3 and C4-causal,
+    then the C4 probe row. ``patches`` holds the held-out rows and the discovery profile's
+    ``select_`` rows; only the latter choose the origin band."""
+    chosen = patches["role"].astype(str).str.startswith(SELECT_PREFIX)
+    held_out, selection = patches[~chosen], patches[chosen]
     rows: list[dict[str, Any]] = []
     for metric in METRICS:
-        rows.extend(metric_rows(patches, metric, thresholds, boot, min_abs_te))
-    if c4_row is not None:
-        rows.append({"n_pairs": np.nan, "n_excluded": np.nan, **dict(c4_row)})
+        rows.extend(metric_rows(held_out, selection, metric, thresholds, boot, min_abs_te, probe))
+    if probe is not None:
+        rows.append(probe.row)
     table = pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
     order = {c: i for i, c in enumerate(CLAIM_TEXT)}
     return table.sort_values("claim", key=lambda s: s.map(order), kind="mergesort").reset_index(drop=True)
@@ -199,35 +255,83 @@ def first_layer(layers: np.ndarray, mask: np.ndarray) -> int | None:
     return int(hits.min()) if hits.size else None
 
 
-def c4_row(probe_df: pd.DataFrame, n_layers: int, level: float, threshold: float,
-           n_boot: int = 0, ci: float = PROBE_CI, seed: int = 0) -> dict[str, Any]:
-    """C4 claim row: relative depth of the first decoder layer whose probe accuracy >= level.
+@dataclass(frozen=True)
+class ProbeDepth:
+    """Where harmfulness first becomes decodable at the probed position: the first layer (point)
+    and the CI's ends in layers (``earliest``: the first layer that may have reached it,
+    ``surest``: the first that surely has; None: no such layer), and the C4 probe row."""
 
-    CI construction (analytic, from the per-layer Wilson intervals recomputed at level
-    ``ci``): the low end is the depth of the first layer whose interval *reaches* the level
-    (ci_high >= level: the earliest layer that may have reached it), the high end that of the
-    first layer whose interval lies *at or above* it (ci_low >= level: the earliest layer that
-    surely has); NaN when no layer qualifies. Supported when the whole CI lies below the
-    threshold. ``n_boot`` and ``seed`` are accepted for a uniform claim-row signature and
-    unused. No layer reaching the level gives a NaN value and ``not supported``.
+    layer: int | None
+    earliest: int | None
+    surest: int | None
+    row: dict[str, Any]
+
+
+def c4_row(probe_df: pd.DataFrame, n_layers: int, relative_level: float, threshold: float,
+           position: str = UNDERSTANDING_POSITION, ci: float = PROBE_CI) -> ProbeDepth:
+    """C4 probe row: relative depth of the first decoder layer where harmfulness is decodable at
+    ``position``: accuracy at least ``relative_level`` x the best layer's there, and the Wilson
+    interval's low end above chance (0.5). Relative to the model's own best, so a model whose
+    probe never reaches a fixed accuracy can still be judged; above chance, so a flat profile
+    never counts as decodable.
+
+    CI (analytic, from the per-layer Wilson intervals at level ``ci``): the low end is the depth
+    of the first layer whose interval reaches the level (the earliest layer that may have), the
+    high end that of the first layer whose interval lies above both the level and chance (the
+    earliest that surely has); NaN when no layer qualifies. Supported when the whole CI lies
+    below the threshold; no decodable layer gives a NaN value and `not supported`.
     """
-    real = probe_df[(probe_df["condition"] == "real") & (probe_df["layer"].astype(int) >= 0)]
-    real = real[real["layer"].astype(int) < n_layers].sort_values("layer", kind="mergesort")
+    real = probe_df[(probe_df["condition"] == "real") & (probe_df["position"] == position)]
+    real = real[real["layer"].astype(int).between(0, n_layers - 1)].sort_values("layer", kind="mergesort")
     layers = real["layer"].to_numpy(dtype=int)
     accuracy = real["accuracy"].to_numpy(dtype=float)
     bounds = [wilson_interval(round(a * int(n)), int(n), ci) for a, n in zip(accuracy, real["n_prompts"])]
     low = np.array([b[0] for b in bounds]) if bounds else np.empty(0)
     high = np.array([b[1] for b in bounds]) if bounds else np.empty(0)
+    level = relative_level * float(accuracy.max()) if accuracy.size else float("nan")
+    point = first_layer(layers, (accuracy >= level) & (low > 0.5))
+    earliest = first_layer(layers, (high >= level) & (high > 0.5))
+    surest = first_layer(layers, (low >= level) & (low > 0.5))
 
     def depth(layer: int | None) -> float:
         return float("nan") if layer is None else relative_depth(layer, n_layers)
 
-    value = depth(first_layer(layers, accuracy >= level))
-    ci_low = depth(first_layer(layers, high >= level))
-    ci_high = depth(first_layer(layers, low >= level))
+    value, ci_low, ci_high = depth(point), depth(earliest), depth(surest)
     judged = "not supported" if math.isnan(value) else verdict(ci_low, ci_high, threshold, above=False)
-    return dict(claim="C4", statistic=f"probe_rel_depth_acc_ge_{level:g}", value=value,
-                ci_low=ci_low, ci_high=ci_high, threshold=threshold, verdict=judged)
+    row = dict(claim="C4", statistic=f"probe_rel_depth_decodable[{position}]", value=value, ci_low=ci_low,
+               ci_high=ci_high, threshold=threshold, verdict=judged, n_pairs=int(real["n_prompts"].max()) // 2
+               if len(real) else 0, n_excluded=0)
+    return ProbeDepth(point, earliest, surest, row)
+
+
+def c4_causal_row(probe: ProbeDepth, band: str | None, metric: str, patches: pd.DataFrame) -> dict[str, Any]:
+    """C4 causal row: layers between the first layer where harmfulness is decodable and the
+    first layer of the origin band (where holding removes the most of ``metric``'s TE). At
+    least one layer (value > 0.5) means the prompt was understood before the decision was made."""
+    statistic = f"layers_decodable_before_origin_band[{metric}]"
+    start = _band_start(patches, band)
+    if start is None:
+        return row("C4", statistic, CAUSAL_LEAD_THRESHOLD, None, 0, Bootstrap(0, 0.95, 0))
+    if probe.layer is None:
+        return dict(claim="C4", statistic=statistic, value=np.nan, ci_low=np.nan, ci_high=np.nan,
+                    threshold=CAUSAL_LEAD_THRESHOLD, verdict="not supported", n_pairs=probe.row["n_pairs"],
+                    n_excluded=0)
+    lead = float(start - probe.layer)
+    ci_low = float(start - probe.surest) if probe.surest is not None else -math.inf
+    ci_high = float(start - probe.earliest) if probe.earliest is not None else math.inf
+    judged = verdict(ci_low, ci_high, CAUSAL_LEAD_THRESHOLD) if math.isfinite(ci_low) else (
+        "not supported" if ci_high < CAUSAL_LEAD_THRESHOLD else "inconclusive")
+    return dict(claim="C4", statistic=statistic, value=lead, ci_low=ci_low if math.isfinite(ci_low) else np.nan,
+                ci_high=ci_high, threshold=CAUSAL_LEAD_THRESHOLD, verdict=judged,
+                n_pairs=probe.row["n_pairs"], n_excluded=0)
+
+
+def _band_start(patches: pd.DataFrame, band: str | None) -> int | None:
+    """First layer of ``band`` as its held-out profile rows recorded it (``layers`` = 'a:b')."""
+    if band is None:
+        return None
+    rows = patches[patches["role"] == f"band_{band}_both"]
+    return None if rows.empty else int(str(rows["layers"].iloc[0]).split(":")[0])
 
 
 # ---------------------------------------------------------------- rendering
@@ -239,8 +343,9 @@ VERDICT_RULE = (
     "whose held-out TE does not clearly exceed its behaviour threshold gets `not applicable (no "
     "behaviour)` for C1-C3. `not run` marks a statistic without data. The C4 probe depth is "
     "supported by a value *below* its threshold. The column `calibrated` says whether the "
-    "statistic gave the verdict its ground truth implies on every planted model that has one "
-    "(results/calibration.csv); an uncalibrated statistic is not evidence either way."
+    "statistic gave the verdict its ground truth implies on every planted model that has one, and "
+    "on which sides (results/calibration.csv): only a statistic calibrated on both sides has been "
+    "shown to come out either way; an uncalibrated statistic is not evidence either way."
 )
 
 
