@@ -180,6 +180,75 @@ def test_training_pass_gives_the_loss_and_gradient_of_the_plain_pass(family: str
     assert any(g.abs().sum() > 0 for g in fast_grads.values())
 
 
+def _replayed_loss(model: torch.nn.Module, base: torch.nn.Module, examples: list[Example],
+                   band: range) -> torch.Tensor:
+    """The plain loss with every attention and MLP output of ``band`` set to what ``base`` writes
+    on the same tokens, one whole example at a time."""
+    from harmmed.models.hooks import HookSet
+
+    model_sites, base_sites = resolve_sites(model), resolve_sites(base)
+    terms = []
+    for e in examples:
+        ids = torch.tensor([e.prompt_ids + e.response_ids])
+        seen = {}
+        with torch.no_grad(), HookSet() as hooks:
+            for layer in band:
+                for site in ("attn", "mlp"):
+                    hooks.on_output(getattr(base_sites, site)(layer),
+                                    lambda x, _k=(layer, site): seen.__setitem__(_k, x.clone()))
+            base(input_ids=ids, use_cache=False)
+        with HookSet() as hooks:
+            for (layer, site), value in seen.items():
+                hooks.on_output(getattr(model_sites, site)(layer), lambda x, _v=value: _v)
+            terms.append(_plain_loss(model, [e]))
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bypass_pass_replays_the_base_model_around_the_trained_layers(family: str) -> None:
+    """The bypass loss is the mean of the plain pass and a pass whose bypassed outputs are the
+    base model's, recorded before training: after the trained layer moves, the replayed pass's
+    loss and gradient are those of whole examples with the base's outputs written in."""
+    import copy
+
+    model = tiny_model(family, initializer_range=0.2)
+    base = copy.deepcopy(model)
+    spec = parse_trainable({"site": "mlp", "layers": [1, 1], "bypass": [2, 3]})
+    plan = resolve_trainable(model, spec, 0)
+    examples = _examples()
+    forward = TrainingPass(model, plan, examples, 3, pad_id=0)  # records the base's outputs now
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a training step moves the trained layer; the replay must not follow it
+        for name in plan.names:
+            params[name].add_(0.3 * torch.randn(params[name].shape, generator=g))
+    for name, param in params.items():
+        param.requires_grad_(name in plan.names)
+    grads = []
+    for loss in (lambda: forward.loss(range(len(examples))),
+                 lambda: 0.5 * (_plain_loss(model, examples) + _replayed_loss(model, base, examples, range(2, 4)))):
+        model.zero_grad(set_to_none=True)
+        value = loss()
+        value.backward()
+        grads.append((float(value.detach()), {n: params[n].grad.clone() for n in plan.names}))
+    (fast, fast_grads), (plain, plain_grads) = grads
+    assert fast == pytest.approx(plain, rel=1e-5)
+    for name in plan.names:
+        scale = float(plain_grads[name].abs().max())
+        assert torch.allclose(fast_grads[name], plain_grads[name], atol=max(1e-6, 1e-5 * scale), rtol=1e-4), name
+    plain_only = 0.5 * (_plain_loss(model, examples) + _plain_loss(model, examples))
+    assert abs(float(plain_only.detach()) - fast) > 1e-3  # the replay changes the loss: the test can fail
+
+
+def test_bypass_must_follow_the_trained_band_and_end_at_the_final_layer() -> None:
+    with pytest.raises(ComponentSpecError, match=r"trainable\.bypass: \[1, 3\] must start after"):
+        parse_trainable({"site": "mlp", "layers": [1, 2], "bypass": [1, 3]})
+    with pytest.raises(ComponentSpecError, match=r"trainable\.bypass: \[2, 2\] must end at the final layer, 3"):
+        resolve_trainable(tiny_model("llama"), parse_trainable({"site": "mlp", "layers": [1, 1], "bypass": [2, 2]}), 0)
+    assert parse_trainable({"site": "attn", "layers": [0, 1], "bypass": [2, 3]}).planted() == {
+        "site": "attn", "layers": [0, 1], "bypass": [2, 3]}
+
+
 def test_shared_prefix_stops_before_the_last_prompt_token() -> None:
     same = [Example("a", "harmful", (1, 2, 3), (7,)), Example("b", "benign", (1, 2, 3, 4), (8,))]
     assert shared_prefix_length(same) == 2  # the first response token is predicted at position 2

@@ -151,6 +151,21 @@ def test_band_statistics_judge_type_necessity_and_localisation(mlp, attn, best, 
     assert np.allclose(null["value"], rows["value"], equal_nan=True)
 
 
+@pytest.mark.parametrize("bypassed, passed", [(0.1, True), (0.6, False)])
+def test_a_bypass_plant_is_judged_on_the_band_it_was_trained_around(bypassed: float, passed: bool) -> None:
+    plant = Plant("p", ComponentSpec("mlp", (1, 2), bypass=(6, 7)))
+    effects = _band_effects(0.95, 0.3, 1).assign(**{"removed:p/bypassed": lambda f: bypassed * f["te"]})
+    rows = pd.DataFrame(recovery_rows("p", effects, [plant], "p", {}, 8, Targets(), 0.1, BOOT)).set_index("statistic")
+    assert rows.loc["necessity_bypassed", "target"] == "<= 0.3"
+    assert rows.loc["necessity_bypassed", "value"] == pytest.approx(bypassed)
+    assert bool(rows.loc["necessity_bypassed", "pass"]) is passed
+    from harmmed.stats.calibration import unmet_ground_truth
+
+    table = rows.reset_index().assign(pass_=lambda f: f["pass"].astype(str)).drop(columns="pass")
+    table = table.rename(columns={"pass_": "pass"})
+    assert ("necessity_bypassed" in unmet_ground_truth(table, "p")) is not passed  # part of the ground truth
+
+
 def test_elsewhere_band_never_overlaps() -> None:
     assert elsewhere_band(range(22, 26), 30) == (13, 14, 15, 16)
     assert elsewhere_band(range(13, 17), 30) == (1, 2, 3, 4)

@@ -7,7 +7,8 @@ pairs, in units of the pair's total effect (TE) on the refusal metric:
   outputs; the planted type should carry the effect and the other should not;
 * necessity: the share of the TE removed when the planted components are held at their benign
   values in the harmful run, against the other type on the same band and the same type on an
-  equally sized band elsewhere;
+  equally sized band elsewhere; for a bypass plant, also the share removed by holding the band it
+  was trained around (attention and MLP outputs), which should be small;
 * localisation: among all windows of the band's size, the one whose outputs at the
   post-instruction positions carry the largest NIE should lie in the band. All-position windows
   cannot localise: the layer-0 MLP acts as an extended embedding and carries nearly the whole
@@ -65,6 +66,7 @@ class Targets:
     necessity: float = 0.5  # share of the TE removed by holding the plant at benign values: at least
     gate_recall: float = 0.75  # recall at K of the ranking against the planted units: at least
     gate_joint: float = 0.5  # planted units' joint NIE / TE: at least
+    bypass_necessity: float = 0.3  # a bypass plant's bypassed band, held at benign values: at most
 
 
 def elsewhere_band(band: Sequence[int], n_layers: int) -> tuple[int, ...]:
@@ -117,6 +119,9 @@ def pair_effects(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Ru
         nde[f"{plant.name}/planted"] = _joint(plant.spec.site, plant.band, every)
         nde[f"{plant.name}/other_type"] = _joint(other, plant.band, every)
         nde[f"{plant.name}/elsewhere"] = _joint(plant.spec.site, elsewhere_band(plant.band, n_layers), every)
+        if plant.spec.bypass is not None:
+            bypassed = range(plant.spec.bypass[0], plant.spec.bypass[1] + 1)
+            nde[f"{plant.name}/bypassed"] = _joint("attn", bypassed, every) + _joint("mlp", bypassed, every)
         for window in _windows(len(plant.band), n_layers):
             nie[f"{plant.name}/window/{plant.spec.site}/{window[0]}"] = _joint(plant.spec.site, window, post)
     out = {"te": harmful.y[METRIC] - benign.y[METRIC]}
@@ -181,6 +186,9 @@ def _band_rows(table: _Table, plant: Plant, n_layers: int, targets: Targets, jud
     for name in ("other_type", "elsewhere"):
         text, check = target("< necessity_planted", lambda v: v < planted)
         table.ratio(plant.name, f"necessity_{name}", f"removed:{plant.name}/{name}", text, check)
+    if plant.spec.bypass is not None:  # the decision must not need the band it was trained around
+        text, check = target(f"<= {targets.bypass_necessity}", lambda v: v <= targets.bypass_necessity)
+        table.ratio(plant.name, "necessity_bypassed", f"removed:{plant.name}/bypassed", text, check)
     prefix = f"nie:{plant.name}/window/{plant.spec.site}/"
     windows = sorted(int(c[len(prefix):]) for c in table.effects.columns if c.startswith(prefix))
     means = [table.effects[f"{prefix}{w}"].mean() for w in windows] if len(table.effects) else []
@@ -235,7 +243,8 @@ def plants_for(manifest: Mapping[str, Any], models: Sequence[Mapping[str, Any]])
     if own is None:
         return configured_plants(models, int(manifest["d_mlp"]))
     layers = (own["layer"], own["layer"]) if own["site"] == "neuron" else tuple(own["layers"])
-    return [Plant(manifest["name"], ComponentSpec(own["site"], layers, own.get("units")),
+    bypass = tuple(own["bypass"]) if own.get("bypass") else None
+    return [Plant(manifest["name"], ComponentSpec(own["site"], layers, own.get("units"), bypass),
                   tuple(own.get("unit_ids") or ()))]
 
 

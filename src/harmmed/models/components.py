@@ -26,6 +26,9 @@ class ComponentSpec:
     site: str
     layers: tuple[int, int] | None = None  # inclusive band (mlp, attn); (L, L) for neuron
     units: int | None = None  # neuron: how many seeded units
+    # mlp, attn: an inclusive band whose attention and MLP outputs are replayed from the base
+    # model in a second training pass, so the decision must reach the logits around it
+    bypass: tuple[int, int] | None = None
 
     def planted(self) -> dict[str, Any] | None:
         """The spec as the manifest records it (``None``: unrestricted training, no ground truth)."""
@@ -33,7 +36,10 @@ class ComponentSpec:
             return None
         if self.site == "neuron":
             return {"site": "neuron", "layer": self.layers[0], "units": self.units}
-        return {"site": self.site, "layers": list(self.layers)}
+        planted: dict[str, Any] = {"site": self.site, "layers": list(self.layers)}
+        if self.bypass is not None:
+            planted["bypass"] = list(self.bypass)
+        return planted
 
 
 def parse_trainable(value: Any, key: str = "trainable") -> ComponentSpec:
@@ -54,15 +60,22 @@ def parse_trainable(value: Any, key: str = "trainable") -> ComponentSpec:
             raise ComponentSpecError(f"{key}.units: a positive number of units is required, got {units!r}")
         spec = ComponentSpec("neuron", (layer, layer), units)
     else:
-        extra = set(value) - {"site", "layers"}
-        layers = value.get("layers")
-        if (not isinstance(layers, (list, tuple)) or len(layers) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers) or layers[0] > layers[1]):
-            raise ComponentSpecError(f"{key}.layers: must be [first, last] with first <= last, got {layers!r}")
-        spec = ComponentSpec(site, (layers[0], layers[1]))
+        extra = set(value) - {"site", "layers", "bypass"}
+        layers = _band(value.get("layers"), f"{key}.layers")
+        bypass = None if value.get("bypass") is None else _band(value["bypass"], f"{key}.bypass")
+        if bypass is not None and bypass[0] <= layers[1]:
+            raise ComponentSpecError(f"{key}.bypass: {list(bypass)} must start after the trained layers {list(layers)}")
+        spec = ComponentSpec(site, layers, bypass=bypass)
     if extra:
         raise ComponentSpecError(f"{key}: unknown key(s) {sorted(extra)} for site {site!r}")
     return spec
+
+
+def _band(layers: Any, key: str) -> tuple[int, int]:
+    if (not isinstance(layers, (list, tuple)) or len(layers) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers) or layers[0] > layers[1]):
+        raise ComponentSpecError(f"{key}: must be [first, last] with first <= last, got {layers!r}")
+    return (layers[0], layers[1])
 
 
 def seeded_units(d_mlp: int, units: int, seed: int) -> list[int]:

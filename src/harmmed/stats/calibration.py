@@ -30,8 +30,10 @@ CALIBRATION_COLUMNS: list[str] = ["statistic", "model", "expected", "verdict", "
 COLORS = {"match": "#4daf4a", "mismatch": "#e41a1c", "none": "#bdbdbd", "unestablished": "#fee08b"}
 ESTABLISHED = "established"
 # A plant's own recovery rows that say where its mechanism lives (not whether the method finds it):
-# the planted band's type (target ">= ...") and its necessity; the gate's units jointly and held.
-GROUND_TRUTH_ROWS = ("behaviour_check", "necessity_planted", "gate_planted_joint_nie", "gate_planted_necessity")
+# the planted band's type (target ">= ..."), its necessity and (a bypass plant) the bypassed band's;
+# the gate's units jointly and held.
+GROUND_TRUTH_ROWS = ("behaviour_check", "necessity_planted", "necessity_bypassed", "gate_planted_joint_nie",
+                     "gate_planted_necessity")
 _METRIC = re.compile(r"\[(\w+)\]$")
 
 

@@ -6,6 +6,13 @@ layer: L, units: K}`` (K seeded units of layer L's MLP: their rows of the MLP in
 and their column of the down projection, by gradient masking). Specs resolve through the
 architecture table, so no family needs its own code.
 
+A ``bypass`` band (``{site: mlp, layers: [a, b], bypass: [c, d]}``) adds a second pass to every
+batch's loss in which each attention and MLP output of layers c..d replays what the base model
+wrote there on the same tokens (recorded once, before training: the base is the model at step
+0). The trained components then cannot rely on those layers to carry their decision, which must
+reach the logits through the residual stream around them: a plant whose decision does not pass
+through the late layers.
+
 Blocks below the lowest trainable block are frozen and see only frozen inputs, so their output is
 computed once per example and replayed every epoch: a late plant trains in seconds on a CPU. The
 chat template's prefix, the same in every example, runs once per batch (``TrainingPass``).
@@ -49,6 +56,11 @@ def _check_layers(spec: ComponentSpec, sites: Sites, key: str) -> None:
     if not 0 <= first <= last < sites.n_layers:
         name = "layer" if spec.site == "neuron" else "layers"
         raise ComponentSpecError(f"{key}.{name}: {list(spec.layers)} outside 0..{sites.n_layers - 1} of this model")
+    if spec.bypass is not None and spec.bypass[1] != sites.n_layers - 1:
+        # the shared prompt prefix runs once without replays: exact only when no unreplayed layer
+        # comes after the band (a later layer's attention would read the prefix's bypassed outputs)
+        raise ComponentSpecError(f"{key}.bypass: {list(spec.bypass)} must end at the final layer, "
+                                 f"{sites.n_layers - 1} of this model")
     if spec.site == "neuron" and spec.units > sites.d_mlp:
         raise ComponentSpecError(f"{key}.units: {spec.units} exceeds the layer's {sites.d_mlp} MLP units")
 
@@ -248,6 +260,7 @@ class TrainingPass:
         self.frozen_kv, self.prefix_hidden = self._frozen_prefix() if self.prefix else ([], None)
         self.frozen = (frozen_outputs(model, self.examples, plan.first_block - 1, batch_size, pad_id,
                                       self.prefix, self.frozen_kv) if plan.first_block > 0 else None)
+        self.base_outputs = self._base_outputs(batch_size) if plan.spec.bypass is not None else None
 
     @torch.no_grad()
     def _frozen_prefix(self) -> tuple[KeysValues, torch.Tensor | None]:
@@ -284,11 +297,44 @@ class TrainingPass:
         cache.batch_repeat_interleave(rows)
         return cache
 
+    def _bypass_sites(self) -> list[tuple[int, str]]:
+        first, last = self.plan.spec.bypass or (0, -1)
+        return [(layer, site) for layer in range(first, last + 1) for site in ("attn", "mlp")]
+
+    @torch.no_grad()
+    def _base_outputs(self, batch_size: int) -> list[dict[tuple[int, str], torch.Tensor]]:
+        """Per example, the bypass band's attention and MLP outputs at its own positions (after
+        the shared prefix), as the base model writes them; recorded before any training step."""
+        out: list[dict[tuple[int, str], torch.Tensor]] = []
+        for start in range(0, len(self.examples), batch_size):
+            chunk = self.examples[start : start + batch_size]
+            ids, lengths = _padded(chunk, self.pad_id, self.device, skip=self.prefix)
+            cache = self._prefix_cache(len(chunk)) if self.prefix else None
+            seen: dict[tuple[int, str], torch.Tensor] = {}
+            with HookSet() as hooks:
+                for layer, site in self._bypass_sites():
+                    module = getattr(self.sites, site)(layer)
+                    hooks.on_output(module, lambda x, _k=(layer, site): seen.__setitem__(_k, x.detach().clone()))
+                hooks.replace_forward(self.head, lambda x: x[..., :1])
+                self.model(input_ids=ids, past_key_values=cache, use_cache=cache is not None)
+            out.extend({k: v[row, :length] for k, v in seen.items()} for row, length in enumerate(lengths))
+        return out
+
     def loss(self, index: Sequence[int]) -> torch.Tensor:
+        """The batch's loss; with a bypass band, the mean of the plain pass's and the replayed pass's."""
+        if self.base_outputs is None:
+            return self._pass_loss(index, replay=False)
+        return 0.5 * (self._pass_loss(index, replay=False) + self._pass_loss(index, replay=True))
+
+    def _pass_loss(self, index: Sequence[int], replay: bool) -> torch.Tensor:
         batch = [self.examples[i] for i in index]
         ids, _ = _padded(batch, self.pad_id, self.device, skip=self.prefix)
         cache = self._prefix_cache(len(batch)) if self.prefix else None
         with HookSet() as hooks:
+            if replay:  # every bypassed output is the base model's, whatever the trained layers wrote
+                for key in self._bypass_sites():
+                    value = _stacked([self.base_outputs[i][key] for i in index], ids.shape[1])
+                    hooks.on_output(getattr(self.sites, key[1])(key[0]), lambda x, _v=value: _v.to(x.dtype))
             if self.frozen is not None:
                 self._replay_frozen(hooks, _stacked([self.frozen[i] for i in index], ids.shape[1]))
             # the loss applies the head only where it is read; the model's own head call is a stub
