@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -130,6 +132,14 @@ def as_comparable(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def read_yaml(text: str) -> Any:
+    """A stated default; text that is not YAML compares unequal to every default."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {"not YAML": text}
+
+
 # ------------------------------------------------------------------ tests
 def test_every_schema_key_is_documented_with_the_schema_default() -> None:
     schema = load_schema()
@@ -146,7 +156,7 @@ def test_every_schema_key_is_documented_with_the_schema_default() -> None:
             continue
         if stated is None:
             problems.append(f"{path} (config/README.md:{line}): the row states no default; the schema's is {default}")
-        elif as_comparable(yaml.safe_load(stated)) != as_comparable(node["default"]):
+        elif as_comparable(read_yaml(stated)) != as_comparable(node["default"]):
             problems.append(f"{path} (config/README.md:{line}): the README's default is `{stated}`, "
                             f"the schema's is {default}")
     assert not problems, "config/README.md disagrees with the schema:\n" + "\n".join(problems)
@@ -169,12 +179,25 @@ def test_the_reader_finds_grouped_keys_and_their_defaults() -> None:
             "inner": {"type": "object", "properties": {"b": {"type": "array", "default": [1, 2]}}}}},
         "items": {"type": "array", "items": {"$ref": "#/$defs/item"}},
     }, "$defs": {"item": {"type": "object", "properties": {"c": {"type": "number", "default": 0.5}}}}}
-    readme = "\n".join([
-        "## top", "", "| key | default | meaning |", "| --- | --- | --- |", "| `top` | `1` | t |", "",
-        "## group (a note)", "", "| key | default | meaning |", "| --- | --- | --- |",
-        "| `a`, `inner.b` | `x`, `[1, 2]` (see `elsewhere`) | a \\| b |", "",
-        "## items", "", "| key | default | meaning |", "| --- | --- | --- |", "| `c` | `0.50` | c |",
-    ])
+    readme = textwrap.dedent("""\
+        ## top
+
+        | key | default | meaning |
+        | --- | --- | --- |
+        | `top` | `1` | t |
+
+        ## group (a note)
+
+        | key | default | meaning |
+        | --- | --- | --- |
+        | `a`, `inner.b` | `x`, `[1, 2]` (see `elsewhere`) | a \\| b |
+
+        ## items
+
+        | key | default | meaning |
+        | --- | --- | --- |
+        | `c` | `0.50` | c |
+        """)
     assert [(path, leaf) for path, _, leaf in schema_paths(schema)] == [
         ("top", True), ("group", False), ("group.a", True), ("group.inner", False), ("group.inner.b", True),
         ("items", False), ("items[].c", True)]
