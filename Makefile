@@ -11,6 +11,7 @@
 #   make test PYTEST_ARGS="-k config"   # pytest, then `make lint`
 #   make lint                           # snakemake --lint (0 findings), snakefmt --check, lint-imports (the wings' contracts)
 #   make format                         # snakefmt: rewrite the Snakefile and workflow/rules/*.smk
+#   make docs                           # the documentation site: docs/ into site/ (mkdocs --strict)
 #   make test-cluster                   # live single-node SLURM (root, Debian): tests/cluster/
 #   make venv PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 #                                       # CPU-only torch wheel on Linux (PyPI's is CUDA)
@@ -28,7 +29,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
 SMK_FLAGS = --configfile $(CONFIG) --cores $(CORES) $(SNAKEMAKE_ARGS)  # --cores last: targets may follow
 
-.PHONY: venv config-check replicate dryrun report test lint format test-cluster bench clean verify bundle figures
+.PHONY: venv config-check replicate dryrun report test lint format docs test-cluster bench clean verify bundle figures
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +80,11 @@ lint: venv
 format: venv
 	$(VENV)/bin/snakefmt Snakefile workflow/
 
+# The documentation site (mkdocs.yml: mkdocs-material over docs/), written to site/. --strict makes
+# every warning fatal: a broken link or anchor, or a page left out of the nav.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 # Brings up SLURM on this machine (apt-get install when missing), installs the pinned plugin
 # (requirements-cluster.lock) into the venv, runs the tiny workflow locally and through SLURM.
 test-cluster: venv
@@ -89,4 +95,4 @@ bench: venv
 
 # Generated outputs only; downloaded data (data/raw, data/models) and .snakemake/ stay.
 clean:
-	rm -rf results/ logs/ benchmarks/ figures/ report.html results-*.tar.gz results-*.tar.gz.sha256
+	rm -rf results/ logs/ benchmarks/ figures/ site/ report.html results-*.tar.gz results-*.tar.gz.sha256
