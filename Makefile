@@ -5,6 +5,7 @@
 #   make replicate CORES=8 CONFIG=config/other.yaml
 #   make replicate SNAKEMAKE_ARGS="--sdm conda"   # per-stage conda envs (envs/*.yaml)
 #   make replicate SNAKEMAKE_ARGS="--forceall"    # any other snakemake flags
+#   make calibrate                      # the calibration grid (config/calibration_grid.yaml): about 2 h on 2 cores
 #   make verify                         # recompute sampled rows independently, check every sha256
 #   make bundle                         # results-<model>-<commit>.tar.gz (+ .sha256) per model
 #   make figures BUNDLE=results-m-c.tar.gz   # redraw figures, claims.md, report from a bundle (no torch)
@@ -29,7 +30,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
 SMK_FLAGS = --configfile $(CONFIG) --cores $(CORES) $(SNAKEMAKE_ARGS)  # --cores last: targets may follow
 
-.PHONY: venv config-check replicate dryrun report test lint format docs test-cluster bench clean verify bundle figures
+.PHONY: venv config-check replicate calibrate dryrun report test lint format docs test-cluster bench clean verify bundle figures
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,10 @@ config-check: venv
 
 replicate: config-check
 	$(SNAKEMAKE) $(SMK_FLAGS)
+
+# The grid of plants every claim statistic is calibrated on; the default models are among them.
+calibrate:
+	$(MAKE) replicate CONFIG=config/calibration_grid.yaml
 
 dryrun: config-check
 	$(SNAKEMAKE) $(SMK_FLAGS) --dry-run
