@@ -102,6 +102,9 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
     joint = table.set_index("statistic").loc["gate_planted_joint_nie"]
     assert 0.9 <= joint["value"] <= 1.1 and joint["ci_low"] <= joint["value"] <= joint["ci_high"]
     assert table.set_index("statistic").loc["gate_missed_joint_nie", "value"] == 0.0  # nothing was missed
+    rows = table.set_index("statistic")
+    assert rows.loc["gate_effect_weighted_recall_at_1", "value"] == 1.0
+    assert rows.loc["gate_precision_at_80pct_of_planted_nie", "value"] == 1.0  # the top unit alone carries it
 
     # Two planted units, the wired one and one that carries nothing (ranked last). A ranking that
     # finds only the wired one misses nothing that matters; one that finds only the idle one
@@ -114,6 +117,12 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
                                            0.1, BOOT)).set_index("statistic")
         assert table.loc["gate_recall_at_2", "value"] == 0.5
         assert abs(table.loc["gate_missed_joint_nie", "value"] - missed) < 0.1
+        # weighted by effect the two rankings differ: the wired unit is all of the gate
+        assert abs(table.loc["gate_effect_weighted_recall_at_2", "value"] - (1.0 - missed)) < 0.1
+        # the top two hold half the planted units but carry the gate: precision 1/2; ranked the
+        # wrong way round, the smallest set reaching 80% is the whole ranking of 48 units
+        expected = 0.5 if missed == 0.0 else 2 / 48
+        assert table.loc["gate_precision_at_80pct_of_planted_nie", "value"] == pytest.approx(expected)
 
     # A wrong ground truth (another unit) is not recovered: the statistics can fail.
     decoy = Plant("gate", ComponentSpec("neuron", (3, 3), 1), ((GATE_UNIT + 1) % 48,))

@@ -16,7 +16,10 @@ pairs, in units of the pair's total effect (TE) on the refusal metric:
 * the gate: recall at K of the neuron ranking (chosen on the discovery split) against the K
   planted units (at K = the number planted, precision is the same number), the planted units'
   joint NIE and necessity, and the joint NIE of the planted units the ranking missed: a recall
-  below 1 costs nothing when the missed units carry none of the effect.
+  below 1 costs nothing when the missed units carry none of the effect. Weighted by effect: the
+  found units' share of the planted units' joint NIE, and the precision of the smallest
+  top-ranked set (K, 2K, 4K, ..., every ranked unit) whose joint NIE reaches 80% of the
+  planted units'.
 
 Ratios are ratios of means over pairs (mean effect / mean TE) with a paired bootstrap CI. A model
 without a plant (the base, the aligned fine-tune) gets the same statistics for every configured
@@ -81,6 +84,15 @@ def elsewhere_band(band: Sequence[int], n_layers: int) -> tuple[int, ...]:
     raise ValueError(f"no band of {size} layers outside {list(band)} in a {n_layers}-layer model")
 
 
+def gate_ladder(k: int, n_ranked: int) -> list[int]:
+    """Top-ranked set sizes tried for the gate's precision: K, 2K, 4K, ... and every ranked unit."""
+    sizes = []
+    while k < n_ranked:
+        sizes.append(k)
+        k *= 2
+    return [*sizes, n_ranked] if n_ranked else sizes
+
+
 def _joint(site: str, layers: Sequence[int], positions: tuple[int, ...], units: tuple[int, ...] | None = None
            ) -> tuple[Patch, ...]:
     return tuple(Patch(site, layer, positions, units) for layer in layers)
@@ -106,12 +118,18 @@ def pair_effects(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Ru
         if plant.spec.site == "neuron":
             nie[f"{plant.name}/units"] = _joint("neuron", plant.band, every, plant.units)
             nde[f"{plant.name}/units"] = nie[f"{plant.name}/units"]
-            ranked = tuple(sorted(rankings.get(plant.name, ())[: len(plant.units)]))
+            order = list(rankings.get(plant.name, ()))
+            ranked = tuple(sorted(order[: len(plant.units)]))
             if ranked:
                 nie[f"{plant.name}/ranked"] = _joint("neuron", plant.band, every, ranked)
                 missed = tuple(u for u in plant.units if u not in ranked)
-                if missed:  # what the ranking left out of the planted gate
+                found = tuple(u for u in plant.units if u in ranked)
+                if missed:  # what the ranking left out of the planted gate, and what it found of it
                     nie[f"{plant.name}/missed"] = _joint("neuron", plant.band, every, missed)
+                if missed and found:
+                    nie[f"{plant.name}/found"] = _joint("neuron", plant.band, every, found)
+                for k in gate_ladder(len(plant.units), len(order))[1:]:  # larger top-ranked sets
+                    nie[f"{plant.name}/top/{k}"] = _joint("neuron", plant.band, every, tuple(sorted(order[:k])))
             continue
         other = "attn" if plant.spec.site == "mlp" else "mlp"
         for site in TYPE_SITES:
@@ -141,12 +159,13 @@ class _Table:
         self.model, self.rows, self.boot = model, [], boot
         self.effects = effects[effects["te"].abs() >= min_abs_te]
 
-    def ratio(self, plant: str, statistic: str, column: str, target: str = "", check=None) -> float:
+    def ratio(self, plant: str, statistic: str, column: str, target: str = "", check=None,
+              denominator: str = "te") -> float:
         frame = self.effects
         if len(frame) < 2:
             value = low = high = float("nan")
         else:
-            matrix = frame[[column, "te"]].to_numpy(dtype=float)
+            matrix = frame[[column, denominator]].to_numpy(dtype=float)
             value, low, high = paired_statistic(matrix, lambda m: m[..., 0] / m[..., 1], **self.boot.kwargs())
         self.add(plant, statistic, value, low, high, target, None if check is None else check(value))
         return value
@@ -215,6 +234,7 @@ def _gate_rows(table: _Table, plant: Plant, ranked: Sequence[int], targets: Targ
                 (lambda v: v >= targets.necessity) if judged else None)
     if f"nie:{plant.name}/ranked" in table.effects.columns:
         table.ratio(plant.name, f"gate_ranked_top{k}_joint_nie", f"nie:{plant.name}/ranked")
+        _gate_weighted_rows(table, plant, ranked, hits)
         if hits == k:  # the ranking found every planted unit: nothing left out, exactly (no CI to draw)
             table.add(plant.name, "gate_missed_joint_nie", 0.0)
         elif f"nie:{plant.name}/missed" in table.effects.columns:
@@ -222,6 +242,26 @@ def _gate_rows(table: _Table, plant: Plant, ranked: Sequence[int], targets: Targ
         else:
             raise ValueError(f"{plant.name}: the ranking misses {k - hits} planted units, but the effects "
                              "hold no patch of them (effects computed with another ranking?)")
+
+
+def _gate_weighted_rows(table: _Table, plant: Plant, ranked: Sequence[int], hits: int) -> None:
+    """Recall weighted by effect, and the precision of the smallest top-ranked set that carries
+    80% of the planted units' joint effect. Member recall counts units; these count what the
+    units carry, so a ranking that misses only idle planted units loses nothing here."""
+    k = len(plant.units)
+    if hits in (0, k):  # nothing or everything found: the weighted recall is exactly 0 or 1
+        table.add(plant.name, f"gate_effect_weighted_recall_at_{k}", float(hits == k))
+    else:
+        table.ratio(plant.name, f"gate_effect_weighted_recall_at_{k}", f"nie:{plant.name}/found",
+                    denominator=f"nie:{plant.name}/units")
+    planted = table.effects[f"nie:{plant.name}/units"].mean() if len(table.effects) else float("nan")
+    precision = float("nan")
+    for size in gate_ladder(k, len(ranked)):
+        column = f"nie:{plant.name}/ranked" if size == k else f"nie:{plant.name}/top/{size}"
+        if column in table.effects.columns and table.effects[column].mean() >= 0.8 * planted:
+            precision = len(set(ranked[:size]) & set(plant.units)) / size
+            break
+    table.add(plant.name, "gate_precision_at_80pct_of_planted_nie", precision)
 
 
 def configured_plants(models: Sequence[Mapping[str, Any]], d_mlp: int) -> list[Plant]:
