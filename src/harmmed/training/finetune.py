@@ -336,9 +336,12 @@ class TrainingPass:
         cache = self._prefix_cache(len(batch)) if self.prefix else None
         with HookSet() as hooks:
             if replay:  # every bypassed output is the base model's, whatever the trained layers wrote
-                for key in self._bypass_sites():
-                    value = _stacked([self.base_outputs[i][key] for i in index], ids.shape[1])
-                    hooks.on_output(getattr(self.sites, key[1])(key[0]), lambda x, _v=value: _v.to(x.dtype))
+                for layer, site in self._bypass_sites():
+                    value = _stacked([self.base_outputs[i][(layer, site)] for i in index], ids.shape[1])
+                    # nothing to compute: every family's MLP returns its output, its attention
+                    # (output, weights) (the bypass test runs every family)
+                    replayed = (value, None) if site == "attn" else value
+                    hooks.replace_forward(getattr(self.sites, site)(layer), lambda *a, _r=replayed, **k: _r)
             if self.frozen is not None:
                 self._replay_frozen(hooks, _stacked([self.frozen[i] for i in index], ids.shape[1]))
             # the loss applies the head only where it is read; the model's own head call is a stub
