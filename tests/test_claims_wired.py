@@ -12,7 +12,6 @@ band, so a mover there belongs to no band. Each mechanism runs through the real 
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

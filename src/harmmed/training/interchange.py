@@ -24,14 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.arch import Sites
-
-
-def _unit_axis(weight: torch.Tensor, module: torch.nn.Module, d_mlp: int, is_down: bool) -> int:
-    """Linear weights are (out, in), GPT-2's Conv1D weights (in, out): the module type decides."""
-    axis = (1 if is_down else 0) ^ int(type(module).__name__ == "Conv1D")
-    if weight.shape[axis] != d_mlp:
-        raise ValueError(f"{type(module).__name__} weight {tuple(weight.shape)}: no unit axis of size {d_mlp}")
-    return axis
+from .plan import unit_axis
 
 
 @dataclass(frozen=True)
@@ -61,7 +54,7 @@ def spread_gate(sites: Sites, layer: int, units: Sequence[int], seed: int) -> Ga
         if weight is None or weight.dim() != 2:
             continue
         is_down = module is down
-        axis = _unit_axis(weight, module, sites.d_mlp, is_down)
+        axis = unit_axis(module, weight, sites.d_mlp, is_down)
         other = 1 - axis
         median = float(weight.norm(dim=other).median())
         rows = 1 if is_down else len(units)
@@ -72,7 +65,7 @@ def spread_gate(sites: Sites, layer: int, units: Sequence[int], seed: int) -> Ga
         bias = getattr(module, "bias", None)
         if not is_down and bias is not None and bias.shape[0] == sites.d_mlp:
             bias[index] = 0.0
-    return GateUnits(layer, tuple(units), down, _unit_axis(down.weight, down, sites.d_mlp, True))
+    return GateUnits(layer, tuple(units), down, unit_axis(down, down.weight, sites.d_mlp, True))
 
 
 def tie_gradients(gate: GateUnits) -> None:
