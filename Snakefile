@@ -66,5 +66,5 @@ rule all:
         "results/calibration.csv",
         "figures/calibration.png",
         per_model("figures/{model}/{figure}.png", "screen", figure=STAGE_FIGURES["screen"]),
-        ["figures/cross_model.png"] if len(MODELS) > 1 else [],
+        ["figures/cross_model.png"] if len(per_model("{model}", "mediate_layer")) > 1 else [],
         ["figures/recovery.png"] if PLANTED else [],

@@ -257,7 +257,8 @@ RESERVED_NAMES = ("judge",)
 RESERVED_SUFFIXES = (".csv", ".json", ".jsonl", ".png", ".pdf", ".md", ".html", ".tar.gz", ".sha256")
 
 # Stages whose outputs other per-model stages read: skipping one means skipping its readers.
-SKIP_READERS = {"gating": ("figures", "generate")}  # the neuron figures; generation's gated run
+SKIP_READERS = {"gating": ("figures", "generate"),  # the neuron figures; generation's gated run
+                "mediate_layer": ("figures",)}  # the layer curves
 
 
 def _skip_checks(skipped: list[str], key: str) -> list[str]:

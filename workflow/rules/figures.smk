@@ -28,10 +28,10 @@ rule figures:
 
 
 rule cross_model_figure:
-    """Residual NIE / TE against relative depth for every configured model."""
+    """Residual NIE / TE against relative depth for every model that runs the layer sweep."""
     input:
-        manifests=results("manifest.json"),
-        layers=results("layer.csv"),
+        manifests=per_model("results/{model}/manifest.json", "mediate_layer"),
+        layers=per_model("results/{model}/layer.csv", "mediate_layer"),
     output:
         png=report("figures/cross_model.png", caption="../report/cross_model.rst", category="cross-model"),
         pdf="figures/cross_model.pdf",
