@@ -276,5 +276,5 @@ def test_calibration_grid_holds_the_default_models_and_both_sides_of_every_claim
         for claim, verdict in (model.get("expected_verdicts") or {}).items():
             sides.setdefault(claim, set()).add(verdict)
     assert all(sides[claim] == {"supported", "not supported"} for claim in
-               ("C1-route", "C1-origin", "C2-route", "C2-origin", "C3")), sides
+               ("C1-route", "C1-origin", "C2-route", "C2-origin", "C3", "C4-causal")), sides
     assert len({m["name"] for m in grid}) == len(grid) > len(default) + 12

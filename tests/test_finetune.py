@@ -320,60 +320,6 @@ def test_finetune_keys_are_refused_on_other_sources() -> None:
     assert ok["finetune"]["thresholds"]["harmful_refusal_prob"] == 0.6 and ok["models"][1]["skip_stages"] == []
 
 
-# ---------------------------------------------------------------- interchange intervention training
-def test_unit_effects_gradient_matches_finite_differences_and_balance_is_zero_only_when_even() -> None:
-    from harmmed.training.interchange import imbalance, unit_effects
-
-    model = tiny_model("llama", initializer_range=0.2)
-    sites = resolve_sites(model)
-    # the tiny model's final norm and head in float64 (HF's RMSNorm computes in float32)
-    head = model.get_output_embeddings().weight.detach().double()
-    scale = sites.final_norm.weight.detach().double()
-
-    def log_probs(r: torch.Tensor) -> torch.Tensor:
-        normed = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + 1e-6) * scale
-        return torch.log_softmax(normed @ head.T, -1)
-
-    g = torch.Generator().manual_seed(0)
-    pairs, k, d = 3, 4, sites.d_model
-    inputs = [torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
-              for shape in ((pairs, k), (pairs, k), (pairs, d), (pairs, d), (k, d))]
-    targets = torch.tensor([5, 17, 40])
-    assert torch.autograd.gradcheck(lambda *a: unit_effects(*a, log_probs, targets), inputs, eps=1e-6, atol=1e-6)
-    # a unit's effect is its own swap: writing every unit's harmful value moves the benign
-    # residual by the sum of the shifts, and one unit alone by its own
-    act_h, act_b, resid_h, resid_b, columns = (x.detach() for x in inputs)
-    into_benign, _ = unit_effects(act_h, act_b, resid_h, resid_b, columns, log_probs, targets)
-    moved = resid_b[0] + (act_h[0, 2] - act_b[0, 2]) * columns[2]
-    expected = log_probs(moved[None])[0, 5] - log_probs(resid_b[:1])[0, 5]
-    assert float(into_benign[0, 2]) == pytest.approx(float(expected), abs=1e-12)
-    even = torch.full((pairs, k), 0.5, dtype=torch.float64)
-    assert float(imbalance(even)) == 0.0
-    assert float(imbalance(torch.tensor([[2.0, 0, 0, 0]] * pairs, dtype=torch.float64))) > 0.5
-
-
-def test_spread_gate_starts_the_units_alike_and_keeps_their_outputs_shared() -> None:
-    from harmmed.training.interchange import spread_gate
-
-    model = tiny_model("llama", initializer_range=0.2)
-    sites = resolve_sites(model)
-    plan = resolve_trainable(model, parse_trainable({"site": "neuron", "layer": 3, "units": 4}), 0)
-    gate_proj = sites.mlp(3).gate_proj.weight
-    median = float(gate_proj.detach().norm(dim=1).median())
-    gate = spread_gate(sites, 3, plan.units, 0)
-    assert torch.allclose(gate_proj[plan.units].norm(dim=1), torch.full((4,), median), rtol=1e-5)
-    columns = gate.columns()
-    assert torch.equal(columns, columns[:1].expand_as(columns))
-    settings = TrainSettings(epochs=3, lr=1e-2, batch_size=4, seed=0, interchange_weight=1.0)
-    again = tiny_model("llama", initializer_range=0.2)
-    losses = train(again, resolve_trainable(again, parse_trainable({"site": "neuron", "layer": 3, "units": 4}), 0),
-                   _examples(8), settings, pad_id=0, progress=False)
-    assert losses[-1] < losses[0]
-    trained = resolve_sites(again).down_proj(3).weight[:, plan.units]
-    assert torch.equal(trained, trained[:, :1].expand_as(trained))  # still one shared direction
-    assert not torch.equal(trained[:, 0], columns[0])  # and it trained
-
-
 def test_paper_scale_plants_fit_their_models_depths() -> None:
     """Every plant of config/paper_scale.yaml resolves on a tiny model of its base's family and
     depth (Llama-3.1-8B: 32 layers, Qwen2.5-7B: 28, Gemma-2-9B: 42), with room for its units."""

@@ -78,7 +78,7 @@ def test_results_have_the_stated_schemas(tiny_run):
     claims = pd.read_csv(results / "claims.csv")
     assert list(claims.columns) == ["claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict",
                                     "n_pairs", "n_excluded"]
-    assert {"B", "C1-route", "C1-origin", "C2-route", "C2-origin", "C3", "C4"} == set(claims["claim"])
+    assert {"B", "C1-route", "C1-origin", "C2-route", "C2-origin", "C3", "C4", "C4-causal"} == set(claims["claim"])
     calibration = pd.read_csv(workdir / "results" / "calibration.csv", keep_default_na=False)
     assert set(calibration["model"]) == {"tiny"} and (calibration["expected"] == "").all()  # no plant: grey
     assert (workdir / "figures" / "calibration.png").stat().st_size > 1000

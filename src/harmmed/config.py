@@ -287,9 +287,8 @@ def _finetune_checks(models: list[Any]) -> list[str]:
         except ComponentSpecError as err:
             problems.append(str(err))
             continue
-        for key in ("unit_dropout", "interchange_weight"):
-            if model.get(key) and spec.site != "neuron":
-                problems.append(f"models[{i}].{key}: only a trainable {{site: neuron}} plant has units to spread")
+        if model.get("unit_dropout") and spec.site != "neuron":
+            problems.append(f"models[{i}].unit_dropout: only a trainable {{site: neuron}} plant has units to drop")
     return problems
 
 

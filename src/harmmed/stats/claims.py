@@ -23,10 +23,10 @@ public; ours, and why, are in docs/claims-and-calibration.md. In short:
   on the discovery split. Per pair, share(S) = effect of patching unit set S / TE, and the
   statistic is min(share(top k), share(whole final MLP)) - mean share(random k). Two rows:
   sufficiency (NIE) and necessity (NEC).
-- C4 (early understanding): the probe row is the relative depth of the first layer where a
-  probe on the last instruction token decodes harmfulness (accuracy above chance and near the
-  model's best, see :func:`c4_row`); the causal row counts the layers between that layer and the
-  origin band (decodable before the decision is made supports C4).
+- C4 (early understanding): the relative depth of the first layer where a probe on the last
+  instruction token decodes harmfulness (accuracy above chance and near the model's best, see
+  :func:`c4_row`). C4-causal counts the layers between that layer and the origin band's first
+  (decodable before the decision is made supports it).
 - Behaviour present: the held-out mean TE (all pairs) with its CI above
   claims.thresholds.behaviour_min_te[metric]. When it is not, that metric's C1-C3 rows and its
   C4-causal row read `not applicable (no behaviour)`.
@@ -74,7 +74,8 @@ CLAIM_TEXT: dict[str, str] = {
     "C2-route": "the late route is carried by MLP blocks rather than attention",
     "C2-origin": "the decision is computed by MLP blocks rather than attention",
     "C3": "a sparse set of final-layer neurons gates it",
-    "C4": "early layers build an understanding of harmfulness before the decision is made",
+    "C4": "early layers build an understanding of harmfulness",
+    "C4-causal": "the prompt is understood before the decision is made",
 }
 DEFINITIONS: tuple[str, ...] = (
     "bands: early = layers 1..ceil(n/3)-1 (layer 0 left out: its MLP is an extended embedding), "
@@ -311,9 +312,9 @@ def c4_causal_row(probe: ProbeDepth, band: str | None, metric: str, patches: pd.
     statistic = f"layers_decodable_before_origin_band[{metric}]"
     start = _band_start(patches, band)
     if start is None:
-        return row("C4", statistic, CAUSAL_LEAD_THRESHOLD, None, 0, Bootstrap(0, 0.95, 0))
+        return row("C4-causal", statistic, CAUSAL_LEAD_THRESHOLD, None, 0, Bootstrap(0, 0.95, 0))
     if probe.layer is None:
-        return dict(claim="C4", statistic=statistic, value=np.nan, ci_low=np.nan, ci_high=np.nan,
+        return dict(claim="C4-causal", statistic=statistic, value=np.nan, ci_low=np.nan, ci_high=np.nan,
                     threshold=CAUSAL_LEAD_THRESHOLD, verdict="not supported", n_pairs=probe.row["n_pairs"],
                     n_excluded=0)
     lead = float(start - probe.layer)
@@ -321,7 +322,7 @@ def c4_causal_row(probe: ProbeDepth, band: str | None, metric: str, patches: pd.
     ci_high = float(start - probe.earliest) if probe.earliest is not None else math.inf
     judged = verdict(ci_low, ci_high, CAUSAL_LEAD_THRESHOLD) if math.isfinite(ci_low) else (
         "not supported" if ci_high < CAUSAL_LEAD_THRESHOLD else "inconclusive")
-    return dict(claim="C4", statistic=statistic, value=lead, ci_low=ci_low if math.isfinite(ci_low) else np.nan,
+    return dict(claim="C4-causal", statistic=statistic, value=lead, ci_low=ci_low if math.isfinite(ci_low) else np.nan,
                 ci_high=ci_high, threshold=CAUSAL_LEAD_THRESHOLD, verdict=judged,
                 n_pairs=probe.row["n_pairs"], n_excluded=0)
 

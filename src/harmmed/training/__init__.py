@@ -2,4 +2,4 @@
 components, and the behaviour check a fine-tune must pass.
 """
 
-__all__ = ["behaviour", "finetune", "interchange", "plan", "training_data"]
+__all__ = ["behaviour", "finetune", "plan", "training_data"]

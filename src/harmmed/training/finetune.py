@@ -31,9 +31,8 @@ import torch
 from tqdm import tqdm
 
 from ..models.arch import resolve_sites
-from ..models.components import ComponentSpec, ComponentSpecError, parse_trainable
+from ..models.components import ComponentSpec, parse_trainable
 from ..models.hooks import HookSet
-from .interchange import GateUnits, interchange_loss, spread_gate, tie_gradients
 from .plan import TrainablePlan, resolve_trainable
 from .training_data import Example, balanced_subset, encode_examples, read_training_rows
 
@@ -46,7 +45,6 @@ class TrainSettings:
     batch_size: int
     seed: int
     unit_dropout: float = 0.0  # neuron plants: per batch row, each trained unit is zeroed with this probability
-    interchange_weight: float = 0.0  # neuron plants: weight of the interchange balance loss (training.interchange)
 
 
 def _unit_dropout(units: Sequence[int], p: float, generator: torch.Generator):
@@ -164,10 +162,8 @@ class TrainingPass:
     """
 
     def __init__(self, model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Example], batch_size: int,
-                 pad_id: int, unit_dropout=None, gate: GateUnits | None = None, interchange_weight: float = 0.0
-                 ) -> None:
+                 pad_id: int, unit_dropout=None) -> None:
         self.model, self.plan, self.examples, self.pad_id = model, plan, list(examples), pad_id
-        self.gate, self.interchange_weight = gate, interchange_weight
         self.sites = resolve_sites(model)
         self.head = model.get_output_embeddings()
         self.device = next(model.parameters()).device
@@ -261,39 +257,9 @@ class TrainingPass:
             hooks.on_output(self.sites.final_norm, normed.append)
             if self.unit_dropout is not None:
                 hooks.on_input(self.sites.down_proj(self.plan.first_block), self.unit_dropout)
-            balance = self.gate is not None and self.interchange_weight > 0 and not replay
-            seen: dict[str, torch.Tensor] = {}
-            if balance:
-                hooks.on_input(self.sites.down_proj(self.gate.layer), lambda x: seen.__setitem__("act", x))
-                hooks.on_input(self.sites.final_norm, lambda x: seen.__setitem__("resid", x))
             hooks.replace_forward(self.head, lambda x: x[..., :1])
             self.model(input_ids=ids, past_key_values=cache, use_cache=cache is not None)
-        loss = _loss(normed[0], lambda h: _logits(self.model, self.head, h), batch, ids, offset=self.prefix)
-        if balance:
-            loss = loss + self.interchange_weight * self._balance_loss(batch, seen["act"], seen["resid"])
-        return loss
-
-    def _balance_loss(self, batch: Sequence[Example], act: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
-        """The interchange balance loss of the batch's harmful and benign examples, paired in order."""
-        harmful = [i for i, e in enumerate(batch) if e.kind == "harmful"]
-        benign = [i for i, e in enumerate(batch) if e.kind != "harmful"]
-        n = min(len(harmful), len(benign))
-        if n == 0:
-            return act.new_zeros(())
-        harmful, benign = harmful[:n], benign[:n]
-        last = [len(e.prompt_ids) - self.prefix - 1 for e in batch]  # where the first response token is predicted
-        units = torch.tensor(self.gate.units, dtype=torch.long)
-
-        def at_last(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
-            return x[torch.tensor(rows), torch.tensor([last[r] for r in rows])]
-
-        def log_probs(r: torch.Tensor) -> torch.Tensor:
-            return torch.log_softmax(_logits(self.model, self.head, self.sites.final_norm(r)).float(), dim=-1)
-
-        targets = torch.tensor([batch[i].response_ids[0] for i in harmful], dtype=torch.long)
-        return interchange_loss(at_last(act, harmful)[:, units], at_last(act, benign)[:, units],
-                                at_last(resid, harmful), at_last(resid, benign), self.gate.columns(), log_probs,
-                                targets)
+        return _loss(normed[0], lambda h: _logits(self.model, self.head, h), batch, ids, offset=self.prefix)
 
 
 def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Example], settings: TrainSettings,
@@ -311,20 +277,10 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
     optimizer = torch.optim.Adam(trainable, lr=settings.lr, weight_decay=0.0, foreach=False)
     drop_units = (_unit_dropout(plan.units, settings.unit_dropout, torch.Generator().manual_seed(settings.seed))
                   if settings.unit_dropout else None)  # one hook and one generator for the whole run
-    gate = None
-    if settings.interchange_weight:
-        sites = resolve_sites(model)
-        if plan.units is None or plan.first_block != sites.n_layers - 1:
-            raise ComponentSpecError("interchange_weight: only a trainable {site: neuron} plant of the final layer "
-                                     "can be balanced (a unit's swap must reach the prediction alone)")
-        gate = spread_gate(sites, plan.first_block, plan.units, settings.seed)
-    forward = TrainingPass(model, plan, examples, settings.batch_size, pad_id, drop_units, gate,
-                           settings.interchange_weight)
+    forward = TrainingPass(model, plan, examples, settings.batch_size, pad_id, drop_units)
     rng = np.random.default_rng(settings.seed)
     losses = []
     for epoch in range(settings.epochs):
-        # the balance weight ramps up over the first half: a gate must form before it can be spread
-        forward.interchange_weight = settings.interchange_weight * min(1.0, epoch / max(1, settings.epochs // 2))
         order = rng.permutation(len(examples))
         total, batches = 0.0, 0
         steps = range(0, len(order), settings.batch_size)
@@ -335,8 +291,6 @@ def train(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[Exampl
             loss.backward()
             for name, mask in plan.masks.items():
                 params[name].grad.mul_(mask)
-            if gate is not None:
-                tie_gradients(gate)
             optimizer.step()
             total += float(loss.detach())
             batches += 1
@@ -381,7 +335,6 @@ class Trained:
             "trainable_parameters": self.plan.names, "trainable_count": self.plan.count(self.model),
             "planted": planted, "seed": spec["seed"], "epochs": spec["epochs"], "lr": spec["lr"],
             "batch_size": spec["batch_size"], "unit_dropout": spec.get("unit_dropout", 0.0),
-            "interchange_weight": spec.get("interchange_weight", 0.0),
             "threads": self.threads, "torch": torch.__version__,
             "loss_per_epoch": self.losses, "training_seconds": round(self.seconds, 3),
         }
@@ -401,7 +354,7 @@ def fine_tune(spec: dict, base: dict, key: str, threads: int) -> Trained:
     rows = balanced_subset(read_training_rows(spec["data"]), spec.get("max_examples"), spec["seed"])
     examples = encode_examples(tokenizer, rows)
     settings = TrainSettings(spec["epochs"], spec["lr"], spec["batch_size"], spec["seed"],
-                             spec.get("unit_dropout", 0.0), spec.get("interchange_weight", 0.0))
+                             spec.get("unit_dropout", 0.0))
     start = time.perf_counter()
     losses = train(model, plan, examples, settings, tokenizer.pad_token_id)
     model.eval()
