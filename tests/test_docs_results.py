@@ -12,10 +12,10 @@ from harmmed.review.docs_results import BEGIN, END, DEFAULT_SUMMARY, main, outda
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = ("model,claim,statistic,value,ci_low,ci_high,threshold,verdict,n_pairs,calibration\n"
            "base,C2,late_window_mlp_minus_attn_NIE_share[refusal],0.41,0.36,0.47,0,supported,16,"
-           "\"calibrated (right on 2 plants)\"\n"
+           "\"calibrated on both sides (right on 2 plants)\"\n"
            "base,C4,probe_rel_depth_acc_ge_0.9,,,,0.5,not supported,,no ground truth\n"
            "plant,C2,late_window_mlp_minus_attn_NIE_share[refusal],-0.67,-1.04,-0.44,0,not supported,16,"
-           "\"calibrated (right on 2 plants)\"\n")
+           "\"calibrated on both sides (right on 2 plants)\"\n")
 
 
 def test_committed_docs_match_the_shipped_reference():
@@ -42,7 +42,7 @@ def test_tables_are_written_between_the_markers_only(checkout):
                              "`reference/summary.csv`.\n")
     assert readme.endswith("<!-- results:end -->\n\nAfter.\n") and "old table" not in readme
     assert ("| C2 | `late_window_mlp_minus_attn_NIE_share[refusal]` | supported 0.41 (0.36 to 0.47) "
-            "| not supported -0.67 (-1.04 to -0.44) | calibrated (right on 2 plants) |") in readme
+            "| not supported -0.67 (-1.04 to -0.44) | calibrated on both sides (right on 2 plants) |") in readme
     assert "| C4 | `probe_rel_depth_acc_ge_0.9` | not supported | - | no ground truth |" in readme
     page = (checkout / "docs" / "results.md").read_text()
     assert "### plant" in page and "| C4 | `probe_rel_depth_acc_ge_0.9` | not supported | 0.5 |  |" in page

@@ -59,7 +59,7 @@ def test_summary_csv_has_every_claims_row_with_its_calibration_mark(tmp_path):
     assert list(table["model"]) == ["base"] * 3 + ["plant-early"] * 3
     marks = dict(zip(table["statistic"], table["calibration"]))
     assert marks["late_minus_early_window_NIE_share[refusal]"] == "not calibrated (wrong on plant-early)"
-    assert marks["behaviour_present_TE[refusal]"].startswith("calibrated (right on 1 plant")
+    assert marks["behaviour_present_TE[refusal]"].startswith("calibrated")
     assert marks["probe_rel_depth_acc_ge_0.9"] == "no ground truth"
     assert table.loc[2, "verdict"] == "not supported" and math.isnan(table.loc[2, "value"])
     assert "commit" not in csv.read_text() and "UTC" not in csv.read_text()
