@@ -1,6 +1,7 @@
 """Stages that read result tables only (no torch): every figure, the claims table, the
-calibration grid, the run summary and the merge of a sharded stage's tables. Figure modules (matplotlib) are
-imported by the figure stages only, so the claims stage runs where only the tables are."""
+calibration grid, the run summary and the merge of a sharded stage's tables. Figure modules
+(matplotlib) are imported by the figure stages only, so the claims stage runs where only the
+tables are."""
 
 from __future__ import annotations
 
