@@ -9,6 +9,9 @@
 #   make verify                         # recompute sampled rows independently, check every sha256
 #   make bundle                         # results-<model>-<commit>.tar.gz (+ .sha256) per model
 #   make figures BUNDLE=results-m-c.tar.gz   # redraw figures, claims.md, report from a bundle (no torch)
+#   make compare                        # results/ against the shipped reference/ run (RESULTS=, REFERENCE=)
+#   make reference                      # copy a finished run's small tables into reference/
+#   make docs-results                   # README's and docs/results.md's results tables from reference/summary.csv
 #   make test PYTEST_ARGS="-k config"   # pytest, then `make lint`
 #   make lint                           # snakemake --lint (0 findings), snakefmt --check, lint-imports (the wings' contracts)
 #   make format                         # snakefmt: rewrite the Snakefile and workflow/rules/*.smk
@@ -23,6 +26,9 @@ CONFIG ?= config/config.yaml
 SNAKEMAKE_ARGS ?=
 PYTEST_ARGS ?=
 PIP_ARGS ?=
+RESULTS ?= results
+REFERENCE ?= reference
+SUMMARY ?= $(REFERENCE)/summary.csv
 
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -30,7 +36,8 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
 SMK_FLAGS = --configfile $(CONFIG) --cores $(CORES) $(SNAKEMAKE_ARGS)  # --cores last: targets may follow
 
-.PHONY: venv config-check replicate calibrate dryrun report test lint format docs test-cluster bench clean verify bundle figures
+.PHONY: venv config-check replicate calibrate dryrun report test lint format docs test-cluster bench clean verify bundle \
+	figures compare reference docs-results
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -66,10 +73,24 @@ verify: config-check
 bundle: config-check
 	$(SNAKEMAKE) $(SMK_FLAGS) bundle_all
 
-# Needs only the analysis packages (pandas, matplotlib): no torch, no model, no GPU.
+# figures, compare, reference and docs-results need only pandas (figures: matplotlib): no torch,
+# no model, no GPU; they use the venv's python when there is one.
+TABLES_PYTHON = PYTHONPATH=$(CURDIR)/src $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON))
+
 figures:
 	@test -n "$(BUNDLE)" || { echo "usage: make figures BUNDLE=results-<model>-<commit>.tar.gz"; exit 2; }
-	PYTHONPATH=$(CURDIR)/src $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)) $(CURDIR)/workflow/scripts/redraw.py $(BUNDLE) $(OUT)
+	$(TABLES_PYTHON) $(CURDIR)/workflow/scripts/redraw.py $(BUNDLE) $(OUT)
+
+# Exit status 1 when a verdict, a token id or a downloaded model's digest differs, or a file is
+# missing; numbers outside tolerance and a fine-tune's weights are reported (docs/verification.md).
+compare:
+	$(TABLES_PYTHON) -m harmmed.review.compare $(RESULTS) $(REFERENCE)
+
+reference:
+	$(TABLES_PYTHON) -m harmmed.review.compare --write-reference $(RESULTS) $(REFERENCE)
+
+docs-results:
+	$(TABLES_PYTHON) -m harmmed.review.docs_results $(SUMMARY)
 
 test: venv
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -52,6 +52,7 @@ include: "workflow/rules/claims.smk"
 include: "workflow/rules/recovery.smk"
 include: "workflow/rules/verify.smk"
 include: "workflow/rules/calibration.smk"
+include: "workflow/rules/summary.smk"
 include: "workflow/rules/merge_shards.smk"
 
 
@@ -65,6 +66,8 @@ rule all:
         per_model("figures/{model}/{figure}.png", "generate", figure=STAGE_FIGURES["generate"]),
         "results/calibration.csv",
         "figures/calibration.png",
+        "results/summary.csv",
+        "figures/summary.md",
         per_model("figures/{model}/{figure}.png", "screen", figure=STAGE_FIGURES["screen"]),
         ["figures/cross_model.png"] if len(per_model("{model}", "mediate_layer")) > 1 else [],
         ["figures/recovery.png"] if PLANTED else [],

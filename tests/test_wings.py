@@ -62,9 +62,11 @@ def test_table_stages_run_without_torch() -> None:
 
 
 def test_stages_of_the_analysis_environment_import_without_torch() -> None:
-    """merge_shards, claims, calibration and the figures run in envs/analysis.yaml (no torch)."""
+    """merge_shards, claims, calibration, the summary and the figures run in envs/analysis.yaml (no
+    torch), and so do make compare and make docs-results."""
     done = run_without_torch("""
-        from harmmed.stages import calibration, claims, figures, merge_shards, provenance, screen_figures
+        from harmmed.stages import calibration, claims, figures, merge_shards, provenance, screen_figures, summary
+        import harmmed.review.compare, harmmed.review.docs_results
         print("ok")
     """)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

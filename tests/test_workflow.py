@@ -82,6 +82,11 @@ def test_results_have_the_stated_schemas(tiny_run):
     calibration = pd.read_csv(workdir / "results" / "calibration.csv", keep_default_na=False)
     assert set(calibration["model"]) == {"tiny"} and (calibration["expected"] == "").all()  # no plant: grey
     assert (workdir / "figures" / "calibration.png").stat().st_size > 1000
+    summary = pd.read_csv(workdir / "results" / "summary.csv", keep_default_na=False)
+    assert list(summary.columns) == ["model", "claim", "statistic", "value", "ci_low", "ci_high", "threshold",
+                                     "verdict", "n_pairs", "calibration"]
+    assert list(summary["statistic"]) == list(claims["statistic"]) and set(summary["model"]) == {"tiny"}
+    assert "| claim | statistic | tiny | calibration |" in (workdir / "figures" / "summary.md").read_text()
     for figure in ("layer_curves", "module_curves", "severed_paths", "heatmap_refusal", "sparsity", "gating",
                    "block_vs_sum", "neuron_distribution", "probe_accuracy", "token_heatmap_refusal", "generation_rates",
                    "screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"):
@@ -158,7 +163,7 @@ def test_a_changed_setting_reruns_what_reads_it_and_nothing_else(tiny_run):
     assert not planned & {"download_model", "prepare_prompts", "mediate_layer", "mediate_neuron", "probe",
                           "screen_units", "mediate_token", "gating"}
     planned = planned_jobs(workdir, changed_config(workdir, config, "threshold", threshold))
-    assert planned == {"claims", "calibration", "provenance", "all"}
+    assert planned == {"claims", "calibration", "provenance", "summary", "all"}
     planned = planned_jobs(workdir, changed_config(workdir, config, "ci", ci))
     assert {"claims", "figures", "neuron_figures", "generate_and_judge"} <= planned
     assert not planned & (MODEL_STAGES - {"generate_and_judge"})
@@ -209,7 +214,7 @@ def test_default_config_dry_run():
     for rule in ("download_model", "prepare_prompts", "mediate_layer", "mediate_module", "mediate_heatmap",
                  "mediate_neuron", "gating",
                  "generate_and_judge", "mediate_token", "probe", "figures", "neuron_figures", "mediate_claims",
-                 "claims", "calibration", "screen_units", "screen_figures", "finetune_model", "recovery",
+                 "claims", "calibration", "summary", "screen_units", "screen_figures", "finetune_model", "recovery",
                  "recovery_figure"):
         assert rule in done.stdout
 

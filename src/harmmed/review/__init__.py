@@ -1,5 +1,6 @@
-"""For reviewers: provenance records, the independent reference patcher and verification, and
-result bundles. It imports no patching code, so the reference stays independent of the engine.
+"""For reviewers: provenance records, the independent reference patcher and verification, result
+bundles, the comparison with the shipped reference run and the docs' results tables. It imports
+no patching code, so the reference patcher stays independent of the engine.
 """
 
-__all__ = ["bundle", "provenance", "reference", "verify"]
+__all__ = ["bundle", "compare", "docs_results", "provenance", "reference", "verify"]

@@ -1,10 +1,12 @@
 """Stages that read result tables only (no torch): every figure, the claims table, the
-calibration grid and the merge of a sharded stage's tables. Figure modules (matplotlib) are
-imported by the figure stages only, so the claims stage runs where only the tables are."""
+calibration grid, the run summary and the merge of a sharded stage's tables. Figure modules
+(matplotlib) are imported by the figure stages only, so the claims stage runs where only the
+tables are."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from ..stats.claims import CLAIMS_FLOAT_FORMAT, c4_row, claims_markdown, compute
 from ..stats.effects import Bootstrap
 from ..stats.rates import read_rates
 from ..stats.screen_report import pair_outcomes, read_screen
+from ..stats.summary import SUMMARY_COLUMNS, summary_markdown, summary_table
 from .base import ManifestSource, Paths, log
 
 
@@ -102,6 +105,37 @@ def _write_calibration(tables: Mapping[str, pd.DataFrame], expected: Mapping[str
         with atomic_path(md) as tmp:
             tmp.write_text(claims_markdown(claims_table, f"Claims: {name}", marks), encoding="utf-8")
     return table
+
+
+def summary(cfg: dict, claims_csvs: list[str], calibration_csv: str | Path, provenances: list[str],
+            outputs: Paths) -> None:
+    """results/summary.csv and figures/summary.md from every model's claims.csv (``claims_csvs``
+    in config order, each under results/<model>/) and the run's calibration.csv. The CSV carries
+    no commit or time, so runs with the same numbers write the same bytes; the Markdown header
+    names the commit each model's ``provenances`` record and when it was written."""
+    names = [Path(path).parent.name for path in claims_csvs]
+    marks = calibrated_marks(pd.read_csv(calibration_csv, dtype=str, keep_default_na=False))
+    table = summary_table(dict(zip(names, (read_claims(path) for path in claims_csvs))), marks)
+    write_table(table, SUMMARY_COLUMNS, outputs["csv"], float_format=CLAIMS_FLOAT_FORMAT)
+    header = [f"Commit: {_run_commits(provenances)}; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+              f"Calibration marks from results/calibration.csv (plants judged on the "
+              f"`{cfg['calibration']['metric']}` rows). The same rows: results/summary.csv."]
+    with atomic_path(outputs["md"]) as tmp:
+        tmp.write_text(summary_markdown(table, header), encoding="utf-8")
+
+
+def _run_commits(provenances: list[str]) -> str:
+    """The commit the provenance records hold (``-dirty`` when the tree was), or every distinct one
+    with its models when the models' results came from different checkouts."""
+    from ..review.provenance import short_commit
+
+    models: dict[str, list[str]] = {}
+    for path in provenances:
+        record = read_json(path)
+        models.setdefault(short_commit(record.get("git") or {}), []).append(record["model"])
+    if len(models) == 1:
+        return f"`{next(iter(models))}`"
+    return ", ".join(f"`{commit}` ({', '.join(names)})" for commit, names in models.items())
 
 
 def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:

@@ -1,5 +1,5 @@
-"""Statistics over result tables: bootstrap and Wilson intervals, the claims table, calibration
-and the screen report. Torch-free, so claims jobs run without a model.
+"""Statistics over result tables: bootstrap and Wilson intervals, the claims table, calibration,
+the screen report and the run summary. Torch-free, so claims jobs run without a model.
 """
 
-__all__ = ["calibration", "claims", "effects", "rates", "screen_report"]
+__all__ = ["calibration", "claims", "effects", "rates", "screen_report", "summary"]
