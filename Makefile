@@ -88,6 +88,7 @@ compare:
 
 reference:
 	$(TABLES_PYTHON) -m harmmed.review.compare --write-reference $(RESULTS) $(REFERENCE)
+	@mkdir -p docs/img && cp figures/calibration.png docs/img/calibration.png  # the README's headline figure
 
 docs-results:
 	$(TABLES_PYTHON) -m harmmed.review.docs_results $(SUMMARY)

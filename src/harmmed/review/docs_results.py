@@ -41,9 +41,40 @@ def model_tables(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def page_block(summary: pd.DataFrame, source: str) -> list[str]:
-    """docs/results.md's block: the overview, then every model's rows in full."""
-    return [*overview_block(summary, source), *model_tables(summary)]
+def recovery_tables(reference: Path, models: Iterable[str]) -> list[str]:
+    """Each plant's own judged recovery rows (those with a target): what establishes its ground
+    truth, and what the method recovers of it."""
+    lines: list[str] = []
+    for model in models:
+        path = reference / model / "recovery.csv"
+        if not path.is_file():
+            continue
+        rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+        rows = rows[(rows["plant"] == model) & ((rows["target"] != "") | rows["statistic"].str.startswith("gate_"))]
+        if rows.empty:
+            continue
+        lines += ["", f"### {model}", "", "| statistic | value (CI) | target | pass |", "| --- | --- | --- | --- |"]
+        for record in rows.to_dict("records"):
+            value = _number(record["value"])
+            interval = (f" ({_number(record['ci_low'])} to {_number(record['ci_high'])})"
+                        if record["ci_low"] not in ("", "nan") else "")
+            lines.append(f"| `{record['statistic']}` | {value}{interval} | {record['target'] or '(reported)'} "
+                         f"| {record['pass']} |")
+    return ["", "## Recovery of the planted mechanisms", *lines] if lines else []
+
+
+def _number(text: str) -> str:
+    try:
+        return f"{float(text):.3g}"
+    except ValueError:
+        return text
+
+
+def page_block(summary: pd.DataFrame, source: str, reference: Path | None = None) -> list[str]:
+    """docs/results.md's block: the overview, every model's rows in full, and the plants' recovery."""
+    models = list(dict.fromkeys(summary["model"]))
+    recovery = recovery_tables(reference, models) if reference is not None else []
+    return [*overview_block(summary, source), *model_tables(summary), *recovery]
 
 
 def replace_block(text: str, block: list[str], where: str) -> str:
@@ -62,7 +93,8 @@ def render_docs(summary_path: Path, root: Path) -> dict[Path, str]:
         source = summary_path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         source = summary_path.as_posix()
-    blocks = {README: overview_block(summary, source), RESULTS_PAGE: page_block(summary, source)}
+    blocks = {README: overview_block(summary, source),
+              RESULTS_PAGE: page_block(summary, source, summary_path.parent)}
     return {root / page: replace_block((root / page).read_text(encoding="utf-8"), block, page)
             for page, block in blocks.items()}
 
