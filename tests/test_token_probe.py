@@ -97,7 +97,7 @@ def test_c4_early_onset_is_supported() -> None:
     depth = c4_row(probe_table([0.5, 0.6, 0.8, 0.99, 0.99] + [0.99] * 6), n_layers=10, relative_level=0.9,
                    threshold=0.5)
     row = depth.row
-    assert row["statistic"] == "probe_rel_depth_decodable[instruction]" and depth.layer == 2
+    assert row["statistic"] == "probe_rel_depth_decodable_at_instruction_token" and depth.layer == 2
     assert row["value"] == pytest.approx(0.3)
     assert row["ci_low"] <= row["value"] <= row["ci_high"] < 0.5
     assert row["verdict"] == "supported"

@@ -299,7 +299,7 @@ def c4_row(probe_df: pd.DataFrame, n_layers: int, relative_level: float, thresho
 
     value, ci_low, ci_high = depth(point), depth(earliest), depth(surest)
     judged = "not supported" if math.isnan(value) else verdict(ci_low, ci_high, threshold, above=False)
-    row = dict(claim="C4", statistic=f"probe_rel_depth_decodable[{position}]", value=value, ci_low=ci_low,
+    row = dict(claim="C4", statistic=f"probe_rel_depth_decodable_at_{position}_token", value=value, ci_low=ci_low,
                ci_high=ci_high, threshold=threshold, verdict=judged, n_pairs=int(real["n_prompts"].max()) // 2
                if len(real) else 0, n_excluded=0)
     return ProbeDepth(point, earliest, surest, row)
