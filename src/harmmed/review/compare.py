@@ -400,8 +400,8 @@ def render(comparison: Comparison, results: Path, reference: Path) -> str:
     failures = sum(f.status == FAIL for f in comparison.findings) + len(comparison.missing)
     reported = sum(f.status == DIFFERS for f in comparison.findings)
     if comparison.failed:
-        lines.append(f"compare: FAIL ({failures} failing lines: missing files, verdicts, inputs or base weights; "
-                     f"{reported} reported differences)")
+        lines.append(f"compare: FAIL ({failures} failing line{'s' if failures != 1 else ''} (missing files, verdicts, "
+                     f"inputs or downloaded weights); {reported} reported differences)")
     else:
         lines.append(f"compare: OK (every verdict, input and base-model digest agrees; "
                      f"{reported} reported differences)")
