@@ -92,6 +92,9 @@ def test_a_statistic_one_model_lacks_is_a_dash() -> None:
     assert lines[2] == "| C1 | `s1` | inconclusive 0.10 (0.00 to 0.20) | - | no ground truth |"
     assert lines[3] == "| C2 | `s2` | - | supported 0.30 (0.20 to 0.40) | no ground truth |"
     assert verdict_cell({"verdict": "not run", "value": math.nan, "ci_low": math.nan, "ci_high": math.nan}) == "not run"
+    assert verdict_cell({"verdict": "supported", "value": 7.0, "ci_low": 2.0, "ci_high": 14.0}) == "supported 7 (2 to 14)"
+    assert verdict_cell({"verdict": "supported", "value": 1.0, "ci_low": 0.97, "ci_high": 1.03}) == (
+        "supported 1.00 (0.97 to 1.03)")
 
 
 def test_different_commits_are_named_with_their_models(tmp_path):

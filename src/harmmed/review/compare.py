@@ -48,8 +48,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 FINETUNE = "finetune"
 
 # Absolute tolerances (docs/verification.md). A claim value (a TE share, the behaviour row's mean
-# TE, C4's relative depth) within 0.05; a bootstrap CI bound within 0.10, since a percentile
-# bound over 16 pairs moves with any single pair; a probe accuracy within 0.05 (3 of 64 prompts);
+# TE, C4's relative depth; C4's count of layers moves beyond it by any change) within 0.05; a
+# bootstrap CI bound within 0.10, since a percentile bound moves with single pairs' values; a
+# probe accuracy within 0.05 (3 of 64 prompts);
 # a per-pair outcome of the layer and module tables within 1e-3 in its metric's units: ten times
 # make verify's tolerance between two implementations on one machine, room for another CPU's
 # rounding that still catches another model or pair.
@@ -400,8 +401,8 @@ def render(comparison: Comparison, results: Path, reference: Path) -> str:
     failures = sum(f.status == FAIL for f in comparison.findings) + len(comparison.missing)
     reported = sum(f.status == DIFFERS for f in comparison.findings)
     if comparison.failed:
-        lines.append(f"compare: FAIL ({failures} failing lines: missing files, verdicts, inputs or base weights; "
-                     f"{reported} reported differences)")
+        lines.append(f"compare: FAIL ({failures} failing line{'s' if failures != 1 else ''} (missing files, verdicts, "
+                     f"inputs or downloaded weights); {reported} reported differences)")
     else:
         lines.append(f"compare: OK (every verdict, input and base-model digest agrees; "
                      f"{reported} reported differences)")

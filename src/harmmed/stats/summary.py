@@ -40,19 +40,23 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _number(value: float) -> str:
-    """Two decimals, the precision the docs quote; never ``-0.00``."""
-    text = f"{value:.2f}"
-    return "0.00" if text == "-0.00" else text
+def _number(value: float, whole: bool) -> str:
+    """Two decimals, the precision the docs quote (``whole``: a count of layers, no decimals);
+    never ``-0.00``."""
+    text = f"{value:.0f}" if whole else f"{value:.2f}"
+    return text.removeprefix("-") if float(text) == 0 else text
 
 
 def verdict_cell(record: Mapping[str, Any]) -> str:
-    """``verdict value (ci_low to ci_high)``; the numbers that are missing are left out."""
+    """``verdict value (ci_low to ci_high)``; the numbers that are missing are left out, and a
+    statistic whose numbers are all whole (a count of layers) is written without decimals."""
+    numbers = [record[c] for c in ("value", "ci_low", "ci_high") if not _missing(record[c])]
+    whole = bool(numbers) and all(float(n).is_integer() for n in numbers)
     parts = [str(record["verdict"])]
     if not _missing(record["value"]):
-        parts.append(_number(record["value"]))
+        parts.append(_number(record["value"], whole))
     if not (_missing(record["ci_low"]) or _missing(record["ci_high"])):
-        parts.append(f"({_number(record['ci_low'])} to {_number(record['ci_high'])})")
+        parts.append(f"({_number(record['ci_low'], whole)} to {_number(record['ci_high'], whole)})")
     return " ".join(parts)
 
 
