@@ -183,6 +183,18 @@ def test_the_reference_is_what_the_run_recorded(tmp_path):
     assert not (tmp_path / "reference").exists()
 
 
+def test_a_leftover_the_run_did_not_record_is_left_out(tmp_path):
+    """A table from an earlier run of a stage the model now skips is not this run's: with a
+    provenance record, only the files it lists are copied."""
+    results = make_results(tmp_path)
+    recorded = {name: hashlib.sha256((results / "base" / name).read_bytes()).hexdigest()
+                for name in ("claims.csv", "inputs.jsonl")}
+    (results / "base" / "provenance.json").write_text(json.dumps({"results": recorded}))
+    written = write_reference(results, tmp_path / "reference")
+    assert "base/claims.csv" in written and "base/layer.csv" not in written
+    assert "plant/layer.csv" in written  # no provenance record: every table there is copied
+
+
 def test_many_numbers_outside_tolerance_are_one_line():
     from harmmed.review.compare import TABLES, compare_tables
 

@@ -226,7 +226,7 @@ STAGE_FILES = {
     "generate": ["generations.jsonl", "generation_rates.csv"],
     "screen": ["screen.csv", "screen_report.csv", "screen_heldout.csv"],
     "gating": ["gating.csv", "gating_units.json"],  # read by the neuron figures and generation only
-    "mediate_layer": ["layer.csv"],  # read by the per-model figures and the cross-model figure only
+    "mediate_layer": ["layer.csv", "severed.csv"],  # read by the per-model figures and the cross-model figure only
 }
 COMMIT = short_commit(git_state(workflow.basedir))
 

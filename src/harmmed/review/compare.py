@@ -42,6 +42,7 @@ SUMS = "SHA256SUMS"
 DIGESTS = "manifest_digests.json"  # the manifest's digests only: its other fields vary run to run
 MODEL_FILES = (DIGESTS, "inputs.jsonl", "claims.csv", "recovery.csv", "probe.csv", "layer.csv", "module.csv")
 REQUIRED_MODEL_FILES = (DIGESTS, "inputs.jsonl", "claims.csv")
+UNRECORDED = (DIGESTS, "recovery.csv")  # files a provenance record never lists (written after it, or derived)
 RUN_FILES = ("calibration.csv", "summary.csv")
 DIGEST_KEYS = ("source", "sha256", "wheel_sha256", "gguf_sha256", "base_sha256", "data_sha256", "files")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -121,6 +122,12 @@ def _source_bytes(results: Path, relative: str) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
+def _recorded_results(results: Path, model: str) -> set[str] | None:
+    """The result files the model's provenance.json records (None without one)."""
+    provenance = results / model / "provenance.json"
+    return set(read_json(provenance).get("results", {})) if provenance.is_file() else None
+
+
 def _checked_against_provenance(results: Path, model: str, name: str, data: bytes) -> None:
     """A model's table must be the bytes its provenance.json recorded (when it records it): the
     reference is what the run wrote, not a table edited afterwards."""
@@ -139,7 +146,10 @@ def reference_files(results: Path) -> dict[str, bytes]:
     models = list(dict.fromkeys(pd.read_csv(results / "summary.csv", dtype=str, keep_default_na=False)["model"]))
     files = {name: (results / name).read_bytes() for name in RUN_FILES}
     for model in models:
+        recorded = _recorded_results(results, model)
         for name in MODEL_FILES:
+            if recorded is not None and name not in UNRECORDED and name not in recorded:
+                continue  # not part of this run (a stage the model skips): a leftover is no reference
             data = _source_bytes(results, f"{model}/{name}")
             if data is None and name in REQUIRED_MODEL_FILES:
                 source = "manifest.json" if name == DIGESTS else name
