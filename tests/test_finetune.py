@@ -340,4 +340,4 @@ def test_paper_scale_plants_fit_their_models_depths() -> None:
         model = tiny_model(family, num_hidden_layers=n_layers, intermediate_size=200, **types)
         plan = resolve_trainable(model, parse_trainable(plant["trainable"]), plant["seed"])
         assert plan.names, plant["name"]
-        assert set(plant["expected_verdicts"]) <= {"C1-route", "C1-origin", "C2-route", "C2-origin", "C3", "C4"}
+        assert set(plant["expected_verdicts"]) <= {"C1-route", "C1-origin", "C2-route", "C2-origin", "C3", "C4", "C4-causal"}
