@@ -74,7 +74,7 @@ def recovery_tables(reference: Path, models: Iterable[str]) -> list[str]:
         rows = rows[(rows["plant"] == model) & ((rows["target"] != "") | rows["statistic"].str.startswith("gate_"))]
         if rows.empty:
             continue
-        lines += ["", f"### {model}", "", "| statistic | value (CI) | target | pass |", "| --- | --- | --- | --- |"]
+        lines += ["", f"### {model}: recovery", "", "| statistic | value (CI) | target | pass |", "| --- | --- | --- | --- |"]
         for record in rows.to_dict("records"):
             value = _number(record["value"])
             interval = (f" ({_number(record['ci_low'])} to {_number(record['ci_high'])})"
