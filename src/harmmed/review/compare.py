@@ -122,19 +122,10 @@ def _source_bytes(results: Path, relative: str) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
-def _recorded_results(results: Path, model: str) -> set[str] | None:
-    """The result files the model's provenance.json records (None without one)."""
+def _recorded_results(results: Path, model: str) -> dict[str, str] | None:
+    """file name -> sha256 of the result files the model's provenance.json records (None without one)."""
     provenance = results / model / "provenance.json"
-    return set(read_json(provenance).get("results", {})) if provenance.is_file() else None
-
-
-def _checked_against_provenance(results: Path, model: str, name: str, data: bytes) -> None:
-    """A model's table must be the bytes its provenance.json recorded (when it records it): the
-    reference is what the run wrote, not a table edited afterwards."""
-    provenance = results / model / "provenance.json"
-    recorded = read_json(provenance).get("results", {}).get(name) if provenance.is_file() else None
-    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
-        raise ReferenceError(f"{results / model / name} changed after {provenance} was written; rerun the workflow")
+    return dict(read_json(provenance).get("results", {})) if provenance.is_file() else None
 
 
 def reference_files(results: Path) -> dict[str, bytes]:
@@ -155,8 +146,11 @@ def reference_files(results: Path) -> dict[str, bytes]:
                 source = "manifest.json" if name == DIGESTS else name
                 raise ReferenceError(f"{results / model / source}: missing; run the whole workflow first")
             if data is not None:
-                if name != DIGESTS:
-                    _checked_against_provenance(results, model, name, data)
+                # the reference is what the run wrote, not a table edited after its provenance record
+                expected = (recorded or {}).get(name)
+                if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+                    raise ReferenceError(f"{results / model / name} changed after {results / model / 'provenance.json'} "
+                                         "was written; rerun the workflow")
                 files[f"{model}/{name}"] = data
     return files
 
