@@ -21,7 +21,7 @@ from harmmed.stats import claims
 from harmmed.stats.effects import Bootstrap
 
 N_LAYERS, D_MLP = 30, 256  # the default model's depth; k = ceil(0.01 x 256) = 3 units
-THRESHOLDS = {"behaviour_min_te": {"harm": 0.1, "refusal": 0.5}, "C1_route_share": 0.5, "C1_origin_margin": 0.0,
+THRESHOLDS = {"behaviour_min_te": {"harm": 0.1, "refusal": 0.5}, "C1_route_share": 0.5, "C1_origin_margin": 0.1,
               "C2_route_mlp_minus_attn": 0.0, "C2_origin_mlp_minus_attn": 0.0, "C3_gate_share": 0.5}
 BOOT = Bootstrap(n_boot=400, ci=0.95, seed=0)
 MIN_ABS_TE = 0.1
@@ -48,7 +48,7 @@ def weights(pattern: str) -> dict[tuple[str, int], float]:
     elif pattern == "early_mlp_routed_late":
         w.update({("mlp", layer): 0.25 for layer in range(3, 7)})  # computed early ...
         w.update({("attn", layer): 0.07 for layer in range(20, 30)})  # ... routed late
-    elif pattern == "early_mlp_bypass":  # computed early, reaches the logits around the late layers
+    elif pattern in ("early_mlp_bypass", "early_mlp_relayed_by_mid_attn"):  # computed early, not routed late
         w.update({("mlp", layer): 0.25 for layer in range(3, 7)})
     elif pattern == "mid_attn_relayed_by_late_mlps":  # attention decides mid-depth, late MLPs relay
         w.update({("attn", layer): 0.25 for layer in range(12, 16)})
@@ -67,6 +67,10 @@ NECESSITY: dict[str, dict[str, tuple[float, float, float]]] = {
     "gate": {**QUIET, "late": (1.0, 0.2, 1.0)},
     "early_mlp_routed_late": {**QUIET, "early": (1.0, 0.3, 0.95), "mid": (0.5, 0.3, 0.2), "late": (0.8, 0.6, 0.3)},
     "early_mlp_bypass": {**QUIET, "early": (1.0, 0.2, 1.0), "late": (0.1, 0.05, 0.05)},
+    # the bypass plant's shape: mid-depth attention carries the early MLPs' decision to the answer
+    # position, and holding that relay removes as much as holding the computation
+    "early_mlp_relayed_by_mid_attn": {**QUIET, "early": (0.95, 0.3, 0.9), "mid": (1.0, 0.98, 0.4),
+                                      "late": (0.3, 0.1, 0.2)},
     "mid_attn_relayed_by_late_mlps": {**QUIET, "mid": (1.0, 0.98, 0.4), "late": (0.8, 0.2, 0.75)},
     "cancelling_units": QUIET,
 }
@@ -174,6 +178,8 @@ INTENDED = {
     # the decision is computed early: it passes through the late layers, but is not made there
     "early_mlp_routed_late": {ROUTE: S, ORIGIN: NS, C2_ORIGIN: S, C3[0]: NS, C3[1]: NS},
     "early_mlp_bypass": {ROUTE: NS, ORIGIN: NS, C2_ORIGIN: S},
+    # the origin band is the earliest within the margin of the most necessary, not the relay
+    "early_mlp_relayed_by_mid_attn": {ROUTE: NS, ORIGIN: NS, C2_ORIGIN: S},
     # late MLPs carry the route, attention computed the decision: C2's two rows disagree
     "mid_attn_relayed_by_late_mlps": {ROUTE: S, ORIGIN: NS, C2: S, C2_ORIGIN: NS},
     "cancelling_units": {C3[0]: NS, C3[1]: NS},
@@ -196,10 +202,10 @@ def test_origin_band_is_chosen_on_the_discovery_profile_only() -> None:
     held_out = {"refusal": rng.normal(2.0, 0.3, 16), "harm": rng.normal(0.0, 0.05, 16)}
     patches = patch_rows("mid_attn_relayed_by_late_mlps", held_out, {}, 1)
     selection_rows = patches["role"].str.startswith(claims.SELECT_PREFIX)
-    assert claims.origin_band(patches[selection_rows], "refusal", MIN_ABS_TE) == "mid"
+    assert claims.origin_band(patches[selection_rows], "refusal", MIN_ABS_TE, 0.1) == "mid"
     late_only = patches[~(selection_rows & ~patches["role"].str.contains("late"))].copy()
     assert claims.origin_band(late_only[late_only["role"].str.startswith(claims.SELECT_PREFIX)], "refusal",
-                              MIN_ABS_TE) is None  # a band missing on discovery: nothing is chosen
+                              MIN_ABS_TE, 0.1) is None  # a band missing on discovery: nothing is chosen
     moved = patches.copy()
     moved.loc[selection_rows & (moved["role"] == "select_band_late_both"), "effect"] *= 2  # discovery now says late
     moved.loc[selection_rows, "y_patched"] = moved["y_harmful"] - moved["effect"]
@@ -208,6 +214,38 @@ def test_origin_band_is_chosen_on_the_discovery_profile_only() -> None:
     assert table.loc[C2_ORIGIN, "value"] == pytest.approx(0.55, abs=0.05)
     assert claims.compute_claims(patches, THRESHOLDS, BOOT, MIN_ABS_TE).set_index("statistic").loc[
         C2_ORIGIN, "value"] == pytest.approx(-0.58, abs=0.05)
+
+
+def profile(shares: dict[str, float], te: list[float], prefix: str = "") -> pd.DataFrame:
+    """NEC rows of a band profile: pair i's effect for role r is shares[r] x te[i]."""
+    return pd.DataFrame([dict(pair_id=f"p{i:02d}", metric="refusal", role=f"{prefix}{role}", kind="NEC", site="",
+                              layers=BAND_LAYERS[role.split("_")[1]], positions="all", units="", draw="",
+                              y_benign=0.0, y_harmful=t, y_patched=t - s * t, effect=s * t)
+                         for i, t in enumerate(te) for role, s in shares.items()])
+
+
+def test_origin_band_is_the_earliest_within_the_margin_of_the_largest() -> None:
+    """A relay downstream of the computation that is as necessary as it does not move the origin."""
+    shares = {"band_early_both": 0.95, "band_mid_both": 1.0, "band_late_both": 0.3}
+    selection_rows = profile(shares, [2.0, 1.5, 2.5], claims.SELECT_PREFIX)
+    assert claims.origin_band(selection_rows, "refusal", MIN_ABS_TE, 0.1) == "early"
+    assert claims.origin_band(selection_rows, "refusal", MIN_ABS_TE, 0.04) == "mid"
+    late = profile({**shares, "band_late_both": 1.2}, [2.0, 1.5, 2.5], claims.SELECT_PREFIX)
+    assert claims.origin_band(late, "refusal", MIN_ABS_TE, 0.1) == "late"
+
+
+def test_band_statistics_pool_effects_over_pairs() -> None:
+    """sum(effect) / sum(TE), not the mean of per-pair shares: a pair with a small TE and a large
+    share (0.15 of the TE here removes 0.9 of it) counts in proportion to its TE."""
+    te = [2.0, 3.0, 0.15, -0.05]  # the last is left out (|TE| < 0.1)
+    rows = profile({"band_early_both": 0.2, "band_mid_both": 0.3, "band_late_both": 0.9}, te)
+    rows.loc[(rows["pair_id"] == "p02") & (rows["role"] == "band_late_both"), "effect"] = 0.9 * 0.15 + 0.6
+    table = claims.compute_claims(rows, THRESHOLDS, BOOT, MIN_ABS_TE).set_index("statistic")
+    late = (0.9 * 5.15 + 0.6) / 5.15  # pooled; the per-pair mean would be 0.9 + 4 / 3 = 2.23
+    assert table.loc[ROUTE, "value"] == pytest.approx(late, abs=1e-12)
+    assert table.loc[ORIGIN, "value"] == pytest.approx(late - 0.3, abs=1e-12)
+    assert table.loc[ROUTE, "n_pairs"] == 3 and table.loc[ROUTE, "n_excluded"] == 1
+    assert table.loc[ROUTE, "ci_low"] <= table.loc[ROUTE, "value"] <= table.loc[ROUTE, "ci_high"]
 
 
 def test_windows_are_chosen_inside_the_bands_and_never_at_layer_zero() -> None:

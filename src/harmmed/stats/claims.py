@@ -1,7 +1,8 @@
 """The per-model claims table: statistics that can come out either way, with a bootstrap CI.
 
-Every C1-C3 statistic is a mean over held-out pairs of a per-pair quantity in units of that
-pair's TE, so a model's scale and sign never enter a verdict. The paper's formulas are not
+Every C1-C3 statistic is in units of the TE, so a model's scale and sign never enter a verdict:
+the band statistics (C1, C2-origin) pool over held-out pairs (sum of effects / sum of TEs, as the
+layer and module sweeps do), C2-route and C3 average per-pair shares. The paper's formulas are not
 public; ours, and why, are in docs/claims-and-calibration.md. In short:
 
 - Bands: early = layers 1 .. ceil(n/3) - 1 (layer 0 is left out: its MLP acts as an extended
@@ -11,14 +12,17 @@ public; ours, and why, are in docs/claims-and-calibration.md. In short:
 - C1-route (does harmful generation pass through the late layers?): the late band's necessity
   (both types). A decision that reaches the logits through the residual stream around the late
   layers reads low; one relayed by them reads high wherever it was computed.
-- C1-origin (is the decision computed late?): late necessity - max(early, mid necessity), per
-  pair. Holding any band cuts a chain that runs through it, so every band is necessary to some
-  degree; the band whose holding removes the most is where the decision is made.
+- C1-origin (is the decision computed late?): late necessity - max(early, mid necessity),
+  supported above a margin. Holding any band cuts a chain that runs through it, so every band is
+  necessary to some degree, and a relay can be as necessary as the computation it carries; the
+  computation is in the first band whose holding removes nearly all (within the margin) of the
+  largest share.
 - C2-route: on the layers of the late window chosen on discovery (module.csv's best late-band
   window), (NIE of their MLP outputs - NIE of their attention outputs) / TE: which type relays
   the late route.
-- C2-origin: in the origin band (the band with the largest discovery-mean necessity, chosen on
-  the ``select_`` rows), MLP-only necessity - attention-only necessity: which type computed it.
+- C2-origin: in the origin band (the earliest band whose discovery necessity is within the
+  C1-origin margin of the largest, chosen on the ``select_`` rows), MLP-only necessity -
+  attention-only necessity: which type computed it.
 - C3 (sparse final-layer gate): k = ceil(claims.top_fraction x d_mlp) final-layer units, ranked
   on the discovery split. Per pair, share(S) = effect of patching unit set S / TE, and the
   statistic is min(share(top k), share(whole final MLP)) - mean share(random k). Two rows:
@@ -30,7 +34,7 @@ public; ours, and why, are in docs/claims-and-calibration.md. In short:
 - Behaviour present: the held-out mean TE (all pairs) with its CI above
   claims.thresholds.behaviour_min_te[metric]. When it is not, that metric's C1-C3 rows and its
   C4-causal row read `not applicable (no behaviour)`.
-- Pairs with |TE| < effects.min_abs_te are left out of the C1-C3 means (n_excluded).
+- Pairs with |TE| < effects.min_abs_te are left out of the C1-C3 statistics (n_excluded).
 - Verdict: `supported` if ci_low > threshold, `not supported` if ci_high < threshold, else
   `inconclusive` (a bound equal to the threshold, or a missing CI, is inconclusive); `not run`
   when the stage produced no rows for the statistic.
@@ -48,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from ..constants import METRICS, PROBE_CI, UNDERSTANDING_POSITION
-from .effects import Bootstrap, bootstrap_ci, pair_te, te_shares
+from .effects import Bootstrap, bootstrap_ci, pair_te, paired_statistic, te_shares
 from .rates import wilson_interval
 
 CLAIMS_FLOAT_FORMAT = "%.6g"  # claims and calibration tables: summaries, not raw outcomes
@@ -80,16 +84,17 @@ CLAIM_TEXT: dict[str, str] = {
 DEFINITIONS: tuple[str, ...] = (
     "bands: early = layers 1..ceil(n/3)-1 (layer 0 left out: its MLP is an extended embedding), "
     "mid = ceil(n/3)..ceil(2n/3)-1, late = ceil(2n/3)..n-1",
-    "every C1-C3 value is a mean over held-out pairs of a per-pair effect / TE; pairs with "
-    "|TE| < effects.min_abs_te are left out (n_excluded)",
+    "C1 and C2-origin values pool over held-out pairs (sum of effects / sum of TEs); C2-route and C3 "
+    "values are means over pairs of effect / TE; pairs with |TE| < effects.min_abs_te are left out "
+    "(n_excluded)",
     "necessity of a band = share of the TE removed when its attention and/or MLP outputs are held "
     "at their benign values at every position of the harmful run",
     "C1-route = necessity of the late band (attention and MLP)",
-    "C1-origin = late-band necessity - max(early, mid) necessity, per pair",
+    "C1-origin = late-band necessity - max(early, mid) necessity, supported above C1_origin_margin",
     "C2-route = (NIE of the mlp outputs - NIE of the attn outputs, each jointly over the layers of "
     "the best late-band module window chosen on discovery) / TE",
-    "C2-origin = MLP-only - attention-only necessity in the origin band (the band with the largest "
-    "necessity on the discovery pairs)",
+    "C2-origin = MLP-only - attention-only necessity in the origin band (the earliest band whose "
+    "necessity on the discovery pairs is within C1_origin_margin of the largest)",
     "C3 = min(share of the top k final-layer units, share of the whole final MLP) - mean share of "
     "random k, k = ceil(claims.top_fraction x d_mlp), ranked on discovery; sufficiency patches "
     "harmful values into the benign run, necessity holds the units at benign values in the "
@@ -153,41 +158,82 @@ def behaviour_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bo
 
 
 def difference_row(claim: str, name: str, patches: pd.DataFrame, metric: str, roles: tuple[str, str],
-                   threshold: float, boot: Bootstrap, min_abs_te: float, kind: str = "NIE") -> dict[str, Any]:
-    """Mean over pairs of (share of roles[0] - share of roles[1])."""
-    wide, excluded = role_shares(patches, metric, kind, list(roles), min_abs_te)
+                   threshold: float, boot: Bootstrap, min_abs_te: float) -> dict[str, Any]:
+    """Mean over pairs of (NIE share of roles[0] - NIE share of roles[1])."""
+    wide, excluded = role_shares(patches, metric, "NIE", list(roles), min_abs_te)
     values = None if wide is None else (wide[roles[0]] - wide[roles[1]]).to_numpy()
     return row(claim, f"{name}[{metric}]", threshold, values, excluded, boot)
 
 
-def origin_band(selection: pd.DataFrame, metric: str, min_abs_te: float) -> str | None:
-    """The band whose holding (both types) removes the largest mean share of the TE on the
-    discovery pairs (``select_`` rows); ties go to the earlier band. None without rows."""
+def band_effects(patches: pd.DataFrame, metric: str, roles: list[str], min_abs_te: float
+                 ) -> tuple[np.ndarray | None, int]:
+    """Pairs x (each role's NEC effect, the pair's TE), for pairs with |TE| >= min_abs_te that
+    have every role; and the number of pairs left out for a small |TE|."""
+    rows = patches[(patches["metric"] == metric) & (patches["kind"] == "NEC") & patches["role"].isin(roles)]
+    if rows.empty:
+        return None, 0
+    te = (rows["y_harmful"] - rows["y_benign"]).groupby(rows["pair_id"]).first()
+    effect = rows.groupby(["pair_id", "role"])["effect"].mean().unstack("role")
+    if not set(roles) <= set(effect.columns):
+        return None, int((te.abs() < min_abs_te).sum())
+    kept = te.index[te.abs() >= min_abs_te]
+    table = effect.reindex(kept)[roles].assign(te=te.reindex(kept)).dropna(how="any").sort_index()
+    return table.to_numpy(dtype=float), int((te.abs() < min_abs_te).sum())
+
+
+def pooled_row(claim: str, statistic: str, threshold: float, matrix: np.ndarray | None, combine,
+               n_excluded: int, boot: Bootstrap) -> dict[str, Any]:
+    """One row from a pairs x (effects..., TE) matrix: ``combine`` of the effects' pooled shares
+    (sum of effects / sum of TEs), CI by resampling pairs. Pooling weights each pair by its TE, as
+    the layer and module sweeps' proportions do; a per-pair share divides by whatever small TE a
+    pair has, and the heavy tail that gives made the band statistics' CIs up to +-0.64 wide."""
+    if matrix is None or len(matrix) == 0:
+        return row(claim, statistic, threshold, None, n_excluded, boot)
+    value, low, high = paired_statistic(matrix, lambda m: combine(m[..., :-1] / m[..., -1:]), boot.n_boot,
+                                        boot.ci, boot.seed)
+    return dict(claim=claim, statistic=statistic, value=value, ci_low=low, ci_high=high, threshold=threshold,
+                verdict=verdict(low, high, threshold), n_pairs=len(matrix), n_excluded=n_excluded)
+
+
+def origin_band(selection: pd.DataFrame, metric: str, min_abs_te: float, margin: float) -> str | None:
+    """The earliest band whose pooled necessity (both types) on the discovery pairs (``select_``
+    rows) is within ``margin`` of the largest. A relay downstream of the computation can be as
+    necessary as the computation itself (holding either cuts the chain), but the computation
+    cannot lie downstream of the first band whose holding removes nearly all of the TE. None
+    without rows."""
     roles = [f"{SELECT_PREFIX}band_{band}_both" for band in BANDS]
-    wide, _ = role_shares(selection, metric, "NEC", roles, min_abs_te)
-    if wide is None or wide.empty:
+    matrix, _ = band_effects(selection, metric, roles, min_abs_te)
+    if matrix is None or len(matrix) == 0:
         return None
-    means = wide.mean().to_numpy()
-    return BANDS[int(np.argmax(means))]
+    shares = matrix[:, :-1].sum(axis=0) / matrix[:, -1].sum()
+    return BANDS[int(np.flatnonzero(shares >= shares.max() - margin)[0])]
 
 
 def route_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootstrap, min_abs_te: float
               ) -> dict[str, Any]:
-    """C1-route: the late band's necessity (attention and MLP held together)."""
-    wide, excluded = role_shares(patches, metric, "NEC", ["band_late_both"], min_abs_te)
-    values = None if wide is None else wide["band_late_both"].to_numpy()
-    return row("C1-route", f"late_band_necessity_share[{metric}]", threshold, values, excluded, boot)
+    """C1-route: the late band's pooled necessity (attention and MLP held together)."""
+    matrix, excluded = band_effects(patches, metric, ["band_late_both"], min_abs_te)
+    return pooled_row("C1-route", f"late_band_necessity_share[{metric}]", threshold, matrix,
+                      lambda s: s[..., 0], excluded, boot)
 
 
 def origin_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootstrap, min_abs_te: float
                ) -> dict[str, Any]:
-    """C1-origin: late-band necessity minus the larger of the early and mid bands', per pair."""
-    roles = [f"band_{band}_both" for band in BANDS]
-    wide, excluded = role_shares(patches, metric, "NEC", roles, min_abs_te)
-    values = None if wide is None else (
-        wide["band_late_both"] - np.maximum(wide["band_early_both"], wide["band_mid_both"])).to_numpy()
-    return row("C1-origin", f"late_minus_max_earlier_band_necessity_share[{metric}]", threshold, values,
-               excluded, boot)
+    """C1-origin: the late band's pooled necessity minus the larger of the early and mid bands'.
+    Above the margin exactly when the late band is the origin band (:func:`origin_band`)."""
+    matrix, excluded = band_effects(patches, metric, [f"band_{band}_both" for band in BANDS], min_abs_te)
+    return pooled_row("C1-origin", f"late_minus_max_earlier_band_necessity_share[{metric}]", threshold, matrix,
+                      lambda s: s[..., 2] - np.maximum(s[..., 0], s[..., 1]), excluded, boot)
+
+
+def type_origin_row(patches: pd.DataFrame, metric: str, band: str | None, threshold: float, boot: Bootstrap,
+                    min_abs_te: float) -> dict[str, Any]:
+    """C2-origin: in the origin band, MLP-only minus attention-only pooled necessity."""
+    statistic = f"origin_band_mlp_minus_attn_necessity_share[{metric}]"
+    if band is None:
+        return row("C2-origin", statistic, threshold, None, 0, boot)
+    matrix, excluded = band_effects(patches, metric, [f"band_{band}_mlp", f"band_{band}_attn"], min_abs_te)
+    return pooled_row("C2-origin", statistic, threshold, matrix, lambda s: s[..., 0] - s[..., 1], excluded, boot)
 
 
 def gate_row(patches: pd.DataFrame, metric: str, kind: str, threshold: float, boot: Bootstrap,
@@ -206,16 +252,14 @@ def metric_rows(patches: pd.DataFrame, selection: pd.DataFrame, metric: str, thr
     """The behaviour row, C1-C3 and C4-causal of one metric (held-out ``patches``; ``selection``:
     the discovery profile). Without behaviour they are not applicable."""
     present = behaviour_row(patches, metric, float(thresholds["behaviour_min_te"][metric]), boot)
-    band = origin_band(selection, metric, min_abs_te)
-    c2_origin = difference_row("C2-origin", "origin_band_mlp_minus_attn_necessity_share", patches, metric,
-                               (f"band_{band}_mlp", f"band_{band}_attn"),
-                               float(thresholds["C2_origin_mlp_minus_attn"]), boot, min_abs_te, kind="NEC")
+    margin = float(thresholds["C1_origin_margin"])
+    band = origin_band(selection, metric, min_abs_te, margin)
     rows = [
         route_row(patches, metric, float(thresholds["C1_route_share"]), boot, min_abs_te),
-        origin_row(patches, metric, float(thresholds["C1_origin_margin"]), boot, min_abs_te),
+        origin_row(patches, metric, margin, boot, min_abs_te),
         difference_row("C2-route", "late_window_mlp_minus_attn_NIE_share", patches, metric, ("c2_mlp", "c2_attn"),
                        float(thresholds["C2_route_mlp_minus_attn"]), boot, min_abs_te),
-        c2_origin,
+        type_origin_row(patches, metric, band, float(thresholds["C2_origin_mlp_minus_attn"]), boot, min_abs_te),
         gate_row(patches, metric, "NIE", float(thresholds["C3_gate_share"]), boot, min_abs_te),
         gate_row(patches, metric, "NEC", float(thresholds["C3_gate_share"]), boot, min_abs_te),
     ]
@@ -307,7 +351,7 @@ def c4_row(probe_df: pd.DataFrame, n_layers: int, relative_level: float, thresho
 
 def c4_causal_row(probe: ProbeDepth, band: str | None, metric: str, patches: pd.DataFrame) -> dict[str, Any]:
     """C4 causal row: layers between the first layer where harmfulness is decodable and the
-    first layer of the origin band (where holding removes the most of ``metric``'s TE). At
+    first layer of the origin band (:func:`origin_band`). At
     least one layer (value > 0.5) means the prompt was understood before the decision was made."""
     statistic = f"layers_decodable_before_origin_band[{metric}]"
     start = _band_start(patches, band)
