@@ -18,7 +18,7 @@ from test_workflow import snakemake, tiny_config
 from harmmed.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = ["layer", "module", "heatmap", "severed", "neuron", "neuron_attn_dims", "gating", "token"]
+TABLES = ["layer", "module", "heatmap", "severed", "neuron", "neuron_attn_dims", "gating", "token", "claims"]
 NO_TORCH = ("import runpy, sys\n"
             "for name in ('torch', 'transformers', 'safetensors', 'accelerate'):\n"
             "    sys.modules[name] = None  # any import of them now raises ImportError\n"
@@ -226,3 +226,31 @@ def test_verify_warns_on_a_foreign_commit_and_fails_on_an_edited_config(verified
     (results / "provenance.json").write_text(json.dumps(record))
     with pytest.raises(VerificationFailed, match="provenance config"):
         _verify(config)
+
+
+def test_claim_unit_sets_are_restated_from_the_recorded_settings():
+    """verify restates each C3 row's units from the ranking and claims.seed without the stage's
+    code; they must be the sets the claims stage patched."""
+    import numpy as np
+
+    from harmmed.analyses.claim_patches import ClaimSettings, build_plan
+    from harmmed.review.verify import RecordedSettings, claim_unit_set
+
+    cfg = load_config(REPO / "config" / "config.yaml")
+    d_mlp, n_layers = 512, 6  # k = ceil(0.01 x 512) = 6 units
+    rng = np.random.default_rng(3)
+    ranking = pd.DataFrame([dict(metric=metric, site="neuron", unit=unit, rank=rank)
+                            for metric in ("harm", "refusal") for rank, unit in enumerate(rng.permutation(d_mlp))])
+    module = pd.DataFrame(columns=["pair_id", "metric", "kind", "site", "layer", "window", "positions", "y_benign",
+                                   "y_harmful", "y_patched", "effect"])
+    plan = build_plan(ClaimSettings.from_config(cfg), {"n_layers": n_layers, "d_mlp": d_mlp}, module, ranking)
+    settings = RecordedSettings.from_config(cfg)
+    k = len(plan.random[0])
+    for metric, top in plan.top.items():
+        row = {"role": "c3_topk", "metric": metric, "units": str(k), "draw": ""}
+        assert claim_unit_set(settings, ranking, d_mlp, row) == top
+    for draw, chosen in enumerate(plan.random):
+        row = {"role": "c3_random", "metric": "refusal", "units": str(k), "draw": str(draw)}
+        assert claim_unit_set(settings, ranking, d_mlp, row) == chosen
+    assert claim_unit_set(settings, ranking, d_mlp, {"role": "c3_layer", "units": "", "draw": ""}) is None
+    assert k == 6 and len(set(plan.random)) == len(plan.random) > 1 and plan.top["harm"] != plan.top["refusal"]

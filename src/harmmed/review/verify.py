@@ -31,7 +31,7 @@ VERIFICATION_COLUMNS = ["table", "row_key", "quantity", "ours", "reference", "ab
 TABLES: dict[str, tuple[str, str | None]] = {
     "layer": ("layer.csv", None), "module": ("module.csv", None), "heatmap": ("heatmap.csv", None),
     "severed": ("severed.csv", None), "neuron": ("neuron.csv", "neuron"), "neuron_attn_dims": ("neuron.csv", "attn_dims"),
-    "gating": ("gating.csv", None), "token": ("token.csv", None),
+    "gating": ("gating.csv", None), "token": ("token.csv", None), "claims": ("claim_patches.csv", None),
 }
 _LABEL_COLUMNS = ("y_benign", "y_harmful", "y_patched", "effect", "layer_effect", "role")
 
@@ -126,12 +126,14 @@ class RecordedSettings:
     gating_random_draws: int
     neuron_split: str
     neuron_max_pairs: int | None
+    claims_seed: int
+    claims_random_draws: int
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> RecordedSettings:
-        gating, neuron = cfg["gating"], cfg["neuron"]
+        gating, neuron, claims = cfg["gating"], cfg["neuron"], cfg["claims"]
         return cls(gating["top_k"], gating["metric"], gating["seed"], gating["random_draws"], neuron["split"],
-                   neuron["max_pairs"])
+                   neuron["max_pairs"], claims["seed"], claims["random_draws"])
 
 
 def gating_unit_sets(settings: RecordedSettings, ranking: pd.DataFrame, d_mlp: int
@@ -148,6 +150,22 @@ def gating_unit_sets(settings: RecordedSettings, ranking: pd.DataFrame, d_mlp: i
     return {"topk_neuron": [top("neuron")], "topk_attn_dims": [top("attn_dims")],
             "random_neuron": [tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist()))
                               for _ in range(settings.gating_random_draws)]}
+
+
+def claim_unit_set(settings: RecordedSettings, ranking: pd.DataFrame, d_mlp: int, row: Mapping[str, str]
+                   ) -> tuple[int, ...] | None:
+    """The final-layer units a C3 row of claim_patches.csv patched: the row's metric's top k by
+    the discovery ranking, the row's seeded random draw (config claims.seed), or every unit. k is
+    the row's ``units`` count."""
+    if row["role"] == "c3_layer":
+        return None
+    k = int(row["units"])
+    if row["role"] == "c3_topk":
+        chosen = ranking[(ranking["metric"] == row["metric"]) & (ranking["site"] == "neuron")]
+        return tuple(sorted(chosen.nsmallest(k, "rank")["unit"].astype(int).tolist()))
+    rng = np.random.default_rng(settings.claims_seed)
+    draws = [tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist())) for _ in range(settings.claims_random_draws)]
+    return draws[int(row["draw"])]
 
 
 class RowRecomputer:
@@ -194,6 +212,12 @@ class RowRecomputer:
             return "harmful", (Edit(site, layer, last, units),)
         base = "benign" if row["kind"] == "NIE" else "harmful"
         positions = position_set(pair, row["positions"], row["kind"])
+        if table == "claims":  # a band or window of one or both module types, or final-layer units
+            start, stop = (int(x) for x in row["layers"].split(":"))
+            if row["site"] == "neuron":
+                units = claim_unit_set(self.settings, self.ranking, self.patcher.sites.d_mlp, row)
+                return base, (Edit("neuron", start, positions, units),)
+            return base, tuple(Edit(site, k, positions) for site in row["site"].split("+") for k in range(start, stop))
         if table in ("neuron", "neuron_attn_dims"):
             if row["neuron"] != "":
                 units = (int(row["neuron"]),)
