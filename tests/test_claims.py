@@ -235,16 +235,18 @@ def test_origin_band_is_the_earliest_within_the_margin_of_the_largest() -> None:
 
 
 def test_band_statistics_pool_effects_over_pairs() -> None:
-    """sum(effect) / sum(TE), not the mean of per-pair shares: a pair with a small TE and a large
-    share (0.15 of the TE here removes 0.9 of it) counts in proportion to its TE."""
-    te = [2.0, 3.0, 0.15, -0.05]  # the last is left out (|TE| < 0.1)
+    """Per-pair shares weighted by |TE| (sum of effects in each pair's direction / sum of |TE|),
+    not their plain mean: a pair with a small TE and a large share (0.15 of TE, 0.6 more removed
+    than its share) counts in proportion to its TE, and a pair whose TE is negative counts with
+    its own direction instead of cancelling the others."""
+    te = [2.0, 3.0, 0.15, -0.05, -1.0]  # -0.05 is left out (|TE| < 0.1)
     rows = profile({"band_early_both": 0.2, "band_mid_both": 0.3, "band_late_both": 0.9}, te)
     rows.loc[(rows["pair_id"] == "p02") & (rows["role"] == "band_late_both"), "effect"] = 0.9 * 0.15 + 0.6
     table = claims.compute_claims(rows, THRESHOLDS, BOOT, MIN_ABS_TE).set_index("statistic")
-    late = (0.9 * 5.15 + 0.6) / 5.15  # pooled; the per-pair mean would be 0.9 + 4 / 3 = 2.23
+    late = (0.9 * 6.15 + 0.6) / 6.15  # pooled; the per-pair mean would be 0.9 + 4 / 4 = 1.9
     assert table.loc[ROUTE, "value"] == pytest.approx(late, abs=1e-12)
     assert table.loc[ORIGIN, "value"] == pytest.approx(late - 0.3, abs=1e-12)
-    assert table.loc[ROUTE, "n_pairs"] == 3 and table.loc[ROUTE, "n_excluded"] == 1
+    assert table.loc[ROUTE, "n_pairs"] == 4 and table.loc[ROUTE, "n_excluded"] == 1
     assert table.loc[ROUTE, "ci_low"] <= table.loc[ROUTE, "value"] <= table.loc[ROUTE, "ci_high"]
 
 

@@ -1,8 +1,8 @@
 """The per-model claims table: statistics that can come out either way, with a bootstrap CI.
 
 Every C1-C3 statistic is in units of the TE, so a model's scale and sign never enter a verdict:
-the band statistics (C1, C2-origin) pool over held-out pairs (sum of effects / sum of TEs, as the
-layer and module sweeps do), C2-route and C3 average per-pair shares. The paper's formulas are not
+the band statistics (C1, C2-origin) pool over held-out pairs (per-pair shares weighted by |TE|:
+sum of effects / sum of |TE|), C2-route and C3 average per-pair shares. The paper's formulas are not
 public; ours, and why, are in docs/claims-and-calibration.md. In short:
 
 - Bands: early = layers 1 .. ceil(n/3) - 1 (layer 0 is left out: its MLP acts as an extended
@@ -84,7 +84,7 @@ CLAIM_TEXT: dict[str, str] = {
 DEFINITIONS: tuple[str, ...] = (
     "bands: early = layers 1..ceil(n/3)-1 (layer 0 left out: its MLP is an extended embedding), "
     "mid = ceil(n/3)..ceil(2n/3)-1, late = ceil(2n/3)..n-1",
-    "C1 and C2-origin values pool over held-out pairs (sum of effects / sum of TEs); C2-route and C3 "
+    "C1 and C2-origin values pool over held-out pairs (per-pair shares weighted by |TE|); C2-route and C3 "
     "values are means over pairs of effect / TE; pairs with |TE| < effects.min_abs_te are left out "
     "(n_excluded)",
     "necessity of a band = share of the TE removed when its attention and/or MLP outputs are held "
@@ -168,7 +168,9 @@ def difference_row(claim: str, name: str, patches: pd.DataFrame, metric: str, ro
 def band_effects(patches: pd.DataFrame, metric: str, roles: list[str], min_abs_te: float
                  ) -> tuple[np.ndarray | None, int]:
     """Pairs x (each role's NEC effect, the pair's TE), for pairs with |TE| >= min_abs_te that
-    have every role; and the number of pairs left out for a small |TE|."""
+    have every role, each row signed so that its TE is positive (a pair whose harmful prompt
+    scores below its benign one counts with its own direction); and the number of pairs left
+    out for a small |TE|."""
     rows = patches[(patches["metric"] == metric) & (patches["kind"] == "NEC") & patches["role"].isin(roles)]
     if rows.empty:
         return None, 0
@@ -178,15 +180,18 @@ def band_effects(patches: pd.DataFrame, metric: str, roles: list[str], min_abs_t
         return None, int((te.abs() < min_abs_te).sum())
     kept = te.index[te.abs() >= min_abs_te]
     table = effect.reindex(kept)[roles].assign(te=te.reindex(kept)).dropna(how="any").sort_index()
-    return table.to_numpy(dtype=float), int((te.abs() < min_abs_te).sum())
+    matrix = table.to_numpy(dtype=float)
+    return matrix * np.sign(matrix[:, -1:]), int((te.abs() < min_abs_te).sum())
 
 
 def pooled_row(claim: str, statistic: str, threshold: float, matrix: np.ndarray | None, combine,
                n_excluded: int, boot: Bootstrap) -> dict[str, Any]:
-    """One row from a pairs x (effects..., TE) matrix: ``combine`` of the effects' pooled shares
-    (sum of effects / sum of TEs), CI by resampling pairs. Pooling weights each pair by its TE, as
-    the layer and module sweeps' proportions do; a per-pair share divides by whatever small TE a
-    pair has, and the heavy tail that gives made the band statistics' CIs up to +-0.64 wide."""
+    """One row from a pairs x (effects..., |TE|) matrix: ``combine`` of the effects' pooled shares
+    (sum of effects / sum of |TE|, the mean of per-pair shares weighted by |TE|), CI by resampling
+    pairs. A per-pair share divides by whatever small TE a pair has, and the heavy tail that gives
+    made the band statistics' CIs up to +-0.64 wide; weighting by |TE| rather than dividing sums of
+    signed TEs keeps the value a share when TEs of both signs nearly cancel (a model without the
+    behaviour)."""
     if matrix is None or len(matrix) == 0:
         return row(claim, statistic, threshold, None, n_excluded, boot)
     value, low, high = paired_statistic(matrix, lambda m: combine(m[..., :-1] / m[..., -1:]), boot.n_boot,
