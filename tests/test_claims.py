@@ -326,3 +326,16 @@ def test_window_layers_match_the_verifiers_own_definition() -> None:
             for window in (1, 3, 5):
                 assert selection.window_layers(layer, window, n) == window_layers(layer, window, n)
     assert list(selection.window_layers(0, 5, 30)) == [0, 1, 2] and list(selection.window_layers(29, 3, 30)) == [28, 29]
+
+
+def test_pairs_without_an_effect_have_no_share() -> None:
+    """With min_abs_te 0, a pair whose TE is exactly 0 is left out (its share is undefined) instead
+    of turning the pooled value into NaN; with only such pairs nothing is chosen or judged."""
+    shares = {"band_early_both": 0.2, "band_mid_both": 0.3, "band_late_both": 0.9}
+    zero = profile(shares, [0.0, 0.0], claims.SELECT_PREFIX)
+    assert claims.origin_band(zero, "refusal", 0.0, 0.1) is None
+    rows = claims.compute_claims(pd.concat([profile(shares, [0.0, 0.0]), zero]), THRESHOLDS, BOOT, 0.0)
+    route = rows.set_index("statistic").loc[ROUTE]
+    assert np.isnan(route["value"]) and route["n_pairs"] == 0 and route["n_excluded"] == 2
+    mixed = claims.compute_claims(profile(shares, [0.0, 2.0, 1.0]), THRESHOLDS, BOOT, 0.0).set_index("statistic")
+    assert mixed.loc[ROUTE, "value"] == pytest.approx(0.9, abs=1e-12) and mixed.loc[ROUTE, "n_pairs"] == 2

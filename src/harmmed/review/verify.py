@@ -2,7 +2,8 @@
 that the files are the ones the provenance records.
 
 Each sampled row is turned back into the intervention it states (pair, site, layer, positions,
-units) from its own columns, ``inputs.jsonl`` and the recorded config alone, and recomputed by
+units) from its own columns, ``inputs.jsonl``, the recorded config and (for unit sets chosen by
+rank) ``neuron_ranking.csv`` alone, and recomputed by
 :mod:`harmmed.review.reference`, which shares no code with the engine. A table passes when every
 |ours - reference| of y_benign, y_harmful and y_patched is within the tolerance.
 """
@@ -118,7 +119,7 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
 @dataclass(frozen=True)
 class RecordedSettings:
     """The settings of the recorded run that the recomputation needs to restate a row: the
-    gating stage's unit sets and the discovery pairs of the benign means."""
+    gating stage's and the claims stage's unit sets and the discovery pairs of the benign means."""
 
     gating_top_k: int
     gating_metric: str

@@ -177,11 +177,12 @@ def band_effects(patches: pd.DataFrame, metric: str, roles: list[str], min_abs_t
     te = (rows["y_harmful"] - rows["y_benign"]).groupby(rows["pair_id"]).first()
     effect = rows.groupby(["pair_id", "role"])["effect"].mean().unstack("role")
     if not set(roles) <= set(effect.columns):
-        return None, int((te.abs() < min_abs_te).sum())
-    kept = te.index[te.abs() >= min_abs_te]
+        return None, int(((te.abs() < min_abs_te) | (te == 0)).sum())
+    small = (te.abs() < min_abs_te) | (te == 0)  # a pair without an effect has no share of it
+    kept = te.index[~small]
     table = effect.reindex(kept)[roles].assign(te=te.reindex(kept)).dropna(how="any").sort_index()
     matrix = table.to_numpy(dtype=float)
-    return matrix * np.sign(matrix[:, -1:]), int((te.abs() < min_abs_te).sum())
+    return matrix * np.sign(matrix[:, -1:]), int(small.sum())
 
 
 def pooled_row(claim: str, statistic: str, threshold: float, matrix: np.ndarray | None, combine,
@@ -225,7 +226,10 @@ def route_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootst
 def origin_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootstrap, min_abs_te: float
                ) -> dict[str, Any]:
     """C1-origin: the late band's pooled necessity minus the larger of the early and mid bands'.
-    Above the margin exactly when the late band is the origin band (:func:`origin_band`)."""
+    On the same pairs' point values it is above the margin exactly when the late band is the
+    origin band (:func:`origin_band`); the band is chosen on the discovery pairs and this row is
+    judged on held-out pairs with a CI, so the two can differ when the late band leads by about
+    the margin."""
     matrix, excluded = band_effects(patches, metric, [f"band_{band}_both" for band in BANDS], min_abs_te)
     return pooled_row("C1-origin", f"late_minus_max_earlier_band_necessity_share[{metric}]", threshold, matrix,
                       lambda s: s[..., 2] - np.maximum(s[..., 0], s[..., 1]), excluded, boot)
