@@ -137,20 +137,26 @@ class RecordedSettings:
                    neuron["max_pairs"], claims["seed"], claims["random_draws"])
 
 
+def ranked_units(ranking: pd.DataFrame, metric: str, site: str, k: int) -> tuple[int, ...]:
+    """The k best-ranked units of ``site`` by ``metric``'s discovery ranking, sorted."""
+    chosen = ranking[(ranking["metric"] == metric) & (ranking["site"] == site)]
+    return tuple(sorted(chosen.nsmallest(k, "rank")["unit"].astype(int).tolist()))
+
+
+def random_unit_sets(seed: int, draws: int, d_mlp: int, k: int) -> list[tuple[int, ...]]:
+    """The seeded random k-unit sets a stage drew, in the order it drew them."""
+    rng = np.random.default_rng(seed)
+    return [tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist())) for _ in range(draws)]
+
+
 def gating_unit_sets(settings: RecordedSettings, ranking: pd.DataFrame, d_mlp: int
                      ) -> dict[str, list[tuple[int, ...]]]:
     """The unit sets the gating stage tested: top-k by the discovery ranking, and the seeded
     random draws (config gating.*)."""
-    k = settings.gating_top_k
-
-    def top(site: str) -> tuple[int, ...]:
-        chosen = ranking[(ranking["metric"] == settings.gating_metric) & (ranking["site"] == site)]
-        return tuple(sorted(chosen.nsmallest(k, "rank")["unit"].astype(int).tolist()))
-
-    rng = np.random.default_rng(settings.gating_seed)
-    return {"topk_neuron": [top("neuron")], "topk_attn_dims": [top("attn_dims")],
-            "random_neuron": [tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist()))
-                              for _ in range(settings.gating_random_draws)]}
+    k, metric = settings.gating_top_k, settings.gating_metric
+    return {"topk_neuron": [ranked_units(ranking, metric, "neuron", k)],
+            "topk_attn_dims": [ranked_units(ranking, metric, "attn_dims", k)],
+            "random_neuron": random_unit_sets(settings.gating_seed, settings.gating_random_draws, d_mlp, k)}
 
 
 def claim_unit_set(settings: RecordedSettings, ranking: pd.DataFrame, d_mlp: int, row: Mapping[str, str]
@@ -162,11 +168,8 @@ def claim_unit_set(settings: RecordedSettings, ranking: pd.DataFrame, d_mlp: int
         return None
     k = int(row["units"])
     if row["role"] == "c3_topk":
-        chosen = ranking[(ranking["metric"] == row["metric"]) & (ranking["site"] == "neuron")]
-        return tuple(sorted(chosen.nsmallest(k, "rank")["unit"].astype(int).tolist()))
-    rng = np.random.default_rng(settings.claims_seed)
-    draws = [tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist())) for _ in range(settings.claims_random_draws)]
-    return draws[int(row["draw"])]
+        return ranked_units(ranking, row["metric"], "neuron", k)
+    return random_unit_sets(settings.claims_seed, settings.claims_random_draws, d_mlp, k)[int(row["draw"])]
 
 
 class RowRecomputer:

@@ -175,10 +175,10 @@ def band_effects(patches: pd.DataFrame, metric: str, roles: list[str], min_abs_t
     if rows.empty:
         return None, 0
     te = (rows["y_harmful"] - rows["y_benign"]).groupby(rows["pair_id"]).first()
+    small = (te.abs() < min_abs_te) | (te == 0)  # a pair without an effect has no share of it
     effect = rows.groupby(["pair_id", "role"])["effect"].mean().unstack("role")
     if not set(roles) <= set(effect.columns):
-        return None, int(((te.abs() < min_abs_te) | (te == 0)).sum())
-    small = (te.abs() < min_abs_te) | (te == 0)  # a pair without an effect has no share of it
+        return None, int(small.sum())
     kept = te.index[~small]
     table = effect.reindex(kept)[roles].assign(te=te.reindex(kept)).dropna(how="any").sort_index()
     matrix = table.to_numpy(dtype=float)
