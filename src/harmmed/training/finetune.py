@@ -233,24 +233,38 @@ class TrainingPass:
         return out
 
     def loss(self, index: Sequence[int]) -> torch.Tensor:
-        """The batch's loss; with a bypass band, the mean of the plain pass's and the replayed pass's."""
-        if self.base_outputs is None:
-            return self._pass_loss(index, replay=False)
-        return 0.5 * (self._pass_loss(index, replay=False) + self._pass_loss(index, replay=True))
+        """The batch's loss; with a bypass band, the mean of the plain pass's and the replayed pass's.
 
-    def _pass_loss(self, index: Sequence[int], replay: bool) -> torch.Tensor:
+        Below the bypass band the two passes are the same computation on the same tokens, so the
+        replayed pass starts from the residual the plain pass carried into the band (gradient
+        included) and computes only the band's norms and sums: one pass's cost, not two."""
+        if self.base_outputs is None:
+            return self._pass_loss(index)
+        trunk: list[torch.Tensor] = []
+        plain = self._pass_loss(index, keep_trunk=trunk)
+        return 0.5 * (plain + self._pass_loss(index, replay_from=trunk[0]))
+
+    def _pass_loss(self, index: Sequence[int], keep_trunk: list | None = None,
+                   replay_from: torch.Tensor | None = None) -> torch.Tensor:
+        """One pass's loss. ``keep_trunk`` collects the residual entering the bypass band;
+        ``replay_from`` is that residual, with which the replayed pass starts at the band."""
         batch = [self.examples[i] for i in index]
         ids, _ = _padded(batch, self.pad_id, self.device, skip=self.prefix)
         cache = self._prefix_cache(len(batch)) if self.prefix else None
+        bypass_first = self.plan.spec.bypass[0] if self.plan.spec.bypass else None
         with HookSet() as hooks:
-            if replay:  # every bypassed output is the base model's, whatever the trained layers wrote
+            if keep_trunk is not None:
+                hooks.on_output(self.sites.block(bypass_first - 1), keep_trunk.append)
+            if replay_from is not None:  # every bypassed output is the base model's, whatever the trained layers wrote
+                for layer in range(bypass_first):
+                    hooks.replace_forward(self.sites.block(layer), lambda *a, _h=replay_from, **k: _h)
                 for layer, site in self._bypass_sites():
                     value = _stacked([self.base_outputs[i][(layer, site)] for i in index], ids.shape[1])
                     # nothing to compute: every family's MLP returns its output, its attention
                     # (output, weights) (the bypass test runs every family)
                     replayed = (value, None) if site == "attn" else value
                     hooks.replace_forward(getattr(self.sites, site)(layer), lambda *a, _r=replayed, **k: _r)
-            if self.frozen is not None:
+            elif self.frozen is not None:
                 self._replay_frozen(hooks, _stacked([self.frozen[i] for i in index], ids.shape[1]))
             # the loss applies the head only where it is read; the model's own head call is a stub
             normed: list[torch.Tensor] = []
