@@ -21,8 +21,9 @@ from harmmed.stats import claims
 from harmmed.stats.effects import Bootstrap
 
 N_LAYERS, D_MLP = 30, 256  # the default model's depth; k = ceil(0.01 x 256) = 3 units
-THRESHOLDS = {"behaviour_min_te": {"harm": 0.1, "refusal": 0.5}, "C1_route_share": 0.5, "C1_origin_margin": 0.1,
-              "C2_route_mlp_minus_attn": 0.0, "C2_origin_mlp_minus_attn": 0.0, "C3_gate_share": 0.5}
+THRESHOLDS = {"behaviour_min_te": {"harm": 0.1, "refusal": 0.5}, "C1_route_share": 0.5, "C1_origin_margin": 0.05,
+              "C2_route_mlp_minus_attn": 0.0, "C2_origin_mlp_minus_attn": 0.0, "C2_origin_request_share": 0.5,
+              "C3_gate_share": 0.5}
 BOOT = Bootstrap(n_boot=400, ci=0.95, seed=0)
 MIN_ABS_TE = 0.1
 K = selection.top_k(D_MLP, 0.01)
@@ -50,6 +51,8 @@ def weights(pattern: str) -> dict[tuple[str, int], float]:
         w.update({("attn", layer): 0.07 for layer in range(20, 30)})  # ... routed late
     elif pattern in ("early_mlp_bypass", "early_mlp_relayed_by_mid_attn"):  # computed early, not routed late
         w.update({("mlp", layer): 0.25 for layer in range(3, 7)})
+    elif pattern in ("mid_attn", "mid_mlp_carried_by_mid_attn"):
+        w.update({(pattern.split("_")[1], layer): 0.25 for layer in range(12, 16)})
     elif pattern == "mid_attn_relayed_by_late_mlps":  # attention decides mid-depth, late MLPs relay
         w.update({("attn", layer): 0.25 for layer in range(12, 16)})
         w.update({("mlp", layer): 0.2 for layer in range(22, 26)})
@@ -69,12 +72,32 @@ NECESSITY: dict[str, dict[str, tuple[float, float, float]]] = {
     "early_mlp_bypass": {**QUIET, "early": (1.0, 0.2, 1.0), "late": (0.1, 0.05, 0.05)},
     # the bypass plant's shape: mid-depth attention carries the early MLPs' decision to the answer
     # position, and holding that relay removes as much as holding the computation
-    "early_mlp_relayed_by_mid_attn": {**QUIET, "early": (0.95, 0.3, 0.9), "mid": (1.0, 0.98, 0.4),
+    "early_mlp_relayed_by_mid_attn": {**QUIET, "early": (0.97, 0.3, 0.9), "mid": (1.0, 0.98, 0.4),
                                       "late": (0.3, 0.1, 0.2)},
+    # the mid-depth plants' shapes: the early band, which reads the request, is nearly as necessary
+    "mid_attn": {**QUIET, "early": (0.88, 0.26, 0.66), "mid": (0.99, 0.98, 0.36), "late": (0.73, 0.27, 0.59)},
+    "mid_mlp_carried_by_mid_attn": {**QUIET, "early": (0.87, 0.25, 0.61), "mid": (0.99, 0.97, 0.8),
+                                    "late": (0.75, 0.37, 0.61)},
     "mid_attn_relayed_by_late_mlps": {**QUIET, "mid": (1.0, 0.98, 0.4), "late": (0.8, 0.2, 0.75)},
     "cancelling_units": QUIET,
 }
 TYPES = ("both", "attn", "mlp")
+# Each type alone held at the request positions: (attn, mlp). By default the early band acts on
+# the request tokens, the late band where the answer is read, and the mid band on both.
+REQUEST: dict[str, dict[str, tuple[float, float]]] = {
+    # held at every position the mid band's attention outweighs its MLPs (it carries their
+    # result to the answer positions); on the request tokens the MLPs lead
+    "mid_mlp_carried_by_mid_attn": {"mid": (0.39, 0.66)},
+    "mid_attn": {"mid": (0.66, 0.23)},
+}
+
+
+def request_shares(pattern: str, band: str) -> tuple[float, float]:
+    _, attn, mlp = NECESSITY[pattern][band]
+    default = {"early": (attn, mlp), "mid": (0.4 * attn, 0.4 * mlp), "late": (0.05, 0.05)}[band]
+    return REQUEST.get(pattern, {}).get(band, default)
+
+
 BAND_LAYERS = {name: f"{band[0]}:{band[-1] + 1}" for name, band in selection.origin_bands(N_LAYERS).items()}
 
 
@@ -126,6 +149,9 @@ def patch_rows(pattern: str, te_by_metric: dict[str, np.ndarray], windows, seed:
             for types, s in zip(TYPES, shares):
                 add(pid, metric, t, f"{prefix}band_{band}_{types}", "NEC", s)
                 rows[-1]["layers"] = BAND_LAYERS[band]
+            for site, s in zip(("attn", "mlp"), request_shares(pattern, band)):
+                add(pid, metric, t, f"{prefix}band_{band}_{site}_request", "NEC", s)
+                rows[-1].update(layers=BAND_LAYERS[band], positions="request")
 
     for metric, te in te_by_metric.items():
         for i, t in enumerate(rng.normal(float(np.mean(te)), 0.3, 12)):  # the discovery pairs' profile
@@ -180,6 +206,10 @@ INTENDED = {
     "early_mlp_bypass": {ROUTE: NS, ORIGIN: NS, C2_ORIGIN: S},
     # the origin band is the earliest within the margin of the most necessary, not the relay
     "early_mlp_relayed_by_mid_attn": {ROUTE: NS, ORIGIN: NS, C2_ORIGIN: S},
+    # computed mid-depth: the early band, which reads the request, is nearly as necessary
+    "mid_attn": {ORIGIN: NS, C2_ORIGIN: NS},
+    # mid-depth MLPs compute on the request tokens, the band's attention carries it to the answer
+    "mid_mlp_carried_by_mid_attn": {ORIGIN: NS, C2_ORIGIN: S},
     # late MLPs carry the route, attention computed the decision: C2's two rows disagree
     "mid_attn_relayed_by_late_mlps": {ROUTE: S, ORIGIN: NS, C2: S, C2_ORIGIN: NS},
     "cancelling_units": {C3[0]: NS, C3[1]: NS},
@@ -339,3 +369,21 @@ def test_pairs_without_an_effect_have_no_share() -> None:
     assert np.isnan(route["value"]) and route["n_pairs"] == 0 and route["n_excluded"] == 2
     mixed = claims.compute_claims(profile(shares, [0.0, 2.0, 1.0]), THRESHOLDS, BOOT, 0.0).set_index("statistic")
     assert mixed.loc[ROUTE, "value"] == pytest.approx(0.9, abs=1e-12) and mixed.loc[ROUTE, "n_pairs"] == 2
+
+
+@pytest.mark.parametrize("request_mlp, where", [(0.6, "request"), (0.45, "all")])
+def test_c2_origin_reads_the_request_positions_when_the_band_acts_there(request_mlp: float, where: str) -> None:
+    """One type held at the request tokens removing at least C2_origin_request_share of the TE
+    moves the type comparison there, where the MLPs lead; otherwise it is read at every
+    position, where the attention that carries their result leads."""
+    shares = {"band_early_both": 0.5, "band_mid_both": 1.0, "band_late_both": 0.6,
+              "band_mid_attn_request": 0.3, "band_mid_mlp_request": request_mlp,
+              "band_mid_attn": 0.9, "band_mid_mlp": 0.2}
+    te = [2.0, 1.5, 2.5, 1.0]
+    rows = pd.concat([profile(shares, te, claims.SELECT_PREFIX), profile(shares, te)], ignore_index=True)
+    assert claims.origin_positions(rows[rows["role"].str.startswith(claims.SELECT_PREFIX)], "refusal", "mid",
+                                   MIN_ABS_TE, 0.5) == where
+    value = claims.compute_claims(rows, THRESHOLDS, BOOT, MIN_ABS_TE).set_index("statistic").loc[C2_ORIGIN, "value"]
+    assert value == pytest.approx(request_mlp - 0.3 if where == "request" else 0.2 - 0.9, abs=1e-12)
+    without_request = rows[~rows["role"].str.endswith("_request")]
+    assert claims.origin_positions(without_request, "refusal", "mid", MIN_ABS_TE, 0.0) == "all"

@@ -33,8 +33,9 @@ HARMFUL_WORDS = ("bomb", "gun", "poison", "steal", "hack", "threat")
 D_FLAG, D_MOVED, D_DEC, D_OUT, D_FLAG_B, D_MOVED_B = 0, 1, 2, 3, 4, 5  # residual dimensions the wiring uses
 REFUSAL_TOKENS = ("Sorry", "I")
 BOOT = Bootstrap(n_boot=200, ci=0.95, seed=0)
-THRESHOLDS = {"behaviour_min_te": {"harm": 1e9, "refusal": 0.5}, "C1_route_share": 0.5, "C1_origin_margin": 0.1,
-              "C2_route_mlp_minus_attn": 0.0, "C2_origin_mlp_minus_attn": 0.0, "C3_gate_share": 0.5}
+THRESHOLDS = {"behaviour_min_te": {"harm": 1e9, "refusal": 0.5}, "C1_route_share": 0.5, "C1_origin_margin": 0.05,
+              "C2_route_mlp_minus_attn": 0.0, "C2_origin_mlp_minus_attn": 0.0, "C2_origin_request_share": 0.5,
+              "C3_gate_share": 0.5}
 
 
 @torch.no_grad()

@@ -85,19 +85,30 @@ def build_plan(settings: ClaimSettings, manifest: Mapping[str, Any], module_df: 
 Item = tuple[dict[str, Any], tuple[str, ...], tuple[Patch, ...]]  # labels, metrics recorded, intervention
 
 
-def profile_items(plan: ClaimPlan, positions: tuple[int, ...], prefix: str = "") -> list[Item]:
-    """The depth profile (necessity): each band's attention outputs, MLP outputs, or both, held."""
+def profile_items(plan: ClaimPlan, sets: Mapping[str, tuple[int, ...]], prefix: str = "") -> list[Item]:
+    """The depth profile (necessity): each band's attention outputs, MLP outputs, or both, held
+    at the plan's positions; and each type alone held at the request positions only (roles
+    ``..._request``), which tell a band that works on the request tokens from one whose attention
+    carries a result to where the answer is read. ``sets`` are the base run's named position
+    sets; prompts of different lengths have no matching request positions, and no such rows."""
     items: list[Item] = []
     for name, layers in plan.bands.items():
+        span = f"{layers[0]}:{layers[-1] + 1}"
         for types, sites in BAND_TYPES.items():
-            label = dict(role=f"{prefix}band_{name}_{types}", kind="NEC", site="+".join(sites),
-                         layers=f"{layers[0]}:{layers[-1] + 1}", units="", draw="")
-            items.append((label, METRICS, tuple(Patch(site, layer, positions) for layer in layers for site in sites)))
+            label = dict(role=f"{prefix}band_{name}_{types}", kind="NEC", site="+".join(sites), layers=span,
+                         units="", draw="")
+            items.append((label, METRICS, tuple(Patch(site, layer, sets[plan.positions])
+                                                for layer in layers for site in sites)))
+        for site in ("attn", "mlp") if sets["request"] else ():
+            label = dict(role=f"{prefix}band_{name}_{site}_request", kind="NEC", site=site, layers=span, units="",
+                         draw="", positions="request")
+            items.append((label, METRICS, tuple(Patch(site, layer, sets["request"]) for layer in layers)))
     return items
 
 
-def _items(plan: ClaimPlan, positions: tuple[int, ...], kind: str) -> list[Item]:
-    """The interventions of one direction (NIE or NEC) at one base run's positions."""
+def _items(plan: ClaimPlan, sets: Mapping[str, tuple[int, ...]], kind: str) -> list[Item]:
+    """The interventions of one direction (NIE or NEC) at one base run's named position sets."""
+    positions = sets[plan.positions]
     def band(window: Window) -> tuple[Patch, ...]:
         return tuple(Patch(window.site, layer, positions) for layer in window.layers)
 
@@ -120,7 +131,7 @@ def _items(plan: ClaimPlan, positions: tuple[int, ...], kind: str) -> list[Item]
     for draw, chosen in enumerate(plan.random):
         items.append((label("c3_random", "neuron", final, len(chosen), draw), METRICS, units(chosen)))
     if kind == "NEC":
-        items += profile_items(plan, positions)
+        items += profile_items(plan, sets)
     return items
 
 
@@ -131,16 +142,16 @@ def pair_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run |
     corrupted runs play the benign role."""
     rows: list[dict] = []
     for kind in ("NIE", "NEC"):
-        positions = position_sets(pair, "NIE" if kind == "NIE" else "NDE")[plan.positions]  # the base run's
-        rows += _run_items(engine, pair, runs, _items(plan, positions, kind), kind, plan.positions)
+        sets = position_sets(pair, "NIE" if kind == "NIE" else "NDE")  # the base run's
+        rows += _run_items(engine, pair, runs, _items(plan, sets, kind), kind, plan.positions)
     return rows
 
 
 def selection_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run | NoisedRuns],
                    plan: ClaimPlan) -> list[dict]:
     """The depth profile of one discovery pair (roles ``select_band_...``): it chooses the origin band."""
-    positions = position_sets(pair, "NDE")[plan.positions]
-    return _run_items(engine, pair, runs, profile_items(plan, positions, SELECT_PREFIX), "NEC", plan.positions)
+    return _run_items(engine, pair, runs, profile_items(plan, position_sets(pair, "NDE"), SELECT_PREFIX), "NEC",
+                      plan.positions)
 
 
 def _run_items(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run | NoisedRuns], items: list[Item],
@@ -151,7 +162,7 @@ def _run_items(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run 
     harmful, benign = runs
     base, source = (benign, harmful) if kind == "NIE" else (harmful, benign)
     ys = engine.patch(base, source, [iv for _, _, iv in items])
-    labels = [{"metric": metrics[0] if len(metrics) == 1 else "*", **label, "positions": positions}
+    labels = [{"metric": metrics[0] if len(metrics) == 1 else "*", "positions": positions, **label}
               for label, metrics, _ in items]
     return outcome_rows(pair.pair_id, labels, ys, (harmful, benign),
                         effect_from="benign" if kind == "NIE" else "harmful", lost=kind == "NEC")

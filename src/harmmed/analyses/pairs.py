@@ -18,13 +18,18 @@ def base_prompt_len(pair: EncodedPair, kind: str) -> int:
 
 def position_sets(pair: EncodedPair, kind: str = "NIE") -> dict[str, tuple[int, ...]]:
     """Named position sets in the base run of ``kind``; post positions are right-aligned, so
-    for unpaired prompts of different lengths they index the base's own template tokens."""
+    for unpaired prompts of different lengths they index the base's own template tokens.
+    ``request`` is every position before them, where the request is read; it is empty when the
+    two prompts differ in length, since their request tokens do not correspond one to one."""
     prompt_len = base_prompt_len(pair, kind)
     shift = prompt_len - len(pair.harmful_ids)
+    post = tuple(q + shift for q in pair.post_positions)
+    same_length = len(pair.harmful_ids) == len(pair.benign_ids) or pair.noise_span is not None
     return {
         "all": tuple(range(prompt_len)),
-        "post": tuple(q + shift for q in pair.post_positions),
+        "post": post,
         "last": (prompt_len - 1,),
+        "request": tuple(q for q in range(prompt_len) if q not in post) if same_length else (),
     }
 
 

@@ -102,12 +102,16 @@ def base_prompt(pair: EncodedPair, kind: str) -> list[int]:
 
 
 def position_set(pair: EncodedPair, name: str, kind: str) -> tuple[int, ...]:
-    """Base-run positions a row's ``positions`` label names: all / post / last, or one index.
-    Post-instruction positions are counted from the end (right-aligned), so they name the base's
-    own template tokens when the two prompts differ in length."""
+    """Base-run positions a row's ``positions`` label names: all / post / last / request, or one
+    index. Post-instruction positions are counted from the end (right-aligned), so they name the
+    base's own template tokens when the two prompts differ in length; the request positions are
+    the ones before them, and none when the lengths differ."""
     n = len(base_prompt(pair, kind))
     shift = n - len(pair.harmful_ids)
-    sets = {"all": tuple(range(n)), "post": tuple(q + shift for q in pair.post_positions), "last": (n - 1,)}
+    post = tuple(q + shift for q in pair.post_positions)
+    request = () if len(pair.harmful_ids) != len(pair.benign_ids) and pair.noise_span is None else tuple(
+        q for q in range(n) if q not in set(post))
+    sets = {"all": tuple(range(n)), "post": post, "last": (n - 1,), "request": request}
     return sets[name] if name in sets else (int(name),)
 
 

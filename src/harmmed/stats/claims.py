@@ -22,7 +22,10 @@ public; ours, and why, are in docs/claims-and-calibration.md. In short:
   the late route.
 - C2-origin: in the origin band (the earliest band whose discovery necessity is within the
   C1-origin margin of the largest, chosen on the ``select_`` rows), MLP-only necessity -
-  attention-only necessity: which type computed it.
+  attention-only necessity: which type computed it. Each type is held at the request positions
+  when the band does most of its work there, else at every position (:func:`origin_positions`):
+  held at every position, attention that carries the band's result to the answer positions
+  reads as necessary as the MLPs that computed it.
 - C3 (sparse final-layer gate): k = ceil(claims.top_fraction x d_mlp) final-layer units, ranked
   on the discovery split. Per pair, share(S) = effect of patching unit set S / TE, and the
   statistic is min(share(top k), share(whole final MLP)) - mean share(random k). Two rows:
@@ -94,7 +97,9 @@ DEFINITIONS: tuple[str, ...] = (
     "C2-route = (NIE of the mlp outputs - NIE of the attn outputs, each jointly over the layers of "
     "the best late-band module window chosen on discovery) / TE",
     "C2-origin = MLP-only - attention-only necessity in the origin band (the earliest band whose "
-    "necessity on the discovery pairs is within C1_origin_margin of the largest)",
+    "necessity on the discovery pairs is within C1_origin_margin of the largest), each type held at "
+    "the request positions if one type held there removes at least C2_origin_request_share of the TE "
+    "on the discovery pairs, else at every position",
     "C3 = min(share of the top k final-layer units, share of the whole final MLP) - mean share of "
     "random k, k = ceil(claims.top_fraction x d_mlp), ranked on discovery; sufficiency patches "
     "harmful values into the benign run, necessity holds the units at benign values in the "
@@ -235,13 +240,35 @@ def origin_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Boots
                       lambda s: s[..., 2] - np.maximum(s[..., 0], s[..., 1]), excluded, boot)
 
 
-def type_origin_row(patches: pd.DataFrame, metric: str, band: str | None, threshold: float, boot: Bootstrap,
-                    min_abs_te: float) -> dict[str, Any]:
-    """C2-origin: in the origin band, MLP-only minus attention-only pooled necessity."""
+def origin_positions(selection: pd.DataFrame, metric: str, band: str, min_abs_te: float, request_share: float
+                     ) -> str:
+    """Where C2-origin compares the types in the origin band: at the request positions when one
+    type held there alone removes at least ``request_share`` of the TE on the discovery pairs,
+    else at every position. Information only flows from the request tokens to the later ones, so
+    a band that does that much on the request tokens forms the decision there, and its attention
+    at the later positions may only carry it: held at every position, a mid-depth MLP plant's
+    attention removes more than its MLPs. Without request rows (prompts of different lengths):
+    every position."""
+    roles = [f"{SELECT_PREFIX}band_{band}_{site}_request" for site in ("attn", "mlp")]
+    matrix, _ = band_effects(selection, metric, roles, min_abs_te)
+    if matrix is None or len(matrix) == 0:
+        return "all"
+    shares = matrix[:, :-1].sum(axis=0) / matrix[:, -1].sum()
+    return "request" if shares.max() >= request_share else "all"
+
+
+def type_origin_row(patches: pd.DataFrame, selection: pd.DataFrame, metric: str, band: str | None,
+                    thresholds: Mapping[str, Any], boot: Bootstrap, min_abs_te: float) -> dict[str, Any]:
+    """C2-origin: in the origin band, at the positions :func:`origin_positions` chooses on the
+    discovery pairs, MLP-only minus attention-only pooled necessity on the held-out pairs."""
     statistic = f"origin_band_mlp_minus_attn_necessity_share[{metric}]"
+    threshold = float(thresholds["C2_origin_mlp_minus_attn"])
     if band is None:
         return row("C2-origin", statistic, threshold, None, 0, boot)
-    matrix, excluded = band_effects(patches, metric, [f"band_{band}_mlp", f"band_{band}_attn"], min_abs_te)
+    where = origin_positions(selection, metric, band, min_abs_te, float(thresholds["C2_origin_request_share"]))
+    suffix = "_request" if where == "request" else ""
+    matrix, excluded = band_effects(patches, metric, [f"band_{band}_mlp{suffix}", f"band_{band}_attn{suffix}"],
+                                    min_abs_te)
     return pooled_row("C2-origin", statistic, threshold, matrix, lambda s: s[..., 0] - s[..., 1], excluded, boot)
 
 
@@ -268,7 +295,7 @@ def metric_rows(patches: pd.DataFrame, selection: pd.DataFrame, metric: str, thr
         origin_row(patches, metric, margin, boot, min_abs_te),
         difference_row("C2-route", "late_window_mlp_minus_attn_NIE_share", patches, metric, ("c2_mlp", "c2_attn"),
                        float(thresholds["C2_route_mlp_minus_attn"]), boot, min_abs_te),
-        type_origin_row(patches, metric, band, float(thresholds["C2_origin_mlp_minus_attn"]), boot, min_abs_te),
+        type_origin_row(patches, selection, metric, band, thresholds, boot, min_abs_te),
         gate_row(patches, metric, "NIE", float(thresholds["C3_gate_share"]), boot, min_abs_te),
         gate_row(patches, metric, "NEC", float(thresholds["C3_gate_share"]), boot, min_abs_te),
     ]
