@@ -8,8 +8,10 @@ its components. Necessity rows hold a mediator at its value in the benign run of
 
 The depth profile (roles ``band_<band>_<types>``, kind NEC) holds every attention output, every
 MLP output, or both, of one depth band at their benign values at all positions of the harmful
-run. It is run on the held-out pairs, and again on the discovery pairs of the module sweep with
-roles ``select_band_...``: those choose the band C2-origin and C4-causal are judged at.
+run; each type is also held alone at the request positions only (``band_<band>_<type>_request``).
+It is run on the held-out pairs, and again on the discovery pairs of the module sweep with roles
+``select_band_...``: those choose the band C2-origin and C4-causal are judged at, and the
+positions C2-origin compares the types at.
 """
 
 from __future__ import annotations
