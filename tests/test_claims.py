@@ -18,6 +18,7 @@ import pytest
 
 from harmmed.analyses import selection
 from harmmed.stats import claims
+from harmmed.stats.claims_report import claims_markdown
 from harmmed.stats.effects import Bootstrap
 
 N_LAYERS, D_MLP = 30, 256  # the default model's depth; k = ceil(0.01 x 256) = 3 units
@@ -333,7 +334,7 @@ def test_missing_rows_read_not_run_and_output_is_deterministic(tmp_path: Path) -
     assert outputs[0] == outputs[1]
     reread = claims.read_claims(tmp_path / "a.csv")
     assert reread["verdict"].tolist() == table["verdict"].tolist()
-    md = claims.claims_markdown(reread, "Claims: gate", {C1: "calibrated on both sides (right on 4 plants)"})
+    md = claims_markdown(reread, "Claims: gate", {C1: "calibrated on both sides (right on 4 plants)"})
     assert "| calibrated on both sides (right on 4 plants) |" in md and "| no ground truth |" in md
 
 

@@ -16,7 +16,8 @@ from ..datasets.prompts import read_inputs
 from ..io.shards import concat_tables, merge_json_objects
 from ..io.storage import atomic_path, read_json, read_jsonl, read_manifest, read_table, write_table
 from ..stats.calibration import calibrated_marks, calibration_table, read_recovery, unmet_ground_truth
-from ..stats.claims import CLAIMS_FLOAT_FORMAT, c4_row, claims_markdown, compute_claims, read_claims, write_claims_csv
+from ..stats.claims import CLAIMS_FLOAT_FORMAT, c4_row, compute_claims, read_claims, write_claims_csv
+from ..stats.claims_report import claims_markdown
 from ..stats.effects import Bootstrap
 from ..stats.rates import read_rates
 from ..stats.screen_report import pair_outcomes, read_screen

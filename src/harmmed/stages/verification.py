@@ -127,7 +127,8 @@ def figures_from_bundle(bundle_path: str | Path, out_dir: str | Path) -> Path:
     alone (with the config its provenance records); no model, no torch. Returns the folder."""
     from ..review.bundle import CALIBRATION, BundleError, unpack, write_report
     from ..stats.calibration import calibrated_marks
-    from ..stats.claims import claims_markdown, read_claims
+    from ..stats.claims import read_claims
+    from ..stats.claims_report import claims_markdown
 
     root = unpack(Path(bundle_path), Path(out_dir))
     if not (root / "results" / CALIBRATION).is_file():

@@ -2,4 +2,4 @@
 the screen report and the run summary. Torch-free, so claims jobs run without a model.
 """
 
-__all__ = ["calibration", "claims", "effects", "rates", "screen_report", "summary"]
+__all__ = ["calibration", "claims", "claims_report", "effects", "rates", "screen_report", "summary"]
