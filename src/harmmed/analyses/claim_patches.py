@@ -111,6 +111,7 @@ def profile_items(plan: ClaimPlan, sets: Mapping[str, tuple[int, ...]], prefix: 
 def _items(plan: ClaimPlan, sets: Mapping[str, tuple[int, ...]], kind: str) -> list[Item]:
     """The interventions of one direction (NIE or NEC) at one base run's named position sets."""
     positions = sets[plan.positions]
+
     def band(window: Window) -> tuple[Patch, ...]:
         return tuple(Patch(window.site, layer, positions) for layer in window.layers)
 
