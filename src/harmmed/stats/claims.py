@@ -206,18 +206,21 @@ def pooled_row(claim: str, statistic: str, threshold: float, matrix: np.ndarray 
                 verdict=verdict(low, high, threshold), n_pairs=len(matrix), n_excluded=n_excluded)
 
 
+def pooled_shares(patches: pd.DataFrame, metric: str, roles: list[str], min_abs_te: float) -> np.ndarray | None:
+    """Each role's pooled necessity (sum of effects / sum of |TE|) as a point value, for the
+    choices made on the discovery pairs; None without rows."""
+    matrix, _ = band_effects(patches, metric, roles, min_abs_te)
+    return None if matrix is None or len(matrix) == 0 else matrix[:, :-1].sum(axis=0) / matrix[:, -1].sum()
+
+
 def origin_band(selection: pd.DataFrame, metric: str, min_abs_te: float, margin: float) -> str | None:
     """The earliest band whose pooled necessity (both types) on the discovery pairs (``select_``
     rows) is within ``margin`` of the largest. A relay downstream of the computation can be as
     necessary as the computation itself (holding either cuts the chain), but the computation
     cannot lie downstream of the first band whose holding removes nearly all of the TE. None
     without rows."""
-    roles = [f"{SELECT_PREFIX}band_{band}_both" for band in BANDS]
-    matrix, _ = band_effects(selection, metric, roles, min_abs_te)
-    if matrix is None or len(matrix) == 0:
-        return None
-    shares = matrix[:, :-1].sum(axis=0) / matrix[:, -1].sum()
-    return BANDS[int(np.flatnonzero(shares >= shares.max() - margin)[0])]
+    shares = pooled_shares(selection, metric, [f"{SELECT_PREFIX}band_{band}_both" for band in BANDS], min_abs_te)
+    return None if shares is None else BANDS[int(np.flatnonzero(shares >= shares.max() - margin)[0])]
 
 
 def route_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootstrap, min_abs_te: float
@@ -250,11 +253,8 @@ def origin_positions(selection: pd.DataFrame, metric: str, band: str, min_abs_te
     attention removes more than its MLPs. Without request rows (prompts of different lengths):
     every position."""
     roles = [f"{SELECT_PREFIX}band_{band}_{site}_request" for site in ("attn", "mlp")]
-    matrix, _ = band_effects(selection, metric, roles, min_abs_te)
-    if matrix is None or len(matrix) == 0:
-        return "all"
-    shares = matrix[:, :-1].sum(axis=0) / matrix[:, -1].sum()
-    return "request" if shares.max() >= request_share else "all"
+    shares = pooled_shares(selection, metric, roles, min_abs_te)
+    return "request" if shares is not None and shares.max() >= request_share else "all"
 
 
 def type_origin_row(patches: pd.DataFrame, selection: pd.DataFrame, metric: str, band: str | None,

@@ -250,7 +250,8 @@ class TrainingPass:
         ``replay_from`` is that residual, with which the replayed pass starts at the band."""
         batch = [self.examples[i] for i in index]
         ids, _ = _padded(batch, self.pad_id, self.device, skip=self.prefix)
-        cache = self._prefix_cache(len(batch)) if self.prefix else None
+        # the replayed pass computes no attention, so it reads no keys or values of the prefix
+        cache = self._prefix_cache(len(batch)) if self.prefix and replay_from is None else None
         bypass_first = self.plan.spec.bypass[0] if self.plan.spec.bypass else None
         with HookSet() as hooks:
             if keep_trunk is not None:
