@@ -88,6 +88,32 @@ def test_fast_path_equals_plain_path(setup, direction):
     assert np.abs(plain - [base.y[m] for m in METRICS]).max() > 1e-4  # interventions do something
 
 
+@pytest.mark.parametrize("direction", ["NIE", "NDE"])
+def test_refusal_alone_reads_only_the_prompt_and_equals_the_full_path(setup, direction):
+    """Scoring refusal alone stops every pass at the last prompt position: the same refusal
+    outcomes as the plain path (patches on target positions included, which cannot reach it),
+    harm left NaN, and less block work than scoring both metrics."""
+    engine, harmful, benign = setup
+    base, source = (benign, harmful) if direction == "NIE" else (harmful, benign)
+    interventions = random_interventions(engine, 40, seed=5)
+    length = PROMPT_LEN + len(TARGET) - 1
+    interventions += [(Patch("mlp", 0, tuple(range(PROMPT_LEN - 2, length))),), (Patch("attn", 1, (PROMPT_LEN,)),)]
+    plain = engine.patch(base, source, interventions, fast=False)
+    before = engine.stats["token_layers"]
+    both = engine.patch(base, source, interventions)
+    work_both = engine.stats["token_layers"] - before
+    refusal = engine.patch(base, source, interventions, scored=("refusal",))
+    work_refusal = engine.stats["token_layers"] - before - work_both
+    np.testing.assert_allclose(refusal[:, REFUSAL], plain[:, REFUSAL], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(both, plain, atol=1e-5, rtol=0)
+    assert np.isnan(refusal[:, METRICS.index("harm")]).all()
+    assert np.abs(plain[:, REFUSAL] - base.y["refusal"]).max() > 1e-4  # interventions do something
+    assert refusal[-1, REFUSAL] == base.y["refusal"]  # a target-position patch cannot reach the first token
+    assert work_refusal < work_both
+    with pytest.raises(ValueError, match="subset"):
+        engine.patch(base, source, interventions[:1], scored=("toxicity",))
+
+
 def test_batched_equals_one_at_a_time(setup):
     engine, harmful, benign = setup
     interventions = random_interventions(engine, 30, seed=4)
@@ -116,10 +142,10 @@ def test_memory_backoff_gives_the_same_results(setup, monkeypatch):
     expected = engine.patch(benign, harmful, interventions)
     real_forward = engine._forward
 
-    def forward_that_runs_out_of_memory(base, source, batch, reuse):
+    def forward_that_runs_out_of_memory(base, source, batch, reuse, first_token_only=False):
         if len(batch) > 2:
             raise torch.OutOfMemoryError("simulated")
-        return real_forward(base, source, batch, reuse)
+        return real_forward(base, source, batch, reuse, first_token_only)
 
     monkeypatch.setattr(engine, "_forward", forward_that_runs_out_of_memory)
     before = engine.stats["oom_backoffs"]

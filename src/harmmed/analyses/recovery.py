@@ -144,10 +144,10 @@ def pair_effects(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Ru
             nie[f"{plant.name}/window/{plant.spec.site}/{window[0]}"] = _joint(plant.spec.site, window, post)
     out = {"te": harmful.y[METRIC] - benign.y[METRIC]}
     if nie:
-        ys = engine.patch(benign, harmful, list(nie.values()))
+        ys = engine.patch(benign, harmful, list(nie.values()), scored=(METRIC,))
         out.update({f"nie:{k}": float(y[m]) - benign.y[METRIC] for k, y in zip(nie, ys)})
     if nde:
-        ys = engine.patch(harmful, benign, list(nde.values()))
+        ys = engine.patch(harmful, benign, list(nde.values()), scored=(METRIC,))
         out.update({f"removed:{k}": harmful.y[METRIC] - float(y[m]) for k, y in zip(nde, ys)})
     return out
 

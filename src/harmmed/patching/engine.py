@@ -208,15 +208,22 @@ class MediationEngine:
         interventions: Sequence[Intervention],
         fast: bool = True,
         progress=None,
+        scored: Sequence[str] = METRICS,
     ) -> np.ndarray:
         """Outcomes of each intervention: array (n_interventions, len(METRICS)).
 
         Positions index the base run; the source run is right-aligned to it (identical for
         token-aligned minimal pairs, the post-instruction tokens for unpaired prompts). A base
-        or source of noise draws (:class:`NoisedRuns`) gives the mean over its draws.
+        or source of noise draws (:class:`NoisedRuns`) gives the mean over its draws. Metrics
+        left out of ``scored`` are NaN: without ``harm``, only the first target token's logits
+        are read, so no pass carries a patch past the last prompt position (a stage that reads
+        the refusal metric alone does a fraction of the work).
         """
+        unknown = [m for m in scored if m not in METRICS]
+        if unknown or not scored:
+            raise ValueError(f"scored metrics must be a non-empty subset of {METRICS}, got {list(scored)}")
         if isinstance(base, NoisedRuns) or isinstance(source, NoisedRuns):
-            return self._patch_draws(base, source, interventions, fast, progress)
+            return self._patch_draws(base, source, interventions, fast, progress, scored)
         if not torch.equal(base.target_ids, source.target_ids):
             raise ValueError("base and source runs must score the same target tokens")
         length = base.prompt_len + base.n_target
@@ -229,19 +236,22 @@ class MediationEngine:
                     raise ValueError(f"patch {p}: base position {min(p.positions)} has no right-aligned source "
                                      f"position (the source prompt is {-shift} tokens shorter)")
         out = np.empty((len(interventions), len(METRICS)), dtype=np.float64)
+        unscored = [j for j, m in enumerate(METRICS) if m not in scored]
         if not fast:
             for i, intervention in enumerate(interventions):
                 planned = Planned(i, intervention, start_pos=0, start_layer=0)
                 out[i] = self._forward(base, source, [planned], reuse=False)[0]
                 if progress is not None:
                     progress.update(1)
+            out[:, unscored] = np.nan
             return out
+        first_token_only = "harm" not in scored
 
         plans: list[Planned] = []
         first_of: dict[Intervention, int] = {}  # interventions that trim to the same patches run once
         copies: list[tuple[int, int]] = []
         for i, intervention in enumerate(interventions):
-            plan = plan_intervention(i, intervention, base, source, self.sites.n_layers)
+            plan = plan_intervention(i, intervention, base, source, self.sites.n_layers, first_token_only)
             if plan is None or plan.patches in first_of:
                 if plan is None:  # every patched value equals the base value: an identity patch
                     out[i] = [base.y[m] for m in METRICS]
@@ -255,13 +265,15 @@ class MediationEngine:
         cost = RowCost.of(self.model, self.sites.n_layers, self.sites.d_model, self.sites.d_mlp)
         limits = BatchLimits(self.memory_budget_bytes, self.max_batch_size)
         for batch in batches(plans, base, cost, limits):
-            run_with_backoff(batch, lambda chunk: self._forward(base, source, chunk, reuse=True), out, self.stats,
-                             self.device, progress)
+            run_with_backoff(batch, lambda chunk: self._forward(base, source, chunk, True, first_token_only), out,
+                             self.stats, self.device, progress)
         for i, first in copies:
             out[i] = out[first]
+        out[:, unscored] = np.nan
         return out
 
-    def _patch_draws(self, base, source, interventions: Sequence[Intervention], fast: bool, progress) -> np.ndarray:
+    def _patch_draws(self, base, source, interventions: Sequence[Intervention], fast: bool, progress,
+                     scored: Sequence[str]) -> np.ndarray:
         """Mean outcome over noise draws (draw i of the base pairs with draw i of the source)."""
         bases = base.samples if isinstance(base, NoisedRuns) else None
         sources = source.samples if isinstance(source, NoisedRuns) else None
@@ -269,7 +281,7 @@ class MediationEngine:
         if bases is not None and sources is not None and len(sources) != n:
             raise ValueError("noise draws of base and source differ in number")
         ys = [self.patch(bases[i] if bases is not None else base, sources[i] if sources is not None else source,
-                         interventions, fast) for i in range(n)]
+                         interventions, fast, scored=scored) for i in range(n)]
         if progress is not None:
             progress.update(len(interventions))
         return np.mean(ys, axis=0)
@@ -301,11 +313,12 @@ class MediationEngine:
         """Built on first use; None where it would not pay (see NeuronHead.build)."""
         return NeuronHead.build(self)
 
-    def _stop(self, base: Run, batch: list[Planned], reuse: bool) -> int:
+    def _stop(self, base: Run, batch: list[Planned], reuse: bool, first_token_only: bool = False) -> int:
         """End of the recomputed span. A patch confined to the final block changes only the
         positions it patches (no later block can carry it sideways), so later positions keep
-        their clean outputs: final-layer sweeps need one token, not the whole target."""
-        length = base.ids.shape[1]
+        their clean outputs: final-layer sweeps need one token, not the whole target. When only
+        the first target token is scored, nothing after the last prompt position is read."""
+        length = base.prompt_len if first_token_only else base.ids.shape[1]
         final = self.sites.n_layers - 1
         if not reuse or any(p.layer != final for plan in batch for p in plan.patches):
             return length
@@ -325,11 +338,12 @@ class MediationEngine:
         return self._neuron_head.forward_for(base, units)
 
     @torch.inference_mode()
-    def _forward(self, base: Run, source: Run, batch: list[Planned], reuse: bool) -> np.ndarray:
+    def _forward(self, base: Run, source: Run, batch: list[Planned], reuse: bool,
+                 first_token_only: bool = False) -> np.ndarray:
         start_pos = min(p.start_pos for p in batch) if reuse else 0
         row_starts = [p.start_layer if reuse else 0 for p in batch]
         start_layer = min(row_starts)
-        stop = self._stop(base, batch, reuse)
+        stop = self._stop(base, batch, reuse, first_token_only)
         rows = len(batch)
         ids = base.ids[:, start_pos:stop].expand(rows, -1)
 

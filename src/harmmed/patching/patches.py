@@ -134,14 +134,17 @@ def patch_values(patch: Patch, base: Run, source: Run, positions: Sequence[int])
     return clean_values(source, patch, [q + shift for q in positions])
 
 
-def plan_intervention(index: int, intervention: Intervention, base: Run, source: Run, n_layers: int) -> Planned | None:
+def plan_intervention(index: int, intervention: Intervention, base: Run, source: Run, n_layers: int,
+                      first_token_only: bool = False) -> Planned | None:
     """The patches of one intervention that can change anything, from the first position whose
-    value differs; None for an identity patch (every written value equals the base value)."""
+    value differs; None for an identity patch (every written value equals the base value).
+    ``first_token_only``: only the first target token is scored, so no position after the
+    last prompt position can change anything."""
     # In the final block a patched position changes only its own output, and only the last
     # prompt position's output reaches the metrics, so earlier positions there are inert.
     final_only = all(p.layer == n_layers - 1 for p in intervention)
     floor = base.prompt_len - 1 if final_only else 0
-    fed = base.ids.shape[1]  # the last target token is never fed, so a patch there is inert
+    fed = base.prompt_len if first_token_only else base.ids.shape[1]  # the last target token is never fed
     intervention = tuple(replace(p, positions=tuple(q for q in p.positions if floor <= q < fed))
                          for p in intervention)
     start_pos = math.inf
