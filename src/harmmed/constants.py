@@ -10,6 +10,7 @@ from __future__ import annotations
 PACKAGE_VERSION = "0.1.0"
 
 METRICS: tuple[str, ...] = ("harm", "refusal")  # outcome metrics, in the engine's output column order
+FIRST_TOKEN_METRICS: tuple[str, ...] = ("refusal",)  # read off the last prompt position's logits alone
 
 # Mediator sites. ``neuron`` is the MLP down-projection input; ``attn_dims`` the single dimensions
 # of the attention output-projection input (both read at a projection's input, hence "unit" sites;

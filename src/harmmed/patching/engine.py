@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from ..constants import METRICS, SITES
+from ..constants import FIRST_TOKEN_METRICS, METRICS, SITES
 from ..models.arch import Sites, resolve_sites
 from ..models.hooks import HookSet
 from .batching import BatchLimits, RowCost, batches, run_with_backoff
@@ -215,9 +215,9 @@ class MediationEngine:
         Positions index the base run; the source run is right-aligned to it (identical for
         token-aligned minimal pairs, the post-instruction tokens for unpaired prompts). A base
         or source of noise draws (:class:`NoisedRuns`) gives the mean over its draws. Metrics
-        left out of ``scored`` are NaN: without ``harm``, only the first target token's logits
-        are read, so no pass carries a patch past the last prompt position (a stage that reads
-        the refusal metric alone does a fraction of the work).
+        left out of ``scored`` are NaN: when every scored metric is one of FIRST_TOKEN_METRICS,
+        only the last prompt position's logits are read, so no pass carries a patch past it (a
+        stage that reads the refusal metric alone does a fraction of the work).
         """
         unknown = [m for m in scored if m not in METRICS]
         if unknown or not scored:
@@ -245,7 +245,7 @@ class MediationEngine:
                     progress.update(1)
             out[:, unscored] = np.nan
             return out
-        first_token_only = "harm" not in scored
+        first_token_only = set(scored) <= set(FIRST_TOKEN_METRICS)
 
         plans: list[Planned] = []
         first_of: dict[Intervention, int] = {}  # interventions that trim to the same patches run once
