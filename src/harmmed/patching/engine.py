@@ -43,7 +43,8 @@ from .batching import BatchLimits, RowCost, batches, run_with_backoff
 from .cache_views import batch_view, partial_block, sliced_view, view_cache
 from .lowrank_head import NeuronHead
 from .metrics import outcome_metrics, target_logprobs
-from .patches import FROZEN_BASE, SOURCE_RUN, Intervention, NoisedRuns, Planned, Run, patch_values, plan_intervention
+from .patches import (FROZEN_BASE, SOURCE_RUN, Intervention, NoisedRuns, Planned, Run, patch_values, plan_intervention,
+                      read_length)
 from .site_writes import SiteWrites
 
 
@@ -318,7 +319,7 @@ class MediationEngine:
         positions it patches (no later block can carry it sideways), so later positions keep
         their clean outputs: final-layer sweeps need one token, not the whole target. When only
         the first target token is scored, nothing after the last prompt position is read."""
-        length = base.prompt_len if first_token_only else base.ids.shape[1]
+        length = read_length(base, first_token_only)
         final = self.sites.n_layers - 1
         if not reuse or any(p.layer != final for plan in batch for p in plan.patches):
             return length

@@ -134,6 +134,12 @@ def patch_values(patch: Patch, base: Run, source: Run, positions: Sequence[int])
     return clean_values(source, patch, [q + shift for q in positions])
 
 
+def read_length(base: Run, first_token_only: bool = False) -> int:
+    """Positions of ``base`` the scored logits can depend on: every fed token (the last target
+    token is never fed), or with ``first_token_only`` the prompt alone."""
+    return base.prompt_len if first_token_only else base.ids.shape[1]
+
+
 def plan_intervention(index: int, intervention: Intervention, base: Run, source: Run, n_layers: int,
                       first_token_only: bool = False) -> Planned | None:
     """The patches of one intervention that can change anything, from the first position whose
@@ -144,8 +150,8 @@ def plan_intervention(index: int, intervention: Intervention, base: Run, source:
     # prompt position's output reaches the metrics, so earlier positions there are inert.
     final_only = all(p.layer == n_layers - 1 for p in intervention)
     floor = base.prompt_len - 1 if final_only else 0
-    fed = base.prompt_len if first_token_only else base.ids.shape[1]  # the last target token is never fed
-    intervention = tuple(replace(p, positions=tuple(q for q in p.positions if floor <= q < fed))
+    reach = read_length(base, first_token_only)
+    intervention = tuple(replace(p, positions=tuple(q for q in p.positions if floor <= q < reach))
                          for p in intervention)
     start_pos = math.inf
     for p in intervention:
