@@ -20,11 +20,17 @@ ROW_COLUMNS = ["pair_id", "metric", "kind", "site", "layer", "window", "position
                "y_benign", "y_harmful", "y_patched", "effect"]
 
 
+PLANT_SKIPS = ["figures", "mediate_layer", "mediate_token", "generate", "screen", "gating"]
+
+
 def tiny_config(workdir: Path) -> Path:
     save_tiny_model(workdir / "tiny-model")
     write_tiny_pairs(workdir / "pairs.csv")
     config = {
-        "models": [{"name": "tiny", "source": "local", "path": str(workdir / "tiny-model")}],
+        "models": [{"name": "tiny", "source": "local", "path": str(workdir / "tiny-model")},
+                   # the same weights, scored on refusal alone and run as a plant is run
+                   {"name": "tiny-refusal", "source": "local", "path": str(workdir / "tiny-model"),
+                    "scored_metrics": ["refusal"], "skip_stages": PLANT_SKIPS}],
         "prompts": {"pairs_file": str(workdir / "pairs.csv"), "categories": TINY_CATEGORIES},
         "metrics": {"refusal_phrases": ["Sorry", "I cannot"]},
         "mediation": {"max_pairs": 4, "windows": [1, 3], "heatmap": {"n_pairs": 1}},
@@ -80,13 +86,14 @@ def test_results_have_the_stated_schemas(tiny_run):
                                     "n_pairs", "n_excluded"]
     assert {"B", "C1-route", "C1-origin", "C2-route", "C2-origin", "C3", "C4", "C4-causal"} == set(claims["claim"])
     calibration = pd.read_csv(workdir / "results" / "calibration.csv", keep_default_na=False)
-    assert set(calibration["model"]) == {"tiny"} and (calibration["expected"] == "").all()  # no plant: grey
+    assert set(calibration["model"]) == {"tiny", "tiny-refusal"} and (calibration["expected"] == "").all()  # grey
     assert (workdir / "figures" / "calibration.png").stat().st_size > 1000
     summary = pd.read_csv(workdir / "results" / "summary.csv", keep_default_na=False)
     assert list(summary.columns) == ["model", "claim", "statistic", "value", "ci_low", "ci_high", "threshold",
                                      "verdict", "n_pairs", "calibration"]
-    assert list(summary["statistic"]) == list(claims["statistic"]) and set(summary["model"]) == {"tiny"}
-    assert "| claim | statistic | tiny | calibration |" in (workdir / "figures" / "summary.md").read_text()
+    assert list(summary[summary["model"] == "tiny"]["statistic"]) == list(claims["statistic"])
+    assert set(summary["model"]) == {"tiny", "tiny-refusal"}
+    assert "| claim | statistic | tiny | tiny-refusal | calibration |" in (workdir / "figures" / "summary.md").read_text()
     for figure in ("layer_curves", "module_curves", "severed_paths", "heatmap_refusal", "sparsity", "gating",
                    "block_vs_sum", "neuron_distribution", "probe_accuracy", "token_heatmap_refusal", "generation_rates",
                    "screen_scatter", "screen_heatmap", "screen_sparsity", "screen_adjacency"):
@@ -114,6 +121,29 @@ def test_screen_tables_agree_with_the_neuron_stage(tiny_run):
     assert len(report) == 2 * 2 * 3 * 4 and report["spearman"].notna().sum() > 0
     heldout = pd.read_csv(results / "screen_heldout.csv", dtype={"positions": str, "units": str})
     assert set(heldout["selection"]) == {"top", "block", "random", "layer"} and set(heldout["layer"]) == {0, 1, 2, 3}
+
+
+def test_a_model_scored_on_refusal_alone_has_the_refusal_rows_of_both(tiny_run):
+    """`scored_metrics: [refusal]` leaves out every harm row and changes no refusal row: the
+    module, neuron, sparsity and claim-patch tables of the same weights agree row for row."""
+    workdir, _ = tiny_run
+    both, alone = workdir / "results" / "tiny", workdir / "results" / "tiny-refusal"
+    for name, keys in (("module.csv", ["kind", "site", "layer", "window", "positions"]),
+                       ("neuron.csv", ["kind", "site", "layer", "positions", "block", "neuron"]),
+                       ("sparsity.csv", ["selection", "draw", "k"]),
+                       ("claim_patches.csv", ["role", "kind", "site", "layers", "positions", "units"])):
+        full = pd.read_csv(both / name, dtype=str, keep_default_na=False)
+        refusal = pd.read_csv(alone / name, dtype=str, keep_default_na=False)
+        assert set(full["metric"]) == {"harm", "refusal"} and set(refusal["metric"]) == {"refusal"}, name
+        expected = full[full["metric"] == "refusal"].reset_index(drop=True)
+        assert len(refusal) == len(expected) > 0, name
+        assert (refusal[["pair_id", *keys]] == expected[["pair_id", *keys]]).all().all(), name
+        for column in ("y_patched", "effect"):
+            gap = (refusal[column].astype(float) - expected[column].astype(float)).abs().max()
+            assert gap < 1e-5, (name, column, gap)
+    claims = pd.read_csv(alone / "claims.csv")
+    assert not claims["statistic"].str.contains(r"\[harm\]").any()
+    assert claims["statistic"].str.contains(r"\[refusal\]").sum() >= 7
 
 
 def test_second_run_has_nothing_to_do(tiny_run):
@@ -164,6 +194,12 @@ def test_a_changed_setting_reruns_what_reads_it_and_nothing_else(tiny_run):
                           "screen_units", "mediate_token", "gating"}
     planned = planned_jobs(workdir, changed_config(workdir, config, "threshold", threshold))
     assert planned == {"claims", "calibration", "provenance", "summary", "all"}
+    def scored(cfg):
+        cfg["models"][1]["scored_metrics"] = ["harm", "refusal"]
+
+    planned = planned_jobs(workdir, changed_config(workdir, config, "scored", scored))
+    assert {"mediate_module", "mediate_neuron", "mediate_claims"} <= planned  # the analyses, not the weights
+    assert not planned & {"download_model", "prepare_prompts"}
     planned = planned_jobs(workdir, changed_config(workdir, config, "ci", ci))
     assert {"claims", "figures", "neuron_figures", "generate_and_judge"} <= planned
     assert not planned & (MODEL_STAGES - {"generate_and_judge"})

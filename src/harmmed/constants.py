@@ -12,6 +12,13 @@ PACKAGE_VERSION = "0.1.0"
 METRICS: tuple[str, ...] = ("harm", "refusal")  # outcome metrics, in the engine's output column order
 FIRST_TOKEN_METRICS: tuple[str, ...] = ("refusal",)  # read off the last prompt position's logits alone
 
+
+def metrics_in(*tables) -> list[str]:
+    """The metrics that have rows in any of ``tables`` (frames with a ``metric`` column), in
+    METRICS order: a model scored on fewer metrics (``scored_metrics``) has fewer."""
+    found = set().union(*(set(table["metric"].astype(str)) for table in tables if len(table)))
+    return [m for m in METRICS if m in found] + sorted(found - set(METRICS))
+
 # Mediator sites. ``neuron`` is the MLP down-projection input; ``attn_dims`` the single dimensions
 # of the attention output-projection input (both read at a projection's input, hence "unit" sites;
 # src/harmmed/models/arch.py's SITE_HOOKS says which module and side each site is).

@@ -36,15 +36,17 @@ def _names_regex(names):
 # Config values that are not one key: what the recovery reads of every plant, and the expected
 # verdicts the calibration reads (an edited verdict reruns the calibration, not the recovery).
 NOT_COMPUTED_FROM = ("expected_verdicts", "skip_stages")  # a model entry's keys that change no computation
+NOT_WEIGHTS_FROM = NOT_COMPUTED_FROM + ("scored_metrics",)  # ... and the keys the weights do not come from
 
 
-def computed_from(spec):
-    """A model entry without the keys that change no computation (verdicts, skipped stages)."""
-    return {k: v for k, v in spec.items() if k not in NOT_COMPUTED_FROM}
+def computed_from(spec, weights=False):
+    """A model entry without the keys that change no computation (verdicts, skipped stages);
+    with ``weights``, also without those that change only the analyses (scored metrics)."""
+    return {k: v for k, v in spec.items() if k not in (NOT_WEIGHTS_FROM if weights else NOT_COMPUTED_FROM)}
 
 
 DERIVED_SETTINGS = {
-    "plants": lambda: [computed_from(m) for m in config["models"] if m["source"] == "finetune"],
+    "plants": lambda: [computed_from(m, weights=True) for m in config["models"] if m["source"] == "finetune"],
     "expected_verdicts": lambda: {m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
     "public_pins": lambda: locked_pins(),
 }
@@ -67,7 +69,7 @@ def locked_pins():
 def reads(*keys, model=False):
     """A rule's ``params``: a digest of exactly the config values the rule's stage reads (dotted
     ``keys``, or a name of DERIVED_SETTINGS) and, with ``model``, the model's own entry of
-    ``models``. Snakemake's params trigger reruns a job when its digest changes, so a changed
+    ``models`` (``model="weights"``: the part its weights come from). Snakemake's params trigger reruns a job when its digest changes, so a changed
     setting reruns what it affects and nothing else."""
 
     def digest(wildcards):
@@ -81,7 +83,7 @@ def reads(*keys, model=False):
                 value = value[part]
             values[key] = value
         if model:
-            values["models"] = computed_from(model_spec(config, wildcards.model))
+            values["models"] = computed_from(model_spec(config, wildcards.model), weights=model == "weights")
         return config_digest(values)
 
     return digest

@@ -32,7 +32,7 @@ rule finetune_model:
             "prompts.split_seed",
             "metrics.refusal_phrases",
             "generation.judge.phrases",
-            model=True,
+            model="weights",
         ),
     script:
         "../scripts/finetune_model.py"

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..constants import METRICS
+from ..constants import METRICS, metrics_in
 from ..datasets.prompts import EncodedPair
 from ..patching.engine import MediationEngine
 from ..patching.patches import NoisedRuns, Patch, Run
@@ -78,7 +78,7 @@ def build_plan(settings: ClaimSettings, manifest: Mapping[str, Any], module_df: 
         c2={metric: (Window("mlp", window.layers), Window("attn", window.layers))
             for (metric, band), window in sorted(c1.items()) if band == "late"},
         bands={name: tuple(layers) for name, layers in origin_bands(n_layers).items()},
-        top={metric: tuple(top_units(ranking, metric, "neuron", k)) for metric in METRICS},
+        top={metric: tuple(top_units(ranking, metric, "neuron", k)) for metric in metrics_in(ranking)},
         random=[tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist())) for _ in range(settings.random_draws)],
         final_layer=n_layers - 1,
     )

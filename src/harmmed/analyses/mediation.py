@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..constants import METRICS
 from ..datasets.prompts import EncodedPair
 from ..patching.engine import MediationEngine
 from ..patching.patches import FROZEN_BASE, Intervention, Patch, Run
@@ -32,8 +31,9 @@ class Cell:
 
     def labels(self) -> dict:
         """The row labels before the outcomes (``severed`` follows them, on severed-path cells)."""
-        return {"kind": self.kind, "site": self.site, "layer": self.layer, "window": self.window,
-                "positions": self.positions}
+        labels = {"kind": self.kind, "site": self.site, "layer": self.layer, "window": self.window,
+                  "positions": self.positions}
+        return labels if self.severed is None else {**labels, "severed": self.severed}
 
 
 def layer_cells(pair: EncodedPair, n_layers: int, positions: list[str]) -> list[tuple[Cell, Intervention]]:
@@ -95,8 +95,4 @@ def run_cells(engine: MediationEngine, pair: EncodedPair, cells: list[tuple[Cell
         if not chosen:
             continue
         ys = engine.patch(base, source, [iv for _, iv in chosen], progress=progress)
-        rows = outcome_rows(pair.pair_id, [cell.labels() for cell, _ in chosen], ys, runs)
-        for row, (cell, _) in zip(rows, (c for c in chosen for _ in METRICS)):
-            if cell.severed is not None:
-                row["severed"] = cell.severed
-        yield from rows
+        yield from outcome_rows(pair.pair_id, [cell.labels() for cell, _ in chosen], ys, runs)

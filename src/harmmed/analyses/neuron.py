@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..constants import METRICS, UNIT_SITES
+from ..constants import METRICS, UNIT_SITES, metrics_in
 from ..datasets.prompts import EncodedPair
 from ..patching.engine import MediationEngine
 from ..patching.patches import Given, Patch, Run
@@ -97,7 +97,7 @@ def rank_units(neuron_df: pd.DataFrame, site: str, layer: int) -> pd.DataFrame:
                       & neuron_df["block"].str.startswith("0:")]
     whole = whole[whole["block"].str.split(":").str[1].astype(int) == singles["neuron"].astype(int).max() + 1]
     out = []
-    for metric in METRICS:
+    for metric in metrics_in(singles):
         sign = np.sign(whole[whole["metric"] == metric]["effect"].mean()) or 1.0
         mean = (singles[singles["metric"] == metric].assign(unit=lambda d: d["neuron"].astype(int))
                 .groupby("unit")["effect"].mean())
@@ -124,7 +124,7 @@ def sparsity_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, R
     width = engine.sites.d_mlp
     random_sets = {k: [tuple(sorted(rng.choice(width, k, replace=False).tolist())) for _ in range(draws)] for k in grid}
     labels, interventions = [], []
-    for metric in METRICS:
+    for metric in engine.scored:
         order = ranking[(ranking["metric"] == metric) & (ranking["site"] == "neuron")].sort_values("rank")["unit"]
         order = order.astype(int).tolist()
         for k in grid:

@@ -8,6 +8,7 @@ from the file alone. Torch-free.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -21,7 +22,8 @@ def outcome_rows(pair_id: str, labels: Iterable[Mapping[str, Any]], outcomes: It
     ``METRICS[m]`` under intervention ``i``. ``runs`` is (harmful, benign) (anything with a
     ``y`` mapping); ``effect = y_patched - y_<effect_from>``, or with ``lost`` the outcome lost,
     ``y_<effect_from> - y_patched`` (necessity). A label's ``metric`` key other
-    than ``"*"`` keeps only that metric's row (an intervention chosen for one metric)."""
+    than ``"*"`` keeps only that metric's row (an intervention chosen for one metric). A metric the
+    engine did not score (a NaN outcome: the model's ``scored_metrics`` leave it out) has no row."""
     if effect_from not in ("benign", "harmful"):
         raise ValueError(f"effect_from must be 'benign' or 'harmful', not {effect_from!r}")
     harmful, benign = runs
@@ -33,6 +35,8 @@ def outcome_rows(pair_id: str, labels: Iterable[Mapping[str, Any]], outcomes: It
             if only not in ("*", metric):
                 continue
             patched = float(y[m_index])
+            if math.isnan(patched):
+                continue
             effect = reference.y[metric] - patched if lost else patched - reference.y[metric]  # never -0.0
             row = {"pair_id": pair_id, "metric": metric, **label, "y_benign": benign.y[metric],
                    "y_harmful": harmful.y[metric], "y_patched": patched, "effect": effect}

@@ -135,7 +135,7 @@ def screen_pair(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Run
                 plan += [(position_set.name, layer, unit, reason) for unit, reason in units.items()]
         positions = {s.name: s.positions for s in sets}
         ys = engine.patch(benign, harmful, [(Patch("neuron", layer, positions[name], (unit,)),)
-                                            for name, layer, unit, _ in plan])
+                                            for name, layer, unit, _ in plan], scored=METRICS)  # every estimate checked
         base_y = np.array([benign.y[m] for m in METRICS])
         for (name, layer, unit, reason), y in zip(plan, ys):
             screen.exact.setdefault((name, layer), {})[unit] = (reason, y - base_y)
@@ -244,7 +244,8 @@ def heldout_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run, Ru
     """Exact joint NIE of every selection on one held-out pair, also as a share of its TE."""
     harmful, benign = runs
     positions = position_sets(pair)[settings.heldout_positions]
-    ys = engine.patch(benign, harmful, [(Patch("neuron", s.layer, positions, s.units),) for s in selections])
+    ys = engine.patch(benign, harmful, [(Patch("neuron", s.layer, positions, s.units),) for s in selections],
+                      scored=METRICS)  # the selections of every metric's ranking
     width = engine.sites.d_mlp
     labels = [{"metric": s.metric, "layer": s.layer, "positions": settings.heldout_positions, "selection": s.name,
                "draw": s.draw, "k": width if s.units is None else len(s.units),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..constants import METRICS
+from ..constants import metrics_in
 from ..stats.effects import te_shares
 
 
@@ -86,7 +86,7 @@ def select_c1_windows(module_df: pd.DataFrame, positions: str, n_layers: int, mi
                       ) -> dict[tuple[str, str], Window]:
     """(metric, "early" | "late") -> the chosen window, for every metric and band with a candidate."""
     chosen = {}
-    for metric in METRICS:
+    for metric in metrics_in(module_df):
         for name, band in (("early", early_band(n_layers)), ("late", late_band(n_layers))):
             window = select_window(module_df, metric, positions, band, n_layers, min_abs_te)
             if window is not None:

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
 
+from ..constants import metrics_in
 from ..stats.effects import CATEGORY_ORDER, pair_te, summarize
 
 STYLE: dict[str, Any] = {
@@ -81,13 +82,6 @@ def new_figure(n_panels: int, width: float = 4.6, height: float = 3.4, n_rows: i
                         bottom=bottom / fig_h, top=1 - 0.4 / fig_h,
                         wspace=gap / (width - gap), hspace=(bottom + 0.45) / (height - 1.0))
     return fig, fig.subplots(n_rows, n_cols, squeeze=False).ravel()
-
-
-def metrics_in(*dfs: pd.DataFrame) -> list[str]:
-    """Metrics present in any table, in canonical order."""
-    found = set().union(*(set(df["metric"].astype(str)) for df in dfs if len(df)))
-    order = CATEGORY_ORDER["metric"]
-    return [m for m in order if m in found] + sorted(found - set(order))
 
 
 def is_position_index(positions: pd.Series) -> pd.Series:

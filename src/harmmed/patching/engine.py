@@ -69,8 +69,10 @@ class MediationEngine:
         refusal_ids: Sequence[int],
         memory_budget_mb: float = 2048,
         max_batch_size: int = 128,
+        scored: Sequence[str] = METRICS,
     ) -> None:
         self.model = model.eval()
+        self.scored = _checked_metrics(scored)  # what patch() scores unless told otherwise
         self.sites: Sites = resolve_sites(model)
         self.device = next(model.parameters()).device
         self.refusal_ids = torch.tensor(sorted(refusal_ids), dtype=torch.long, device=self.device)
@@ -209,20 +211,18 @@ class MediationEngine:
         interventions: Sequence[Intervention],
         fast: bool = True,
         progress=None,
-        scored: Sequence[str] = METRICS,
+        scored: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Outcomes of each intervention: array (n_interventions, len(METRICS)).
 
         Positions index the base run; the source run is right-aligned to it (identical for
         token-aligned minimal pairs, the post-instruction tokens for unpaired prompts). A base
         or source of noise draws (:class:`NoisedRuns`) gives the mean over its draws. Metrics
-        left out of ``scored`` are NaN: when every scored metric is one of FIRST_TOKEN_METRICS,
+        left out of ``scored`` (by default the engine's own ``scored``) are NaN: when every scored metric is one of FIRST_TOKEN_METRICS,
         only the last prompt position's logits are read, so no pass carries a patch past it (a
         stage that reads the refusal metric alone does a fraction of the work).
         """
-        unknown = [m for m in scored if m not in METRICS]
-        if unknown or not scored:
-            raise ValueError(f"scored metrics must be a non-empty subset of {METRICS}, got {list(scored)}")
+        scored = self.scored if scored is None else _checked_metrics(scored)
         if isinstance(base, NoisedRuns) or isinstance(source, NoisedRuns):
             return self._patch_draws(base, source, interventions, fast, progress, scored)
         if not torch.equal(base.target_ids, source.target_ids):
@@ -392,6 +392,14 @@ class MediationEngine:
         kept = base.target_logprobs[fresh.shape[1] :].unsqueeze(0).expand(rows, -1)
         y = self._score(logits, torch.cat([fresh, kept], dim=1))
         return torch.stack([y[m] for m in METRICS], dim=1).cpu().numpy()
+
+
+def _checked_metrics(scored: Sequence[str]) -> tuple[str, ...]:
+    """``scored`` in METRICS order; anything outside METRICS, or nothing, is refused."""
+    unknown = [m for m in scored if m not in METRICS]
+    if unknown or not scored:
+        raise ValueError(f"scored metrics must be a non-empty subset of {METRICS}, got {list(scored)}")
+    return tuple(m for m in METRICS if m in scored)
 
 
 def _fed_ids(prompt_ids: Sequence[int], target_ids: Sequence[int]) -> list[int]:

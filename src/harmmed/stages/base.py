@@ -112,7 +112,7 @@ def open_engine(cfg: Mapping[str, Any], manifest: Mapping[str, Any], threads: in
     model, tokenizer = open_model(manifest, spec["dtype"], spec["device"], threads)
     settings = EngineSettings.from_config(cfg)
     return MediationEngine(model, manifest["refusal_token_ids"], settings.memory_budget_mb,
-                           settings.max_batch_size), tokenizer
+                           settings.max_batch_size, spec["scored_metrics"]), tokenizer
 
 
 def section_pairs(cfg: Mapping[str, Any], inputs: str | Path, section: str, cap: str = "max_pairs"

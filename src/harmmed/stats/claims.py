@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..constants import METRICS, PROBE_CI, UNDERSTANDING_POSITION
+from ..constants import METRICS, PROBE_CI, UNDERSTANDING_POSITION, metrics_in
 from .effects import Bootstrap, bootstrap_ci, pair_te, paired_statistic, te_shares
 from .rates import wilson_interval
 
@@ -315,7 +315,7 @@ def compute_claims(patches: pd.DataFrame, thresholds: Mapping[str, Any], boot: B
     chosen = patches["role"].astype(str).str.startswith(SELECT_PREFIX)
     held_out, selection = patches[~chosen], patches[chosen]
     rows: list[dict[str, Any]] = []
-    for metric in METRICS:
+    for metric in metrics_in(held_out) or METRICS:  # no rows at all: every metric "not run"
         rows.extend(metric_rows(held_out, selection, metric, thresholds, boot, min_abs_te, probe))
     if probe is not None:
         rows.append(probe.row)

@@ -350,6 +350,7 @@ class Trained:
             "trainable_parameters": self.plan.names, "trainable_count": self.plan.count(self.model),
             "planted": planted, "seed": spec["seed"], "epochs": spec["epochs"], "lr": spec["lr"],
             "batch_size": spec["batch_size"], "unit_dropout": spec.get("unit_dropout", 0.0),
+            "response_tokens": spec.get("response_tokens"),
             "threads": self.threads, "torch": torch.__version__,
             "loss_per_epoch": self.losses, "training_seconds": round(self.seconds, 3),
         }
@@ -367,7 +368,7 @@ def fine_tune(spec: dict, base: dict, key: str, threads: int) -> Trained:
     component = parse_trainable(spec["trainable"], f"{key}.trainable")
     plan = resolve_trainable(model, component, spec["seed"], f"{key}.trainable")
     rows = balanced_subset(read_training_rows(spec["data"]), spec.get("max_examples"), spec["seed"])
-    examples = encode_examples(tokenizer, rows)
+    examples = encode_examples(tokenizer, rows, spec.get("response_tokens"))
     settings = TrainSettings(spec["epochs"], spec["lr"], spec["batch_size"], spec["seed"],
                              spec.get("unit_dropout", 0.0))
     start = time.perf_counter()

@@ -63,11 +63,12 @@ def balanced_subset(rows: Sequence[dict[str, str]], max_examples: int | None, se
     return [row for i, row in enumerate(rows) if i in keep]
 
 
-def encode_examples(tokenizer, rows: Sequence[dict[str, str]]) -> list[Example]:
-    """Templated prompt ids and response ids, tokenized the way targets are (no special tokens)."""
+def encode_examples(tokenizer, rows: Sequence[dict[str, str]], response_tokens: int | None = None) -> list[Example]:
+    """Templated prompt ids and response ids, tokenized the way targets are (no special tokens),
+    each response cut to its first ``response_tokens`` (None: whole)."""
     out = []
     for row in rows:
         prompt, _ = encode_prompt(tokenizer, row["request"])
-        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"][:response_tokens]
         out.append(Example(row["example_id"], row["kind"], tuple(prompt), tuple(response)))
     return out
