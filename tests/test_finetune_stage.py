@@ -116,8 +116,7 @@ def test_recovery_tables_and_figure(setup) -> None:
         stages.prepare_prompts(cfg, manifest, cfg["prompts"]["pairs_file"], results / "inputs.jsonl",
                                results / "dropped.csv")
         stages.mediate_neuron(cfg, manifest, results / "inputs.jsonl", results / "neuron.csv")
-        stages.neuron_sparsity(cfg, manifest, results / "inputs.jsonl", results / "neuron.csv",
-                               results / "ranking.csv", results / "sparsity.csv")
+        stages.neuron_ranking(manifest, results / "neuron.csv", results / "ranking.csv")
         stages.recovery(cfg, results / "manifest.json", results / "inputs.jsonl", results / "ranking.csv",
                         results / "recovery.csv")
         table = pd.read_csv(results / "recovery.csv", keep_default_na=False)

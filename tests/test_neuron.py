@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from tiny import tiny_model
 
-from harmmed.analyses.neuron import NeuronPlan, blocks, k_grid, pair_neuron_rows, rank_units
+from harmmed.analyses.neuron import NeuronPlan, blocks, k_grid, pair_neuron_rows
+from harmmed.stats.ranking import rank_units
 from harmmed.constants import METRICS
 from harmmed.datasets.prompts import EncodedPair
 from harmmed.patching.engine import MediationEngine

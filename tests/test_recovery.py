@@ -10,6 +10,7 @@ from tiny import TINY_PAIRS, tiny_model, tiny_tokenizer
 
 from harmmed.analyses import neuron
 from harmmed.analyses.pairs import clean_runs
+from harmmed.stats.ranking import rank_units
 from harmmed.analyses.recovery import (
     Plant,
     Targets,
@@ -88,7 +89,7 @@ def test_the_wired_unit_ranks_first_and_the_gate_is_recovered() -> None:
     plan = neuron.NeuronPlan([3], block_size=16, block_pairs=0, attn_dims=False)
     rows = sweep(engine, pairs, lambda step: neuron.pair_neuron_rows(
         engine, step.pair, step.runs, plan, every_layer_blocks=False), "neuron")
-    ranking = neuron.rank_units(pd.DataFrame(rows, columns=NEURON_COLUMNS), "neuron", 3)
+    ranking = rank_units(pd.DataFrame(rows, columns=NEURON_COLUMNS), "neuron", 3)
     order = ranked_units(ranking, "refusal", 3)
     assert order[0] == GATE_UNIT
 

@@ -138,7 +138,7 @@ def test_verify_fails_when_the_weights_change(verified_run, tmp_path, monkeypatc
 
 def test_bundle_redraws_every_figure_without_torch(verified_run, tmp_path):
     workdir, _ = verified_run
-    [bundle] = workdir.glob("results-tiny-*.tar.gz")
+    [bundle] = [p for p in workdir.glob("results-tiny-*.tar.gz") if not p.name.startswith("results-tiny-refusal-")]
     assert (workdir / f"{bundle.name}.sha256").read_text().split() == [
         hashlib.sha256(bundle.read_bytes()).hexdigest(), bundle.name]
     out = tmp_path / "redrawn"
@@ -166,7 +166,7 @@ def test_bundle_is_byte_reproducible(verified_run, tmp_path):
     from harmmed.review.bundle import pack
 
     workdir, _ = verified_run
-    [bundle] = workdir.glob("results-tiny-*.tar.gz")
+    [bundle] = [p for p in workdir.glob("results-tiny-*.tar.gz") if not p.name.startswith("results-tiny-refusal-")]
     again = pack(workdir / "results" / "tiny" / "provenance.json", tmp_path / bundle.name,
                  workdir / "results" / "calibration.csv")
     assert again.read_bytes() == bundle.read_bytes()

@@ -223,7 +223,7 @@ RESULT_FILES = [
 ]
 # Result files of stages a model may skip (skip_stages): left out of its provenance and bundle.
 STAGE_FILES = {
-    "figures": ["heatmap.csv", "heatmap_tokens.json"],  # the heatmaps feed only the figures
+    "figures": ["heatmap.csv", "heatmap_tokens.json", "sparsity.csv"],  # these feed only the figures
     "mediate_token": ["token.csv"],
     "generate": ["generations.jsonl", "generation_rates.csv"],
     "screen": ["screen.csv", "screen_report.csv", "screen_heldout.csv"],

@@ -33,15 +33,32 @@ rule mediate_neuron:
         "../scripts/mediate_neuron.py"
 
 
-rule neuron_sparsity:
-    """The discovery ranking of final-layer units over all pairs (after the shards are merged)
-    and the top-k vs random-k sparsity curve under it."""
+rule neuron_ranking:
+    """The discovery ranking of final-layer units over all pairs (after the shards are merged);
+    a table computation, no model is run."""
     input:
         manifest="results/{model}/manifest.json",
-        inputs="results/{model}/inputs.jsonl",
         neuron="results/{model}/neuron.csv",
     output:
         ranking="results/{model}/neuron_ranking.csv",
+    log:
+        "logs/neuron_ranking/{model}.log",
+    benchmark:
+        "benchmarks/neuron_ranking/{model}.tsv"
+    priority: 50
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/neuron_ranking.py"
+
+
+rule neuron_sparsity:
+    """The top-k vs random-k sparsity curve under the discovery ranking (for the figures)."""
+    input:
+        manifest="results/{model}/manifest.json",
+        inputs="results/{model}/inputs.jsonl",
+        ranking="results/{model}/neuron_ranking.csv",
+    output:
         sparsity="results/{model}/sparsity.csv",
     log:
         "logs/neuron_sparsity/{model}.log",

@@ -1,5 +1,4 @@
 from harmmed.stages import neuron_sparsity, run_stage
 
 run_stage(snakemake, lambda smk: neuron_sparsity(
-    smk.config, smk.input.manifest, smk.input.inputs, smk.input.neuron,
-    smk.output.ranking, smk.output.sparsity, smk.threads))
+    smk.config, smk.input.manifest, smk.input.inputs, smk.input.ranking, smk.output.sparsity, smk.threads))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..constants import METRICS, UNIT_SITES, metrics_in
+from ..constants import METRICS, UNIT_SITES
 from ..datasets.prompts import EncodedPair
 from ..patching.engine import MediationEngine
 from ..patching.patches import Given, Patch, Run
@@ -87,26 +87,6 @@ def pair_neuron_rows(engine: MediationEngine, pair: EncodedPair, runs: tuple[Run
         add("attn_dims", final, None, "", f"0:{sites.d_model}")
     ys = engine.patch(benign, harmful, interventions, progress=progress)
     return _rows(pair, runs, labels, ys)
-
-
-def rank_units(neuron_df: pd.DataFrame, site: str, layer: int) -> pd.DataFrame:
-    """Mean single-unit NIE per metric, oriented so that positive is the direction of the
-    whole layer's effect, ranked descending (ties by unit index, so rankings are stable)."""
-    singles = neuron_df[(neuron_df["site"] == site) & (neuron_df["layer"] == layer) & (neuron_df["block"] == "")]
-    whole = neuron_df[(neuron_df["site"] == site) & (neuron_df["layer"] == layer) & (neuron_df["neuron"] == "")
-                      & neuron_df["block"].str.startswith("0:")]
-    whole = whole[whole["block"].str.split(":").str[1].astype(int) == singles["neuron"].astype(int).max() + 1]
-    out = []
-    for metric in metrics_in(singles):
-        sign = np.sign(whole[whole["metric"] == metric]["effect"].mean()) or 1.0
-        mean = (singles[singles["metric"] == metric].assign(unit=lambda d: d["neuron"].astype(int))
-                .groupby("unit")["effect"].mean())
-        frame = pd.DataFrame({"metric": metric, "site": site, "layer": layer, "unit": mean.index,
-                              "mean_nie": mean.values, "oriented_nie": sign * mean.values})
-        frame = frame.sort_values(["oriented_nie", "unit"], ascending=[False, True], kind="mergesort")
-        frame["rank"] = np.arange(1, len(frame) + 1)
-        out.append(frame)
-    return pd.concat(out, ignore_index=True)
 
 
 def top_units(ranking: pd.DataFrame, metric: str, site: str, k: int) -> list[int]:

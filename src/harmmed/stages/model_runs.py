@@ -95,21 +95,18 @@ def mediate_neuron(cfg: dict, manifest: ManifestSource, inputs_path: str | Path,
         write_table(rows, NEURON_COLUMNS, neuron_csv)
 
 
-def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, neuron_csv: str | Path,
-                    ranking_csv: str | Path, sparsity_csv: str | Path, threads: int = 1) -> None:
-    """The discovery ranking of final-layer units over every pair of neuron.csv, and the
-    sparsity curve (joint top-k vs random-k at the final layer) under that ranking."""
+def neuron_sparsity(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking_csv: str | Path,
+                    sparsity_csv: str | Path, threads: int = 1) -> None:
+    """The sparsity curve (joint top-k vs random-k at the final layer) under the discovery
+    ranking: it feeds the per-model figures only."""
     settings = cfg["neuron"]
     with model_stage(cfg, manifest, threads, inputs_path, "neuron", also_check=("gating",)) as stage:
         engine = stage.engine
-        final = engine.sites.n_layers - 1
-        frame = read_table(neuron_csv, ("positions", "block", "neuron"))
-        ranking = pd.concat([neuron.rank_units(frame, site, final) for site in UNIT_SITES], ignore_index=True)
+        ranking = pd.read_csv(ranking_csv)
         grid = neuron.k_grid(engine.sites.d_mlp, [settings["block_size"], cfg["gating"]["top_k"]])
         sparsity = sweep(engine, stage.pairs, lambda step: neuron.sparsity_rows(
             engine, step.pair, step.runs, ranking, grid, settings["random_draws"], settings["seed"] + step.index),
             "sparsity")
-        write_table(ranking, list(ranking.columns), ranking_csv)
         write_table(sparsity, SPARSITY_COLUMNS, sparsity_csv)
 
 

@@ -1,5 +1,5 @@
 """Statistics over result tables: bootstrap and Wilson intervals, the claims table, calibration,
-the screen report and the run summary. Torch-free, so claims jobs run without a model.
+the screen report, the neuron ranking and the run summary. Torch-free, so claims jobs run without a model.
 """
 
-__all__ = ["calibration", "claims", "claims_report", "effects", "rates", "screen_report", "summary"]
+__all__ = ["calibration", "claims", "claims_report", "effects", "ranking", "rates", "screen_report", "summary"]
