@@ -125,12 +125,12 @@ def test_screen_tables_agree_with_the_neuron_stage(tiny_run):
 
 def test_a_model_scored_on_refusal_alone_has_the_refusal_rows_of_both(tiny_run):
     """`scored_metrics: [refusal]` leaves out every harm row and changes no refusal row: the
-    module, neuron, sparsity and claim-patch tables of the same weights agree row for row."""
+    module, neuron, ranking and claim-patch tables of the same weights agree row for row. The
+    sparsity curve feeds only the figures, which this model skips: it has none."""
     workdir, _ = tiny_run
     both, alone = workdir / "results" / "tiny", workdir / "results" / "tiny-refusal"
     for name, keys in (("module.csv", ["kind", "site", "layer", "window", "positions"]),
                        ("neuron.csv", ["kind", "site", "layer", "positions", "block", "neuron"]),
-                       ("sparsity.csv", ["selection", "draw", "k"]),
                        ("claim_patches.csv", ["role", "kind", "site", "layers", "positions", "units"])):
         full = pd.read_csv(both / name, dtype=str, keep_default_na=False)
         refusal = pd.read_csv(alone / name, dtype=str, keep_default_na=False)
@@ -141,6 +141,11 @@ def test_a_model_scored_on_refusal_alone_has_the_refusal_rows_of_both(tiny_run):
         for column in ("y_patched", "effect"):
             gap = (refusal[column].astype(float) - expected[column].astype(float)).abs().max()
             assert gap < 1e-5, (name, column, gap)
+    assert (both / "sparsity.csv").exists() and not (alone / "sparsity.csv").exists()
+    ranking = pd.read_csv(both / "neuron_ranking.csv")
+    merged = pd.read_csv(alone / "neuron_ranking.csv").merge(ranking, on=["metric", "site", "unit"])
+    assert set(merged["metric"]) == {"refusal"} and len(merged) == (ranking["metric"] == "refusal").sum()
+    assert (merged["oriented_nie_x"] - merged["oriented_nie_y"]).abs().max() < 1e-5
     claims = pd.read_csv(alone / "claims.csv")
     assert not claims["statistic"].str.contains(r"\[harm\]").any()
     assert claims["statistic"].str.contains(r"\[refusal\]").sum() >= 7
