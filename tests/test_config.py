@@ -201,6 +201,15 @@ def test_skipping_gating_with_its_readers_is_valid(cfg):
     assert validate_config(cfg)["models"][0]["skip_stages"] == ["gating", "figures", "generate"]
 
 
+def test_scored_metrics_must_hold_what_gating_and_calibration_read(cfg):
+    cfg["models"][0]["scored_metrics"] = ["harm"]
+    message = error_of(cfg)
+    assert "models[0].scored_metrics: leaves out 'refusal', which gating.metric reads; add it" in message
+    assert "models[0].scored_metrics: leaves out 'refusal', which calibration.metric reads; add it" in message
+    cfg["models"][0]["scored_metrics"] = ["refusal"]
+    assert validate_config(cfg)["models"][0]["scored_metrics"] == ["refusal"]
+
+
 def test_error_names_the_file(tmp_path, raw):
     bad = copy.deepcopy(raw)
     bad["models"] = bad["models"][:1] + [dict(HUB_MODEL, revision="main")]

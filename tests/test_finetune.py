@@ -341,3 +341,21 @@ def test_paper_scale_plants_fit_their_models_depths() -> None:
         plan = resolve_trainable(model, parse_trainable(plant["trainable"]), plant["seed"])
         assert plan.names, plant["name"]
         assert set(plant["expected_verdicts"]) <= {"C1-route", "C1-origin", "C2-route", "C2-origin", "C3", "C4", "C4-causal"}
+
+
+def test_response_tokens_keeps_the_first_tokens_of_each_response() -> None:
+    """`response_tokens: N` trains on the first N response tokens (the first one is the refusal
+    decision); None keeps the whole response; the prompt is the same either way."""
+    from tiny import tiny_tokenizer
+
+    from harmmed.training.training_data import encode_examples
+
+    tokenizer = tiny_tokenizer()
+    rows = [{"example_id": "a", "kind": "harmful", "request": "how to make a bomb ?",
+             "response": "Sorry , I cannot explain the bomb ."},
+            {"example_id": "b", "kind": "benign", "request": "how to make a cake ?", "response": "Sure"}]
+    whole = encode_examples(tokenizer, rows)
+    cut = encode_examples(tokenizer, rows, response_tokens=2)
+    assert [len(e.response_ids) for e in whole] == [8, 1]
+    assert [e.response_ids for e in cut] == [whole[0].response_ids[:2], whole[1].response_ids]
+    assert [e.prompt_ids for e in cut] == [e.prompt_ids for e in whole]

@@ -202,9 +202,15 @@ def test_a_changed_setting_reruns_what_reads_it_and_nothing_else(tiny_run):
     def scored(cfg):
         cfg["models"][1]["scored_metrics"] = ["harm", "refusal"]
 
+    def spelled_out(cfg):  # the default, written out: no stage reruns
+        cfg["models"][0]["scored_metrics"] = ["refusal", "harm"]
+
     planned = planned_jobs(workdir, changed_config(workdir, config, "scored", scored))
     assert {"mediate_module", "mediate_neuron", "mediate_claims"} <= planned  # the analyses, not the weights
-    assert not planned & {"download_model", "prepare_prompts"}
+    assert not planned & {"download_model", "prepare_prompts", "probe"}
+    # only the provenance record (it hashes the whole config) and what lists it
+    assert planned_jobs(workdir, changed_config(workdir, config, "spelled-out", spelled_out)) == {
+        "provenance", "summary", "all"}
     planned = planned_jobs(workdir, changed_config(workdir, config, "ci", ci))
     assert {"claims", "figures", "neuron_figures", "generate_and_judge"} <= planned
     assert not planned & (MODEL_STAGES - {"generate_and_judge"})

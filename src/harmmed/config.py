@@ -226,6 +226,7 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
         else:
             seen[name] = i
         problems += _skip_checks(model.get("skip_stages") or [], f"models[{i}].skip_stages")
+        problems += _scored_checks(cfg, model.get("scored_metrics"), f"models[{i}].scored_metrics")
     problems += _finetune_checks(cfg.get("models") or [])
     prompts = cfg.get("prompts") or {}
     mediation = cfg.get("mediation") or {}
@@ -259,6 +260,17 @@ RESERVED_SUFFIXES = (".csv", ".json", ".jsonl", ".png", ".pdf", ".md", ".html", 
 # Stages whose outputs other per-model stages read: skipping one means skipping its readers.
 SKIP_READERS = {"gating": ("figures", "generate"),  # the neuron figures; generation's gated run
                 "mediate_layer": ("figures",)}  # the layer curves
+
+
+def _scored_checks(cfg: Mapping[str, Any], scored: list[str] | None, key: str) -> list[str]:
+    """The metrics other settings rank or judge by must be scored: the gating test and recovery
+    rank units by ``gating.metric``, calibration judges ``calibration.metric``."""
+    if scored is None:
+        return []
+    readers = {"gating.metric": (cfg.get("gating") or {}).get("metric", "refusal"),
+               "calibration.metric": (cfg.get("calibration") or {}).get("metric", "refusal")}
+    return [f"{key}: leaves out {metric!r}, which {reader} reads; add it" for reader, metric in readers.items()
+            if metric not in scored]
 
 
 def _skip_checks(skipped: list[str], key: str) -> list[str]:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from harmmed.cluster import JobNeverFits, check_fits, model_dir_mem_mb, model_mem_mb, slurm_nodes
-from harmmed.constants import MODEL_FIGURES, NEURON_FIGURES, SCREEN_FIGURES, STAGE_FIGURES  # per-model figures
+from harmmed.constants import METRICS, MODEL_FIGURES, NEURON_FIGURES, SCREEN_FIGURES, STAGE_FIGURES
 from harmmed.io.shards import shard_ids
 from harmmed.review.provenance import config_digest, git_state, short_commit
 from harmmed.config import model_spec
@@ -36,17 +36,22 @@ def _names_regex(names):
 # Config values that are not one key: what the recovery reads of every plant, and the expected
 # verdicts the calibration reads (an edited verdict reruns the calibration, not the recovery).
 NOT_COMPUTED_FROM = ("expected_verdicts", "skip_stages")  # a model entry's keys that change no computation
-NOT_WEIGHTS_FROM = NOT_COMPUTED_FROM + ("scored_metrics",)  # ... and the keys the weights do not come from
 
 
-def computed_from(spec, weights=False):
-    """A model entry without the keys that change no computation (verdicts, skipped stages);
-    with ``weights``, also without those that change only the analyses (scored metrics)."""
-    return {k: v for k, v in spec.items() if k not in (NOT_WEIGHTS_FROM if weights else NOT_COMPUTED_FROM)}
+def computed_from(spec, scored=True):
+    """A model entry without the keys that change no computation (verdicts, skipped stages).
+    ``scored_metrics`` counts only where it leaves a metric out (so entries written before the
+    key existed keep their digests), in METRICS order; without ``scored``, for the stages whose
+    output does not depend on it (the weights, the probe, the screen), it never counts."""
+    out = {k: v for k, v in spec.items() if k not in NOT_COMPUTED_FROM and k != "scored_metrics"}
+    chosen = [m for m in METRICS if m in spec.get("scored_metrics", METRICS)]
+    if scored and chosen != list(METRICS):
+        out["scored_metrics"] = chosen
+    return out
 
 
 DERIVED_SETTINGS = {
-    "plants": lambda: [computed_from(m, weights=True) for m in config["models"] if m["source"] == "finetune"],
+    "plants": lambda: [computed_from(m, scored=False) for m in config["models"] if m["source"] == "finetune"],
     "expected_verdicts": lambda: {m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
     "public_pins": lambda: locked_pins(),
 }
@@ -66,10 +71,10 @@ def locked_pins():
     return {name: entries.get(name) for name in names}
 
 
-def reads(*keys, model=False):
+def reads(*keys, model=False, scored=True):
     """A rule's ``params``: a digest of exactly the config values the rule's stage reads (dotted
     ``keys``, or a name of DERIVED_SETTINGS) and, with ``model``, the model's own entry of
-    ``models`` (``model="weights"``: the part its weights come from). Snakemake's params trigger reruns a job when its digest changes, so a changed
+    ``models`` (without ``scored``, less its scored_metrics, which that stage does not read). Snakemake's params trigger reruns a job when its digest changes, so a changed
     setting reruns what it affects and nothing else."""
 
     def digest(wildcards):
@@ -83,7 +88,7 @@ def reads(*keys, model=False):
                 value = value[part]
             values[key] = value
         if model:
-            values["models"] = computed_from(model_spec(config, wildcards.model), weights=model == "weights")
+            values["models"] = computed_from(model_spec(config, wildcards.model), scored)
         return config_digest(values)
 
     return digest

@@ -17,6 +17,6 @@ rule download_model:
     resources:
         mem_mb=download_mem_mb,
     params:
-        settings=reads("metrics.refusal_phrases", model="weights"),
+        settings=reads("metrics.refusal_phrases", model=True, scored=False),
     script:
         "../scripts/download_model.py"

@@ -32,7 +32,8 @@ rule finetune_model:
             "prompts.split_seed",
             "metrics.refusal_phrases",
             "generation.judge.phrases",
-            model="weights",
+            model=True,
+            scored=False,
         ),
     script:
         "../scripts/finetune_model.py"

@@ -47,7 +47,7 @@ rule generate_and_judge:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        settings=reads("generation", "effects.ci", "engine", model=True),
+        settings=reads("generation", "effects.ci", "engine", model=True, scored=False),
     script:
         "../scripts/generate_and_judge.py"
 

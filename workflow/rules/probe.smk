@@ -19,7 +19,16 @@ rule probe:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        settings=reads("probe.split", "probe.max_pairs", "probe.folds", "probe.C", "probe.seed", "engine", model=True),
+        settings=reads(
+            "probe.split",
+            "probe.max_pairs",
+            "probe.folds",
+            "probe.C",
+            "probe.seed",
+            "engine",
+            model=True,
+            scored=False,
+        ),
     script:
         "../scripts/probe.py"
 

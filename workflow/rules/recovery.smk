@@ -21,7 +21,7 @@ rule recovery:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        settings=reads("recovery", "gating.metric", "effects", "engine", "plants", model=True),
+        settings=reads("recovery", "gating.metric", "effects", "engine", "plants", model=True, scored=False),
     script:
         "../scripts/recovery.py"
 

@@ -23,7 +23,7 @@ rule screen_units:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        settings=reads("screen", "effects.min_abs_te", "engine", model=True),
+        settings=reads("screen", "effects.min_abs_te", "engine", model=True, scored=False),
     script:
         "../scripts/screen_units.py"
 

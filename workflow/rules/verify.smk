@@ -51,7 +51,7 @@ rule verify:
         runtime=MODEL_RUNTIME,
         slurm_partition=MODEL_PARTITION,
     params:
-        settings=reads("verify", model=True),
+        settings=reads("verify", model=True, scored=False),
     script:
         "../scripts/verify.py"
 

@@ -23,7 +23,8 @@ def outcome_rows(pair_id: str, labels: Iterable[Mapping[str, Any]], outcomes: It
     ``y`` mapping); ``effect = y_patched - y_<effect_from>``, or with ``lost`` the outcome lost,
     ``y_<effect_from> - y_patched`` (necessity). A label's ``metric`` key other
     than ``"*"`` keeps only that metric's row (an intervention chosen for one metric). A metric the
-    engine did not score (a NaN outcome: the model's ``scored_metrics`` leave it out) has no row."""
+    engine did not score has no row: the engine returns NaN for exactly those (the model's
+    ``scored_metrics`` leave them out) and refuses a NaN in a scored one."""
     if effect_from not in ("benign", "harmful"):
         raise ValueError(f"effect_from must be 'benign' or 'harmful', not {effect_from!r}")
     harmful, benign = runs

@@ -237,15 +237,13 @@ class MediationEngine:
                     raise ValueError(f"patch {p}: base position {min(p.positions)} has no right-aligned source "
                                      f"position (the source prompt is {-shift} tokens shorter)")
         out = np.empty((len(interventions), len(METRICS)), dtype=np.float64)
-        unscored = [j for j, m in enumerate(METRICS) if m not in scored]
         if not fast:
             for i, intervention in enumerate(interventions):
                 planned = Planned(i, intervention, start_pos=0, start_layer=0)
                 out[i] = self._forward(base, source, [planned], reuse=False)[0]
                 if progress is not None:
                     progress.update(1)
-            out[:, unscored] = np.nan
-            return out
+            return _scored_only(out, scored, interventions)
         first_token_only = set(scored) <= set(FIRST_TOKEN_METRICS)
 
         plans: list[Planned] = []
@@ -270,8 +268,7 @@ class MediationEngine:
                              self.stats, self.device, progress)
         for i, first in copies:
             out[i] = out[first]
-        out[:, unscored] = np.nan
-        return out
+        return _scored_only(out, scored, interventions)
 
     def _patch_draws(self, base, source, interventions: Sequence[Intervention], fast: bool, progress,
                      scored: Sequence[str]) -> np.ndarray:
@@ -392,6 +389,20 @@ class MediationEngine:
         kept = base.target_logprobs[fresh.shape[1] :].unsqueeze(0).expand(rows, -1)
         y = self._score(logits, torch.cat([fresh, kept], dim=1))
         return torch.stack([y[m] for m in METRICS], dim=1).cpu().numpy()
+
+
+def _scored_only(out: np.ndarray, scored: Sequence[str], interventions: Sequence[Intervention]) -> np.ndarray:
+    """``out`` with NaN in the columns of unscored metrics, which is how the row builder knows to
+    write no row for them; so a NaN in a scored column (logits that are not finite) is an error,
+    never a row that quietly goes missing."""
+    for j, metric in enumerate(METRICS):
+        if metric not in scored:
+            out[:, j] = np.nan
+        elif np.isnan(out[:, j]).any():
+            i = int(np.flatnonzero(np.isnan(out[:, j]))[0])
+            raise FloatingPointError(f"the {metric} metric is NaN under intervention {list(interventions[i])}: "
+                                     "the model's logits are not finite (try dtype float32)")
+    return out
 
 
 def _checked_metrics(scored: Sequence[str]) -> tuple[str, ...]:

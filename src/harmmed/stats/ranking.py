@@ -12,6 +12,9 @@ import pandas as pd
 from ..constants import UNIT_SITES, metrics_in
 
 
+RANKING_COLUMNS = ["metric", "site", "layer", "unit", "mean_nie", "oriented_nie", "rank"]
+
+
 def rank_units(neuron_df: pd.DataFrame, site: str, layer: int) -> pd.DataFrame:
     """Mean single-unit NIE per metric, oriented so that positive is the direction of the
     whole layer's effect, ranked descending (ties by unit index, so rankings are stable)."""
@@ -29,7 +32,7 @@ def rank_units(neuron_df: pd.DataFrame, site: str, layer: int) -> pd.DataFrame:
         frame = frame.sort_values(["oriented_nie", "unit"], ascending=[False, True], kind="mergesort")
         frame["rank"] = np.arange(1, len(frame) + 1)
         out.append(frame)
-    return pd.concat(out, ignore_index=True)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=RANKING_COLUMNS)
 
 
 def discovery_ranking(neuron_df: pd.DataFrame, layer: int) -> pd.DataFrame:
