@@ -226,7 +226,7 @@ def _code_checks(cfg: Mapping[str, Any]) -> list[str]:
         else:
             seen[name] = i
         problems += _skip_checks(model.get("skip_stages") or [], f"models[{i}].skip_stages")
-        problems += _scored_checks(cfg, model.get("scored_metrics"), f"models[{i}].scored_metrics")
+        problems += _scored_checks(cfg, model["scored_metrics"], f"models[{i}].scored_metrics")
     problems += _finetune_checks(cfg.get("models") or [])
     prompts = cfg.get("prompts") or {}
     mediation = cfg.get("mediation") or {}
@@ -262,13 +262,10 @@ SKIP_READERS = {"gating": ("figures", "generate"),  # the neuron figures; genera
                 "mediate_layer": ("figures",)}  # the layer curves
 
 
-def _scored_checks(cfg: Mapping[str, Any], scored: list[str] | None, key: str) -> list[str]:
+def _scored_checks(cfg: Mapping[str, Any], scored: list[str], key: str) -> list[str]:
     """The metrics other settings rank or judge by must be scored: the gating test and recovery
     rank units by ``gating.metric``, calibration judges ``calibration.metric``."""
-    if scored is None:
-        return []
-    readers = {"gating.metric": (cfg.get("gating") or {}).get("metric", "refusal"),
-               "calibration.metric": (cfg.get("calibration") or {}).get("metric", "refusal")}
+    readers = {"gating.metric": cfg["gating"]["metric"], "calibration.metric": cfg["calibration"]["metric"]}
     return [f"{key}: leaves out {metric!r}, which {reader} reads; add it" for reader, metric in readers.items()
             if metric not in scored]
 

@@ -21,8 +21,6 @@ MODE_SKIPS = {"screen"} if config["prompts"]["mode"] in ("noise", "unpaired") el
 SKIPPED = {m["name"]: set(m["skip_stages"]) | MODE_SKIPS for m in config["models"]}
 PUBLIC = config["prompts"]["public"]
 
-TOKEN_METRICS = ["harm", "refusal"]
-
 # Tables of the model stages that split their pairs into `shards` jobs ({shard} = 0of4, ...).
 SHARDED_TABLES = ["layer", "severed", "module", "heatmap", "heatmap_tokens", "token", "neuron"]
 SHARDS = shard_ids(config["shards"])

@@ -44,7 +44,7 @@ rule token_figures:
             category="{model}",
             subcategory="token_heatmap_refusal",
         ),
-        pdfs=expand("figures/{{model}}/token_heatmap_{metric}.pdf", metric=TOKEN_METRICS),
+        pdfs=expand("figures/{{model}}/token_heatmap_{metric}.pdf", metric=METRICS),
     log:
         "logs/token_figures/{model}.log",
     benchmark:

@@ -218,9 +218,10 @@ class MediationEngine:
         Positions index the base run; the source run is right-aligned to it (identical for
         token-aligned minimal pairs, the post-instruction tokens for unpaired prompts). A base
         or source of noise draws (:class:`NoisedRuns`) gives the mean over its draws. Metrics
-        left out of ``scored`` (by default the engine's own ``scored``) are NaN: when every scored metric is one of FIRST_TOKEN_METRICS,
-        only the last prompt position's logits are read, so no pass carries a patch past it (a
-        stage that reads the refusal metric alone does a fraction of the work).
+        left out of ``scored`` (by default the engine's own ``scored``) are NaN: when every
+        scored metric is one of FIRST_TOKEN_METRICS, only the last prompt position's logits are
+        read, so no pass carries a patch past it (a stage that reads the refusal metric alone
+        does a fraction of the work).
         """
         scored = self.scored if scored is None else _checked_metrics(scored)
         if isinstance(base, NoisedRuns) or isinstance(source, NoisedRuns):
@@ -398,8 +399,8 @@ def _scored_only(out: np.ndarray, scored: Sequence[str], interventions: Sequence
     for j, metric in enumerate(METRICS):
         if metric not in scored:
             out[:, j] = np.nan
-        elif np.isnan(out[:, j]).any():
-            i = int(np.flatnonzero(np.isnan(out[:, j]))[0])
+        elif (missing := np.flatnonzero(np.isnan(out[:, j]))).size:
+            i = int(missing[0])
             raise FloatingPointError(f"the {metric} metric is NaN under intervention {list(interventions[i])}: "
                                      "the model's logits are not finite (try dtype float32)")
     return out

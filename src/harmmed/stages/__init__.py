@@ -26,8 +26,8 @@ _MODULE_OF = {
                      "mediate_module", "mediate_neuron", "mediate_token", "merge_shards", "neuron_sparsity",
                      "recovery", "run_probe", "screen_units"], "model_runs"),
     **dict.fromkeys(["calibration", "claims", "cross_model_figure", "figures", "generation_figure", "merge_shards",
-                     "neuron_figures", "neuron_ranking", "probe_figure", "recovery_figure", "screen_figures", "summary", "token_figures"],
-                    "tables"),
+                     "neuron_figures", "neuron_ranking", "probe_figure", "recovery_figure", "screen_figures", "summary",
+                     "token_figures"], "tables"),
 }
 
 __all__ = sorted(_MODULE_OF)

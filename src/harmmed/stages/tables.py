@@ -19,7 +19,7 @@ from ..stats.calibration import calibrated_marks, calibration_table, read_recove
 from ..stats.claims import CLAIMS_FLOAT_FORMAT, c4_row, compute_claims, read_claims, write_claims_csv
 from ..stats.claims_report import claims_markdown
 from ..stats.effects import Bootstrap
-from ..stats.ranking import discovery_ranking
+from ..stats.ranking import RANKING_COLUMNS, discovery_ranking
 from ..stats.rates import read_rates
 from ..stats.screen_report import pair_outcomes, read_screen
 from ..stats.summary import SUMMARY_COLUMNS, summary_markdown, summary_table
@@ -144,7 +144,7 @@ def neuron_ranking(manifest: ManifestSource, neuron_csv: str | Path, ranking_csv
     """The discovery ranking of final-layer units over every pair of neuron.csv (no model is run)."""
     final = int(read_manifest(manifest)["n_layers"]) - 1
     ranking = discovery_ranking(read_table(neuron_csv, ("positions", "block", "neuron")), final)
-    write_table(ranking, list(ranking.columns), ranking_csv)
+    write_table(ranking, RANKING_COLUMNS, ranking_csv)
 
 
 def neuron_figures(cfg: dict, inputs: Paths, out_dir: str | Path) -> None:

@@ -11,7 +11,6 @@ import pandas as pd
 
 from ..constants import UNIT_SITES, metrics_in
 
-
 RANKING_COLUMNS = ["metric", "site", "layer", "unit", "mean_nie", "oriented_nie", "rank"]
 
 
