@@ -133,22 +133,28 @@ def test_recovery_tables_and_figure(setup) -> None:
 
 def test_a_changed_training_setting_reruns_only_that_fine_tune(setup, tmp_path) -> None:
     """Through the workflow: the fine-tune's params carry its spec, so editing its learning rate
-    reruns that fine-tune (and what reads it), not the base model's download or the other plant."""
+    reruns that fine-tune (and what reads it), not the base model's download, the other plant,
+    or any recovery table: a plant's recovery reads its own manifest, and the null rows of a
+    model without a plant read the plants' sites and seeded units, which the seed alone changes."""
     from test_workflow import snakemake
 
     work, cfg = setup
     raw = {key: cfg[key] for key in ("models", "prompts", "metrics", "neuron", "finetune", "recovery", "effects")}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    targets = ("results/plant/manifest.json", "results/gate/manifest.json")
+    targets = ("results/gate/manifest.json", "results/plant/recovery.csv", "results/tiny/recovery.csv")
     done = snakemake(tmp_path, config, *targets)
     assert done.returncode == 0, done.stderr[-4000:]
-    raw["models"][1] = {**raw["models"][1], "lr": 2e-2}
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    dry = snakemake(tmp_path, edited, *targets, "--dry-run")
-    assert dry.returncode == 0, dry.stderr[-4000:]
-    planned = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
-    assert planned == {"finetune_model"} and dry.stdout.count("rule finetune_model:") == 1
-    outputs = [line.split(":", 1)[1].strip() for line in dry.stdout.splitlines() if line.strip().startswith("output:")]
-    assert outputs == ["results/plant/manifest.json"]  # the gate plant, edited nowhere, stays
+
+    def planned_outputs(name: str, **changes) -> list[str]:
+        edited_raw = {**raw, "models": [*raw["models"][:2], {**raw["models"][2], **changes}]}
+        edited = tmp_path / f"{name}.yaml"
+        edited.write_text(yaml.safe_dump(edited_raw), encoding="utf-8")
+        dry = snakemake(tmp_path, edited, *targets, "--dry-run")
+        assert dry.returncode == 0, dry.stderr[-4000:]
+        return sorted(line.split(":", 1)[1].strip() for line in dry.stdout.splitlines()
+                      if line.strip().startswith("output:"))
+
+    assert planned_outputs("lr", lr=2e-2) == ["results/gate/manifest.json"]
+    # a new seed draws other seeded units: the base model's null rows change, the other plant's rows do not
+    assert planned_outputs("seed", seed=1) == ["results/gate/manifest.json", "results/tiny/recovery.csv"]

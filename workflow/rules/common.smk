@@ -48,10 +48,23 @@ def computed_from(spec, scored=True):
     return out
 
 
+def null_plants(wildcards):
+    """What recovery reads of the configured plants: a plant is tested against its own ground
+    truth (its manifest), so none; a model without a plant against every plant's site and seeded
+    units (analyses.recovery.configured_plants), which their name, trainable and seed decide."""
+    if model_spec(config, wildcards.model).get("trainable", "all") != "all":
+        return []
+    return [
+        {key: m[key] for key in ("name", "trainable", "seed")}
+        for m in config["models"]
+        if m["source"] == "finetune" and m["trainable"] != "all"
+    ]
+
+
 DERIVED_SETTINGS = {
-    "plants": lambda: [computed_from(m, scored=False) for m in config["models"] if m["source"] == "finetune"],
-    "expected_verdicts": lambda: {m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
-    "public_pins": lambda: locked_pins(),
+    "plants": null_plants,
+    "expected_verdicts": lambda wildcards: {m["name"]: m.get("expected_verdicts") or {} for m in config["models"]},
+    "public_pins": lambda wildcards: locked_pins(),
 }
 
 
@@ -79,7 +92,7 @@ def reads(*keys, model=False, scored=True):
         values = {}
         for key in keys:
             if key in DERIVED_SETTINGS:
-                values[key] = DERIVED_SETTINGS[key]()
+                values[key] = DERIVED_SETTINGS[key](wildcards)
                 continue
             value = config
             for part in key.split("."):
