@@ -11,7 +11,8 @@
 #   make figures BUNDLE=results-m-c.tar.gz   # redraw figures, claims.md, report from a bundle (no torch)
 #   make compare                        # results/ against the shipped reference/ run (RESULTS=, REFERENCE=)
 #   make reference                      # copy a finished run's small tables into reference/
-#   make docs-results                   # README's and docs/results.md's results tables from reference/summary.csv
+#   make reference-grid                 # after make calibrate: the grid's claims and recovery into reference-grid/
+#   make docs-results                   # the results tables of README, docs/results.md (reference/) and docs/calibration-grid.md (reference-grid/)
 #   make test PYTEST_ARGS="-k config"   # pytest, then `make lint`
 #   make lint                           # snakemake --lint (0 findings), snakefmt --check, lint-imports (the wings' contracts)
 #   make format                         # snakefmt: rewrite the Snakefile and workflow/rules/*.smk
@@ -36,7 +37,7 @@ STAMP := $(VENV)/.installed
 SNAKEMAKE := PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake
 SMK_FLAGS = --configfile $(CONFIG) --cores $(CORES) $(SNAKEMAKE_ARGS)  # --cores last: targets may follow
 
-.PHONY: venv config-check replicate calibrate dryrun report test lint format docs test-cluster bench clean verify bundle \
+.PHONY: venv config-check replicate calibrate reference-grid dryrun report test lint format docs test-cluster bench clean verify bundle \
 	figures compare reference docs-results
 
 $(STAMP): requirements.lock pyproject.toml
@@ -89,6 +90,11 @@ compare:
 reference:
 	$(TABLES_PYTHON) -m harmmed.review.compare --write-reference $(RESULTS) $(REFERENCE)
 	@mkdir -p docs/img && cp figures/calibration.png docs/img/calibration.png  # the README's headline figure
+
+# The calibration grid's record (after make calibrate): each model's claims, recovery and
+# digests, the calibration and the summary; docs/calibration-grid.md is written from it.
+reference-grid:
+	$(TABLES_PYTHON) -m harmmed.review.compare --write-reference --grid $(RESULTS) reference-grid
 
 docs-results:
 	$(TABLES_PYTHON) -m harmmed.review.docs_results $(SUMMARY)

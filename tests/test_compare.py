@@ -89,6 +89,21 @@ def test_reference_holds_the_small_tables_and_their_sums(run):
     assert "training_seconds" not in (reference / "plant" / "manifest_digests.json").read_text()
 
 
+def test_the_grid_record_keeps_claims_and_digests_and_compares(tmp_path, capsys):
+    """make reference-grid: each model's claims and digests (its recovery where it has one), no
+    per-pair table; a run compared with it passes, and an edited verdict still fails."""
+    results = make_results(tmp_path / "ours")
+    record = tmp_path / "reference-grid"
+    assert main(["--write-reference", "--grid", str(results), str(record)]) == 0
+    sums = {line.split("  ")[1] for line in (record / "SHA256SUMS").read_text().splitlines()}
+    assert sums == {"calibration.csv", "summary.csv", *(f"{m}/{f}" for m in MODELS
+                                                          for f in ("manifest_digests.json", "claims.csv"))}
+    capsys.readouterr()
+    assert main([str(results), str(record)]) == 0, capsys.readouterr().out
+    edit_csv(results / "base" / "claims.csv", 0, "verdict", "inconclusive")
+    assert main([str(results), str(record)]) == 1
+
+
 def test_identical_trees_pass(run, capsys):
     status, out = compare(run, capsys)
     assert status == 0, out

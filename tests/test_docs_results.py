@@ -78,3 +78,54 @@ def test_a_page_without_its_markers_is_named(checkout, capsys):
 def test_no_summary_is_one_line(tmp_path, capsys):
     assert main(["--root", str(tmp_path)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+GRID_CALIBRATION = (
+    "statistic,model,expected,verdict,value,ci_low,ci_high,correct,ground_truth\n"
+    "late_band_necessity_share[refusal],base,,supported,0.9,0.8,1.0,,\n"
+    "late_band_necessity_share[refusal],late,supported,supported,0.99,0.98,1.0,true,established\n"
+    "late_band_necessity_share[refusal],early,not supported,inconclusive,0.45,0.3,0.6,false,established\n"
+    "late_band_necessity_share[refusal],weak,not supported,supported,0.8,0.7,0.9,,"
+    "not established: necessity_planted\n"
+    "final_layer_topk_gate_sufficiency[refusal],late,not supported,not supported,0.1,0.0,0.2,true,established\n"
+    "final_layer_topk_gate_necessity[refusal],late,not supported,not supported,0.1,0.0,0.2,true,established\n")
+GRID_SUMMARY = ("model,claim,statistic,value,ci_low,ci_high,threshold,verdict,n_pairs,calibration\n"
+                "late,C1-route,late_band_necessity_share[refusal],0.99,0.98,1.0,0.5,supported,48,x\n"
+                "late,C3,final_layer_topk_gate_sufficiency[refusal],0.1,0.0,0.2,0.5,not supported,48,x\n"
+                "late,C3,final_layer_topk_gate_necessity[refusal],0.1,0.0,0.2,0.5,not supported,48,x\n")
+RECOVERY_HEADER = "model,plant,statistic,value,ci_low,ci_high,target,pass,n_pairs\n"
+
+
+def test_the_grid_page_is_written_from_the_grid_record(checkout, capsys):
+    """Each statistic's right/judged per expected side over the established plants, a wrong
+    verdict shown with what it read, an unestablished plant in parentheses and never counted,
+    and each plant's ground-truth rows (not the rows that only say what the method found)."""
+    page = checkout / "docs" / "calibration-grid.md"
+    page.write_text(f"# Grid\n\n{BEGIN}\n{END}\n")
+    assert main(["--root", str(checkout)]) == 1  # the page without its record: named, nothing written
+    assert "reference-grid/calibration.csv: missing" in capsys.readouterr().err
+    assert page.read_text() == f"# Grid\n\n{BEGIN}\n{END}\n"
+    record = checkout / "reference-grid"
+    record.mkdir()
+    (record / "calibration.csv").write_text(GRID_CALIBRATION)
+    (record / "summary.csv").write_text(GRID_SUMMARY)
+    for plant, passed in (("late", "True"), ("early", "True"), ("weak", "False")):
+        (record / plant).mkdir()
+        (record / plant / "recovery.csv").write_text(
+            RECOVERY_HEADER + f"{plant},{plant},type_contrast_mlp,0.9,0.8,1.0,>= 0.8,True,48\n"
+            f"{plant},{plant},type_contrast_attn,0.2,0.1,0.3,<= 0.4,True,48\n"
+            f"{plant},{plant},necessity_planted,0.6,0.5,0.7,>= 0.5,{passed},48\n"
+            f"{plant},{plant},behaviour_check,1,,,1,True,48\n")
+    assert checkout / "docs/calibration-grid.md" in update_docs(checkout / DEFAULT_SUMMARY, checkout)
+    text = page.read_text()
+    assert "**3 plants, 2 with an established ground truth; 3 of 4 judged rows right.**" in text
+    assert ("| C1-route | `late_band_necessity_share[refusal]` | 1/1 | 0/1 | not calibrated (wrong on early) |"
+            in text)
+    assert ("| C3 | `final_layer_topk_gate_sufficiency[refusal]` | - | 1/1 | calibrated on one side "
+            "('not supported' only; right on 1 plant) |") in text
+    assert "| plant | ground truth | C1-route | C3 sufficiency | C3 necessity |" in text
+    assert "| late | established | ✓ | ✓ | ✓ |" in text and "| early | established | ✗ inconclusive | - | - |" in text
+    assert "| weak | not established: necessity_planted | (supported) | - | - |" in text
+    assert "| weak | `necessity_planted` | 0.6 (0.5 to 0.7) | >= 0.5 | False |" in text
+    assert "type_contrast_attn" not in text  # a "<=" row says what else carries it, not where the plant is
+    assert outdated(checkout / DEFAULT_SUMMARY, checkout) == []

@@ -42,6 +42,9 @@ SUMS = "SHA256SUMS"
 DIGESTS = "manifest_digests.json"  # the manifest's digests only: its other fields vary run to run
 MODEL_FILES = (DIGESTS, "inputs.jsonl", "claims.csv", "recovery.csv", "probe.csv", "layer.csv", "module.csv")
 REQUIRED_MODEL_FILES = (DIGESTS, "inputs.jsonl", "claims.csv")
+# The calibration grid's record (reference/grid, make reference-grid): what its calibration and
+# each plant's ground truth are read from, a few KB a model rather than the per-pair tables.
+GRID_MODEL_FILES = (DIGESTS, "claims.csv", "recovery.csv")
 UNRECORDED = (DIGESTS, "recovery.csv")  # files a provenance record never lists (written after it, or derived)
 RUN_FILES = ("calibration.csv", "summary.csv")
 DIGEST_KEYS = ("source", "sha256", "wheel_sha256", "gguf_sha256", "base_sha256", "data_sha256", "files")
@@ -128,9 +131,10 @@ def _recorded_results(results: Path, model: str) -> dict[str, str] | None:
     return dict(read_json(provenance).get("results", {})) if provenance.is_file() else None
 
 
-def reference_files(results: Path) -> dict[str, bytes]:
-    """relative path -> bytes of every file the reference holds, for the models of the run's
-    summary.csv. A missing summary, calibration or required model file is an error."""
+def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES) -> dict[str, bytes]:
+    """relative path -> bytes of every file the reference holds (of ``model_files`` for each
+    model of the run's summary.csv). A missing summary, calibration or required model file is
+    an error."""
     for name in RUN_FILES:
         if not (results / name).is_file():
             raise ReferenceError(f"{results / name}: missing; run the whole workflow first (make replicate)")
@@ -138,7 +142,7 @@ def reference_files(results: Path) -> dict[str, bytes]:
     files = {name: (results / name).read_bytes() for name in RUN_FILES}
     for model in models:
         recorded = _recorded_results(results, model)
-        for name in MODEL_FILES:
+        for name in model_files:
             if recorded is not None and name not in UNRECORDED and name not in recorded:
                 continue  # not part of this run (a stage the model skips): a leftover is no reference
             data = _source_bytes(results, f"{model}/{name}")
@@ -155,10 +159,10 @@ def reference_files(results: Path) -> dict[str, bytes]:
     return files
 
 
-def write_reference(results: Path, reference: Path) -> list[str]:
+def write_reference(results: Path, reference: Path, model_files: Sequence[str] = MODEL_FILES) -> list[str]:
     """Replace ``reference`` with the run's small tables and their SHA256SUMS, whole or not at
     all; returns the relative paths written."""
-    files = reference_files(results)
+    files = reference_files(results, model_files)
     reference.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=reference.parent, prefix=f".{reference.name}."))
     try:
@@ -419,10 +423,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("reference", nargs="?", default="reference", type=Path)
     parser.add_argument("--write-reference", action="store_true",
                         help="copy the run's small tables from RESULTS into REFERENCE (make reference)")
+    parser.add_argument("--grid", action="store_true",
+                        help="with --write-reference: keep only each model's claims, recovery and digests "
+                             "(make reference-grid)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         if args.write_reference:
-            written = write_reference(args.results, args.reference)
+            written = write_reference(args.results, args.reference, GRID_MODEL_FILES if args.grid else MODEL_FILES)
             print(f"reference: {len(written)} files and {SUMS} written to {args.reference}")
             return 0
         comparison = compare_runs(args.results, args.reference)
