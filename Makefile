@@ -88,13 +88,14 @@ compare:
 	$(TABLES_PYTHON) -m harmmed.review.compare $(RESULTS) $(REFERENCE)
 
 reference:
-	$(TABLES_PYTHON) -m harmmed.review.compare --write-reference $(RESULTS) $(REFERENCE)
+	$(TABLES_PYTHON) -m harmmed.review.compare --write-reference --config $(CONFIG) $(RESULTS) $(REFERENCE)
 	@mkdir -p docs/img && cp figures/calibration.png docs/img/calibration.png  # the README's headline figure
 
 # The calibration grid's record (after make calibrate): each model's claims, recovery and
 # digests, the calibration and the summary; docs/calibration-grid.md is written from it.
 reference-grid:
-	$(TABLES_PYTHON) -m harmmed.review.compare --write-reference --grid $(RESULTS) reference-grid
+	$(TABLES_PYTHON) -m harmmed.review.compare --write-reference --grid --config config/calibration_grid.yaml \
+	  $(RESULTS) reference-grid
 
 docs-results:
 	$(TABLES_PYTHON) -m harmmed.review.docs_results $(SUMMARY)

@@ -89,19 +89,36 @@ def test_reference_holds_the_small_tables_and_their_sums(run):
     assert "training_seconds" not in (reference / "plant" / "manifest_digests.json").read_text()
 
 
-def test_the_grid_record_keeps_claims_and_digests_and_compares(tmp_path, capsys):
-    """make reference-grid: each model's claims and digests (its recovery where it has one), no
-    per-pair table; a run compared with it passes, and an edited verdict still fails."""
+def test_the_grid_record_keeps_claims_recovery_and_digests_and_compares(tmp_path, capsys):
+    """make reference-grid: each model's claims and digests, and its recovery where it has one,
+    no per-pair table; a run compared with it passes, and an edited verdict still fails."""
     results = make_results(tmp_path / "ours")
+    (results / "plant" / "recovery.csv").write_text(
+        "model,plant,statistic,value,ci_low,ci_high,target,pass,n_pairs\n"
+        "plant,plant,necessity_planted,0.8,0.7,0.9,>= 0.5,True,16\n")
     record = tmp_path / "reference-grid"
     assert main(["--write-reference", "--grid", str(results), str(record)]) == 0
     sums = {line.split("  ")[1] for line in (record / "SHA256SUMS").read_text().splitlines()}
-    assert sums == {"calibration.csv", "summary.csv", *(f"{m}/{f}" for m in MODELS
-                                                          for f in ("manifest_digests.json", "claims.csv"))}
+    assert sums == {"calibration.csv", "summary.csv", "plant/recovery.csv",
+                    *(f"{m}/{f}" for m in MODELS for f in ("manifest_digests.json", "claims.csv"))}
     capsys.readouterr()
     assert main([str(results), str(record)]) == 0, capsys.readouterr().out
-    edit_csv(results / "base" / "claims.csv", 0, "verdict", "inconclusive")
+    edit_csv(results / "plant" / "recovery.csv", 0, "pass", "False")
     assert main([str(results), str(record)]) == 1
+
+
+def test_a_reference_of_another_configs_run_is_refused(tmp_path, capsys):
+    """results/ holds whichever of the default run and the grid ran last: the reference names the
+    config whose models the run must be, and a run of other models writes nothing."""
+    results = make_results(tmp_path / "ours")
+    config = tmp_path / "grid.yaml"
+    config.write_text("models:\n  - {name: base}\n  - {name: plant}\n  - {name: grid-plant}\n")
+    assert main(["--write-reference", "--config", str(config), str(results), str(tmp_path / "ref")]) == 1
+    err = capsys.readouterr().err
+    assert "a run of 2 models, not the 3 of" in err and "make replicate CONFIG=" in err and err.count("\n") == 1
+    assert not (tmp_path / "ref").exists()
+    config.write_text("models:\n  - {name: plant}\n  - {name: base}\n")
+    assert main(["--write-reference", "--config", str(config), str(results), str(tmp_path / "ref")]) == 0
 
 
 def test_identical_trees_pass(run, capsys):

@@ -31,8 +31,8 @@ def _names_regex(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-# Config values that are not one key: what the recovery reads of every plant, and the expected
-# verdicts the calibration reads (an edited verdict reruns the calibration, not the recovery).
+# Config values that are not one key: what the recovery reads of the other plants, and the
+# expected verdicts the calibration reads (an edited verdict reruns the calibration, not the recovery).
 NOT_COMPUTED_FROM = ("expected_verdicts", "skip_stages")  # a model entry's keys that change no computation
 
 
@@ -51,11 +51,16 @@ def computed_from(spec, scored=True):
 def null_plants(wildcards):
     """What recovery reads of the configured plants: a plant is tested against its own ground
     truth (its manifest), so none; a model without a plant against every plant's site and seeded
-    units (analyses.recovery.configured_plants), which their name, trainable and seed decide."""
+    units (analyses.recovery.configured_plants), which their name, trainable and (a neuron plant's
+    units) seed decide."""
     if model_spec(config, wildcards.model).get("trainable", "all") != "all":
         return []
     return [
-        {key: m[key] for key in ("name", "trainable", "seed")}
+        {
+            "name": m["name"],
+            "trainable": m["trainable"],
+            "seed": m["seed"] if m["trainable"]["site"] == "neuron" else None,
+        }
         for m in config["models"]
         if m["source"] == "finetune" and m["trainable"] != "all"
     ]

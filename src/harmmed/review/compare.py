@@ -42,7 +42,7 @@ SUMS = "SHA256SUMS"
 DIGESTS = "manifest_digests.json"  # the manifest's digests only: its other fields vary run to run
 MODEL_FILES = (DIGESTS, "inputs.jsonl", "claims.csv", "recovery.csv", "probe.csv", "layer.csv", "module.csv")
 REQUIRED_MODEL_FILES = (DIGESTS, "inputs.jsonl", "claims.csv")
-# The calibration grid's record (reference/grid, make reference-grid): what its calibration and
+# The calibration grid's record (reference-grid/, make reference-grid): what its calibration and
 # each plant's ground truth are read from, a few KB a model rather than the per-pair tables.
 GRID_MODEL_FILES = (DIGESTS, "claims.csv", "recovery.csv")
 UNRECORDED = (DIGESTS, "recovery.csv")  # files a provenance record never lists (written after it, or derived)
@@ -131,14 +131,23 @@ def _recorded_results(results: Path, model: str) -> dict[str, str] | None:
     return dict(read_json(provenance).get("results", {})) if provenance.is_file() else None
 
 
-def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES) -> dict[str, bytes]:
+def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES,
+                    config: Path | None = None) -> dict[str, bytes]:
     """relative path -> bytes of every file the reference holds (of ``model_files`` for each
     model of the run's summary.csv). A missing summary, calibration or required model file is
-    an error."""
+    an error, and so is a run of other models than ``config`` lists (results/ holds whichever
+    of the default run and the grid ran last)."""
     for name in RUN_FILES:
         if not (results / name).is_file():
             raise ReferenceError(f"{results / name}: missing; run the whole workflow first (make replicate)")
     models = list(dict.fromkeys(pd.read_csv(results / "summary.csv", dtype=str, keep_default_na=False)["model"]))
+    if config is not None:
+        import yaml
+
+        listed = [m["name"] for m in (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("models", [])]
+        if sorted(listed) != sorted(models):
+            raise ReferenceError(f"{results / 'summary.csv'}: a run of {len(models)} models, not the {len(listed)} "
+                                 f"of {config}; run that config first (make replicate CONFIG={config})")
     files = {name: (results / name).read_bytes() for name in RUN_FILES}
     for model in models:
         recorded = _recorded_results(results, model)
@@ -159,10 +168,11 @@ def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES) -> 
     return files
 
 
-def write_reference(results: Path, reference: Path, model_files: Sequence[str] = MODEL_FILES) -> list[str]:
+def write_reference(results: Path, reference: Path, model_files: Sequence[str] = MODEL_FILES,
+                    config: Path | None = None) -> list[str]:
     """Replace ``reference`` with the run's small tables and their SHA256SUMS, whole or not at
     all; returns the relative paths written."""
-    files = reference_files(results, model_files)
+    files = reference_files(results, model_files, config)
     reference.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=reference.parent, prefix=f".{reference.name}."))
     try:
@@ -426,10 +436,15 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--grid", action="store_true",
                         help="with --write-reference: keep only each model's claims, recovery and digests "
                              "(make reference-grid)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="with --write-reference: the config whose models the run must be")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if (args.grid or args.config) and not args.write_reference:
+        parser.error("--grid and --config go with --write-reference")
     try:
         if args.write_reference:
-            written = write_reference(args.results, args.reference, GRID_MODEL_FILES if args.grid else MODEL_FILES)
+            written = write_reference(args.results, args.reference, GRID_MODEL_FILES if args.grid else MODEL_FILES,
+                                      args.config)
             print(f"reference: {len(written)} files and {SUMS} written to {args.reference}")
             return 0
         comparison = compare_runs(args.results, args.reference)
