@@ -129,3 +129,7 @@ def test_the_grid_page_is_written_from_the_grid_record(checkout, capsys):
     assert "| weak | `necessity_planted` | 0.6 (0.5 to 0.7) | >= 0.5 | False |" in text
     assert "type_contrast_attn" not in text  # a "<=" row says what else carries it, not where the plant is
     assert outdated(checkout / DEFAULT_SUMMARY, checkout) == []
+    # the README and the results page add the grid's calibration of each statistic
+    readme = (checkout / "README.md").read_text()
+    assert "| calibration | on the calibration grid |" in readme
+    assert "| calibrated on both sides (right on 2 plants) | - |" in readme  # a statistic the grid never judged

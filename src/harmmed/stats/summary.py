@@ -64,17 +64,20 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def summary_markdown_table(summary: pd.DataFrame) -> list[str]:
+def summary_markdown_table(summary: pd.DataFrame, grid_marks: Mapping[str, str] | None = None) -> list[str]:
     """Markdown lines: one row per statistic (in order of first appearance), one verdict column
-    per model (in order of first appearance), then the statistic's calibration mark."""
+    per model (in order of first appearance), then the statistic's calibration mark, and with
+    ``grid_marks`` (statistic -> mark) its calibration on the grid of plants too."""
     models = list(dict.fromkeys(summary["model"]))
     statistics = list(dict.fromkeys(zip(summary["claim"], summary["statistic"])))
     cells = {(r["model"], r["statistic"]): verdict_cell(r) for r in summary.to_dict("records")}
     marks = dict(zip(summary["statistic"], summary["calibration"]))
-    header = ["claim", "statistic", *models, "calibration"]
+    header = ["claim", "statistic", *models, "calibration", *(["on the calibration grid"] if grid_marks else [])]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     for claim, statistic in statistics:
         row = [claim, f"`{statistic}`", *(cells.get((m, statistic), MISSING) for m in models), marks[statistic]]
+        if grid_marks:
+            row.append(grid_marks.get(statistic, MISSING))
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
