@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io.storage import atomic_path
-from ..stats.calibration import ESTABLISHED, GROUND_TRUTH_ROWS, calibrated_marks
+from ..stats.calibration import ESTABLISHED, calibrated_marks, ground_truth_rows
 from ..stats.summary import LEGEND, read_summary, summary_markdown_table, verdict_cell
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -159,9 +159,7 @@ def grid_block(record: Path, source: str) -> list[str]:
         path = record / plant / "recovery.csv"
         if not path.is_file():
             raise ValueError(f"{path}: missing from the grid record; rerun make reference-grid")
-        recovery = pd.read_csv(path, dtype=str, keep_default_na=False)
-        own = recovery[(recovery["plant"] == plant) & (recovery["statistic"].isin(GROUND_TRUTH_ROWS)
-                       | (recovery["statistic"].str.startswith("type_contrast_") & recovery["target"].str.startswith(">=")))]
+        own = ground_truth_rows(pd.read_csv(path, dtype=str, keep_default_na=False), plant)
         for record_row in own.to_dict("records"):
             interval = (f" ({_number(record_row['ci_low'])} to {_number(record_row['ci_high'])})"
                         if record_row["ci_low"] not in ("", "nan") else "")

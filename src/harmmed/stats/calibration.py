@@ -52,13 +52,19 @@ def expected_verdict(claim: str, statistic: str, expected: Mapping[str, str], me
     return expected.get(claim, "")
 
 
+def ground_truth_rows(recovery: pd.DataFrame, model: str) -> pd.DataFrame:
+    """``model``'s own rows of its recovery table that say where its mechanism lives: the
+    GROUND_TRUTH_ROWS and the planted type's ``type_contrast_<site>`` (the one with a ">=" target)."""
+    own = recovery[(recovery["model"] == model) & (recovery["plant"].isin([model, ""]))]
+    return own[own["statistic"].isin(GROUND_TRUTH_ROWS)
+               | (own["statistic"].str.startswith("type_contrast_") & own["target"].str.startswith(">="))]
+
+
 def unmet_ground_truth(recovery: pd.DataFrame, model: str) -> list[str]:
     """The ground-truth rows of ``model``'s own plant in its recovery table that missed their
     target (empty: the mechanism lives in the trained components). A table without the plant's
     own rows is an error: the ground truth cannot be checked."""
-    own = recovery[(recovery["model"] == model) & (recovery["plant"].isin([model, ""]))]
-    rows = own[own["statistic"].isin(GROUND_TRUTH_ROWS)
-               | (own["statistic"].str.startswith("type_contrast_") & own["target"].str.startswith(">="))]
+    rows = ground_truth_rows(recovery, model)
     if not (rows["statistic"] != "behaviour_check").any():
         raise ValueError(f"recovery table of {model}: no rows of its own plant to check its ground truth against")
     return rows[rows["pass"].astype(str) != "True"]["statistic"].tolist()
