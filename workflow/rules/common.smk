@@ -90,8 +90,9 @@ def locked_pins():
 def reads(*keys, model=False, scored=True):
     """A rule's ``params``: a digest of exactly the config values the rule's stage reads (dotted
     ``keys``, or a name of DERIVED_SETTINGS) and, with ``model``, the model's own entry of
-    ``models`` (without ``scored``, less its scored_metrics, which that stage does not read). Snakemake's params trigger reruns a job when its digest changes, so a changed
-    setting reruns what it affects and nothing else."""
+    ``models`` (without ``scored``, less its scored_metrics, which that stage does not read).
+    Snakemake's params trigger reruns a job when its digest changes, so a changed setting reruns
+    what it affects and nothing else."""
 
     def digest(wildcards):
         values = {}
