@@ -89,19 +89,18 @@ def test_planted_late_mlp_is_found_and_calibration_marks_it(calibrated_run):
     assert claims.loc["behaviour_present_TE[refusal]", "ci_low"] > 1.0
     route = claims.loc["late_band_necessity_share[refusal]"]
     origin = claims.loc["late_minus_max_earlier_band_necessity_share[refusal]"]
-    c2 = claims.loc["late_window_mlp_minus_attn_NIE_share[refusal]"]
+    c2 = claims.loc["late_band_mlp_minus_attn_necessity_share[refusal]"]
     c2_origin = claims.loc["origin_band_mlp_minus_attn_necessity_share[refusal]"]
     gate = claims.loc["final_layer_topk_gate_sufficiency[refusal]"]
     necessity = claims.loc["final_layer_topk_gate_necessity[refusal]"]
     assert route["verdict"] == "supported" and route["value"] > 0.8
     assert origin["verdict"] == "supported" and origin["value"] > 0.5
-    assert c2["verdict"] == "supported" and c2["value"] > 0.8
+    assert c2["verdict"] == "supported" and c2["value"] > 0.5
     assert c2_origin["verdict"] == "supported" and c2_origin["value"] > 0.5
     assert gate["verdict"] == "not supported" and abs(gate["value"]) < 0.1
     assert necessity["verdict"] == "not supported" and abs(necessity["value"]) < 0.1
     patches = pd.read_csv(workdir / "results" / "plant-late-mlp" / "claim_patches.csv", keep_default_na=False)
-    chosen = patches[(patches["role"] == "c2_mlp") & (patches["metric"] == "refusal")]
-    assert set(chosen["layers"]) <= {"4:5", "4:6"}  # the late window the module sweep chose
+    assert set(patches[patches["role"] == "band_late_mlp"]["layers"]) == {"4:6"}  # the last third of 6 layers
     inputs = [json.loads(line) for line in (workdir / "results" / "plant-late-mlp" / "inputs.jsonl").open()]
     held_out = {p["pair_id"] for p in inputs if p["split"] == "held_out"}
     selecting = patches["role"].str.startswith("select_")
@@ -126,7 +125,7 @@ def test_planted_late_mlp_is_found_and_calibration_marks_it(calibrated_run):
 @pytest.mark.parametrize("lengths", [(13, 12), (12, 15)])
 def test_unpaired_claim_patches_use_the_configured_positions(lengths):
     """Issue 9, defect 6: unpaired prompts forbid "all", so the claim patches take the module
-    stage's positions ("post") in each direction's own base run, and C2 runs."""
+    stage's positions ("post") in each direction's own base run, and the profile runs."""
     from tiny import tiny_model
 
     from harmmed.analyses.claim_patches import ClaimSettings, build_plan, pair_rows
@@ -142,18 +141,16 @@ def test_unpaired_claim_patches_use_the_configured_positions(lengths):
                        list(range(50, 47 + benign_len)) + [2, 3, 4], [40, 41, 42],
                        list(range(harmful_len - 3, harmful_len)))
     cfg = {"claims": {"top_fraction": 0.05, "random_draws": 3, "seed": 0},
-           "mediation": {"module_positions": ["post"]}, "effects": {"min_abs_te": 0.0}}
-    module = pd.DataFrame([dict(pair_id="d", metric=m, kind="NIE", site=site, layer=layer, window=1,
-                                positions="post", y_benign=0.0, y_harmful=1.0, y_patched=0.1, effect=0.1)
-                           for m in ("harm", "refusal") for site in ("mlp", "attn") for layer in range(4)])
+           "mediation": {"module_positions": ["post"]}}
     ranking = pd.DataFrame([dict(metric=m, site="neuron", layer=3, unit=u, rank=u + 1)
                             for m in ("harm", "refusal") for u in range(48)])
-    plan = build_plan(ClaimSettings.from_config(cfg), {"n_layers": 4, "d_mlp": 48}, module, ranking)
+    plan = build_plan(ClaimSettings.from_config(cfg), {"n_layers": 4, "d_mlp": 48}, ranking)
     assert plan.positions == "post" and plan.top["refusal"] == (0, 1, 2)
     rows = pd.DataFrame(pair_rows(engine, pair, clean_runs(engine, pair), plan), columns=PATCH_COLUMNS)
     profile = {f"band_{band}_{types}" for band in ("early", "mid", "late") for types in ("both", "attn", "mlp")}
-    assert set(rows["positions"]) == {"post"} and {"c2_mlp", "c2_attn", *profile} <= set(rows["role"])
+    assert set(rows["positions"]) == {"post"} and profile <= set(rows["role"])
     assert set(rows[rows["role"].isin(profile)]["kind"]) == {"NEC"}
+    assert set(rows[rows["kind"] == "NIE"]["role"]) == {"c3_topk", "c3_layer", "c3_random"}
     # the final MLP's units at the post positions of each base run include its last prompt token,
     # the only one whose final-layer units reach the refusal score: the same as patching that token
     from harmmed.patching.patches import Patch
@@ -166,19 +163,15 @@ def test_unpaired_claim_patches_use_the_configured_positions(lengths):
     assert layer.loc["NIE", "y_patched"] == pytest.approx(last_only["NIE"], abs=1e-5)
     assert layer.loc["NEC", "y_patched"] == pytest.approx(last_only["NEC"], abs=1e-5)
     assert abs(layer.loc["NIE", "effect"]) > 1e-4 and abs(layer.loc["NEC", "effect"]) > 1e-4
-    # C2-route compares the types on the late window; every row equals its intervention run alone
-    late = plan.c2["refusal"][0]
-    nie = rows[(rows["kind"] == "NIE") & (rows["metric"] == "refusal")].set_index("role")
-    assert nie.loc["c2_mlp", "layers"] == nie.loc["c2_attn", "layers"] == late.label
-    for site in ("mlp", "attn"):
-        alone = engine.patch(benign, harmful, [tuple(Patch(site, layer, tuple(range(len(pair.benign_ids) - 3,
-                                                                                  len(pair.benign_ids))))
-                                                     for layer in late.layers)])[0][1]
-        assert nie.loc[f"c2_{site}", "y_patched"] == pytest.approx(alone, abs=1e-6)
     # the profile holds a band's outputs at their benign values in the harmful run: the mid band
-    # of 4 layers is layer 2; "both" holds its attention and MLP outputs together
+    # of 4 layers is layer 2, the late band layer 3; "both" holds attention and MLP outputs
+    # together; each row equals its intervention run alone
     nec = rows[(rows["kind"] == "NEC") & (rows["metric"] == "refusal")].set_index("role")
     post = tuple(range(len(pair.harmful_ids) - 3, len(pair.harmful_ids)))
+    for site in ("mlp", "attn"):  # C2-route's two rows
+        alone = engine.patch(harmful, benign, [(Patch(site, 3, post),)])[0][1]
+        assert nec.loc[f"band_late_{site}", "layers"] == "3:4"
+        assert nec.loc[f"band_late_{site}", "y_patched"] == pytest.approx(alone, abs=1e-6)
     both = engine.patch(harmful, benign, [(Patch("attn", 2, post), Patch("mlp", 2, post))])[0][1]
     assert nec.loc["band_mid_both", "layers"] == "2:3"
     assert nec.loc["band_mid_both", "y_patched"] == pytest.approx(both, abs=1e-6)

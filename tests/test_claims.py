@@ -1,10 +1,9 @@
 """Claim statistics on synthetic results tables with a known mechanism.
 
-Each pattern is a mechanism written as data: the share of a pair's TE that patching a set of
-module outputs carries (a capped sum of per-module weights), and the contribution of every
-final-layer unit. From it the test builds the discovery module sweep (windows 1 and 5 at every
-layer, as the module stage writes it), lets claims.py choose the C1 windows, and builds the
-held-out claim patches the mediate_claims stage would write. One statistic, unchanged, must give
+Each pattern is a mechanism written as data: the share of a pair's TE that holding each depth
+band's attention and/or MLP outputs at benign values removes, and the contribution of every
+final-layer unit. From it the test builds the claim patches the mediate_claims stage would
+write (the discovery depth profile and the held-out rows). One statistic, unchanged, must give
 each pattern its intended verdict.
 """
 
@@ -30,36 +29,6 @@ MIN_ABS_TE = 0.1
 K = selection.top_k(D_MLP, 0.01)
 
 
-def weights(pattern: str) -> dict[tuple[str, int], float]:
-    """Share of the TE each module output carries when patched (joint patches add, capped at 1)."""
-    w = {(site, layer): 0.01 for site in ("mlp", "attn") for layer in range(N_LAYERS)}
-    w[("mlp", 0)] = 0.9  # the extended embedding: large in every model, never a claim's evidence
-    for layer in range(1, 10):
-        w[("mlp", layer)] = 0.04  # base features built early (C4), in every pattern
-    if pattern == "late_mlp":
-        w.update({("mlp", layer): 0.25 for layer in range(22, 26)})
-        w.update({("attn", layer): 0.06 for layer in range(20, 30)})  # routing to the MLPs
-    elif pattern == "late_attn":
-        w.update({("attn", layer): 0.25 for layer in range(22, 26)})
-    elif pattern == "late_attn_computed_on_by_mlps":  # later MLPs carry most of what the attention computed
-        w.update({("attn", layer): 0.25 for layer in range(22, 26)})
-        w.update({("mlp", layer): 0.23 for layer in range(26, 30)})
-    elif pattern == "gate":
-        w[("mlp", N_LAYERS - 1)] = 0.95
-        w.update({("attn", layer): 0.05 for layer in range(20, 29)})
-    elif pattern == "early_mlp_routed_late":
-        w.update({("mlp", layer): 0.25 for layer in range(3, 7)})  # computed early ...
-        w.update({("attn", layer): 0.07 for layer in range(20, 30)})  # ... routed late
-    elif pattern in ("early_mlp_bypass", "early_mlp_relayed_by_mid_attn"):  # computed early, not routed late
-        w.update({("mlp", layer): 0.25 for layer in range(3, 7)})
-    elif pattern in ("mid_attn", "mid_mlp_carried_by_mid_attn"):
-        w.update({(pattern.split("_")[1], layer): 0.25 for layer in range(12, 16)})
-    elif pattern == "mid_attn_relayed_by_late_mlps":  # attention decides mid-depth, late MLPs relay
-        w.update({("attn", layer): 0.25 for layer in range(12, 16)})
-        w.update({("mlp", layer): 0.2 for layer in range(22, 26)})
-    return w
-
-
 # Share of the TE removed by holding a band's (attention + MLP, attention only, MLP only) outputs
 # at benign values. Holding any band of a chain cuts it, so bands that only relay are necessary
 # too, but less than the one that computes (the residual stream routes around them in part).
@@ -68,6 +37,9 @@ NECESSITY: dict[str, dict[str, tuple[float, float, float]]] = {
     "late_mlp": {**QUIET, "late": (1.0, 0.3, 0.95)},
     "late_attn": {**QUIET, "late": (1.0, 0.9, 0.3)},
     "late_attn_computed_on_by_mlps": {**QUIET, "late": (1.0, 0.95, 0.75)},
+    # the wide late-MLP grid plant's shape: late attention relays so much of what the trained
+    # MLPs compute that holding it alone removes 0.82 of the TE (the MLPs alone: all of it)
+    "late_mlp_relayed_by_late_attn": {**QUIET, "late": (1.0, 0.82, 1.0)},
     "gate": {**QUIET, "late": (1.0, 0.2, 1.0)},
     "early_mlp_routed_late": {**QUIET, "early": (1.0, 0.3, 0.95), "mid": (0.5, 0.3, 0.2), "late": (0.8, 0.6, 0.3)},
     "early_mlp_bypass": {**QUIET, "early": (1.0, 0.2, 1.0), "late": (0.1, 0.05, 0.05)},
@@ -113,29 +85,9 @@ def unit_contributions(pattern: str, rng: np.random.Generator) -> np.ndarray:
     return units
 
 
-def share(w: dict[tuple[str, int], float], site: str, layers) -> float:
-    return min(1.0, sum(w[(site, layer)] for layer in layers))
-
-
-def module_table(w, te: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
-    """Discovery module sweep: NIE of single layers and 5-layer windows, every site and layer."""
-    rows = []
-    for i, t in enumerate(te):
-        for site in ("mlp", "attn"):
-            for window in (1, 5):
-                for layer in range(N_LAYERS):
-                    s = share(w, site, selection.window_layers(layer, window, N_LAYERS))
-                    effect = t * (s + rng.normal(0, 0.03))
-                    rows.append(dict(pair_id=f"d{i:02d}", metric="refusal", kind="NIE", site=site, layer=layer,
-                                     window=window, positions="all", y_benign=0.0, y_harmful=t,
-                                     y_patched=effect, effect=effect))
-    return pd.DataFrame(rows)
-
-
-def patch_rows(pattern: str, te_by_metric: dict[str, np.ndarray], windows, seed: int) -> pd.DataFrame:
-    """Held-out claim patches for the chosen windows, the late band and the final-layer units."""
+def patch_rows(pattern: str, te_by_metric: dict[str, np.ndarray], seed: int) -> pd.DataFrame:
+    """Claim patches: the depth profile (discovery and held-out) and the final-layer units."""
     rng = np.random.default_rng(seed)
-    w = weights(pattern)
     random_sets = [rng.choice(D_MLP, K, replace=False) for _ in range(10)]
     rows = []
 
@@ -160,10 +112,6 @@ def patch_rows(pattern: str, te_by_metric: dict[str, np.ndarray], windows, seed:
         for i, t in enumerate(te):
             pid = f"h{i:02d}"
             add_profile(pid, metric, t)
-            late = windows.get(("refusal", "late"))  # C2-route compares the types on the late window
-            if late is not None:
-                add(pid, metric, t, "c2_mlp", "NIE", share(w, "mlp", late.layers))
-                add(pid, metric, t, "c2_attn", "NIE", share(w, "attn", late.layers))
             units = unit_contributions(pattern, rng)
             top = np.argsort(-units, kind="stable")[:K]  # ranked on discovery: the true order here
             for kind in ("NIE", "NEC"):
@@ -174,16 +122,12 @@ def patch_rows(pattern: str, te_by_metric: dict[str, np.ndarray], windows, seed:
     return pd.DataFrame(rows)
 
 
-def run_pattern(pattern: str, seed: int = 0, refusal_te: float = 2.0) -> tuple[pd.DataFrame, dict]:
+def run_pattern(pattern: str, seed: int = 0, refusal_te: float = 2.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    discovery_te = rng.normal(refusal_te, 0.3, 12)
-    windows = selection.select_c1_windows(module_table(weights(pattern), discovery_te, rng), "all", N_LAYERS,
-                                       MIN_ABS_TE)
     held_out = {"refusal": rng.normal(refusal_te, 0.3, 16),
                 "harm": rng.normal(0.0, 0.05, 16)}  # no harm behaviour: its rows are not applicable
     held_out["refusal"][:2] = [0.05, -0.02]  # two pairs without an effect are left out
-    table = claims.compute_claims(patch_rows(pattern, held_out, windows, seed + 1), THRESHOLDS, BOOT, MIN_ABS_TE)
-    return table, windows
+    return claims.compute_claims(patch_rows(pattern, held_out, seed + 1), THRESHOLDS, BOOT, MIN_ABS_TE)
 
 
 def verdicts(table: pd.DataFrame) -> dict[str, str]:
@@ -193,7 +137,7 @@ def verdicts(table: pd.DataFrame) -> dict[str, str]:
 ROUTE = "late_band_necessity_share[refusal]"
 ORIGIN = "late_minus_max_earlier_band_necessity_share[refusal]"
 C1 = ROUTE
-C2 = "late_window_mlp_minus_attn_NIE_share[refusal]"
+C2 = "late_band_mlp_minus_attn_necessity_share[refusal]"
 C2_ORIGIN = "origin_band_mlp_minus_attn_necessity_share[refusal]"
 C3 = ("final_layer_topk_gate_sufficiency[refusal]", "final_layer_topk_gate_necessity[refusal]")
 S, NS = "supported", "not supported"
@@ -201,9 +145,11 @@ INTENDED = {
     "late_mlp": {ROUTE: S, ORIGIN: S, C2: S, C2_ORIGIN: S, C3[0]: NS, C3[1]: NS},
     "late_attn": {ROUTE: S, ORIGIN: S, C2: NS, C2_ORIGIN: NS, C3[0]: NS, C3[1]: NS},
     "late_attn_computed_on_by_mlps": {ROUTE: S, ORIGIN: S, C2: NS, C2_ORIGIN: NS, C3[0]: NS},
-    "gate": {ROUTE: S, ORIGIN: S, C2_ORIGIN: S, C3[0]: S, C3[1]: S},
-    # the decision is computed early: it passes through the late layers, but is not made there
-    "early_mlp_routed_late": {ROUTE: S, ORIGIN: NS, C2_ORIGIN: S, C3[0]: NS, C3[1]: NS},
+    "late_mlp_relayed_by_late_attn": {ROUTE: S, ORIGIN: S, C2: S, C2_ORIGIN: S},
+    "gate": {ROUTE: S, ORIGIN: S, C2: S, C2_ORIGIN: S, C3[0]: S, C3[1]: S},
+    # the decision is computed early: it passes through the late layers (by attention), but is
+    # not made there
+    "early_mlp_routed_late": {ROUTE: S, ORIGIN: NS, C2: NS, C2_ORIGIN: S, C3[0]: NS, C3[1]: NS},
     "early_mlp_bypass": {ROUTE: NS, ORIGIN: NS, C2_ORIGIN: S},
     # the origin band is the earliest within the margin of the most necessary, not the relay
     "early_mlp_relayed_by_mid_attn": {ROUTE: NS, ORIGIN: NS, C2_ORIGIN: S},
@@ -219,7 +165,7 @@ INTENDED = {
 
 @pytest.mark.parametrize("pattern", sorted(INTENDED))
 def test_each_pattern_gets_its_intended_verdicts(pattern: str) -> None:
-    table, _ = run_pattern(pattern)
+    table = run_pattern(pattern)
     got = verdicts(table)
     assert {stat: got[stat] for stat in INTENDED[pattern]} == INTENDED[pattern]
     assert got["behaviour_present_TE[refusal]"] == "supported"
@@ -231,7 +177,7 @@ def test_origin_band_is_chosen_on_the_discovery_profile_only() -> None:
     """The held-out profile never chooses: a discovery profile that points elsewhere moves C2-origin."""
     rng = np.random.default_rng(0)
     held_out = {"refusal": rng.normal(2.0, 0.3, 16), "harm": rng.normal(0.0, 0.05, 16)}
-    patches = patch_rows("mid_attn_relayed_by_late_mlps", held_out, {}, 1)
+    patches = patch_rows("mid_attn_relayed_by_late_mlps", held_out, 1)
     selection_rows = patches["role"].str.startswith(claims.SELECT_PREFIX)
     assert claims.origin_band(patches[selection_rows], "refusal", MIN_ABS_TE, 0.1) == "mid"
     late_only = patches[~(selection_rows & ~patches["role"].str.contains("late"))].copy()
@@ -281,43 +227,33 @@ def test_band_statistics_pool_effects_over_pairs() -> None:
     assert table.loc[ROUTE, "ci_low"] <= table.loc[ROUTE, "value"] <= table.loc[ROUTE, "ci_high"]
 
 
-def test_windows_are_chosen_inside_the_bands_and_never_at_layer_zero() -> None:
-    _, windows = run_pattern("late_mlp")
-    assert windows[("refusal", "late")].site == "mlp"
-    assert set(range(22, 26)) <= set(windows[("refusal", "late")].layers) <= set(selection.late_band(N_LAYERS))
-    early = windows[("refusal", "early")]
-    assert 0 not in early.layers and set(early.layers) <= set(range(1, 10))
-    _, windows = run_pattern("early_mlp_routed_late")
-    assert windows[("refusal", "early")].site == "mlp" and set(range(3, 7)) <= set(windows[("refusal", "early")].layers)
-    assert windows[("refusal", "late")].site == "attn"
-
-
 def test_values_are_shares_of_the_te() -> None:
-    table, _ = run_pattern("late_attn")
+    table = run_pattern("late_attn")
     rows = table.set_index("statistic")
     # C1-route = the late band's necessity; C1-origin = late - max(early, mid) = 1.0 - 0.2;
-    # C2-route on the late window's five layers: mlp 5 x 0.01 - attn 1.0; C2-origin in the late band.
+    # C2-route = the late band's mlp-only - attn-only necessity at every position, and C2-origin
+    # the same in the origin band (here the late band too, at every position: little happens on
+    # the request tokens there).
     assert rows.loc[ROUTE, "value"] == pytest.approx(1.0, abs=0.03)
     assert rows.loc[ORIGIN, "value"] == pytest.approx(1.0 - 0.2, abs=0.04)
-    assert rows.loc[C2, "value"] == pytest.approx(0.05 - 1.0, abs=0.03)
-    assert rows.loc[C2_ORIGIN, "value"] == pytest.approx(0.3 - 0.9, abs=0.03)
-    table, windows = run_pattern("late_attn_computed_on_by_mlps")
-    # The whole late band would give mlp 0.06 + 4 x 0.23 - attn 1.0 = -0.02 (inconclusive); C1's window
-    # holds the computing attention and at most one carrying MLP.
-    assert windows[("refusal", "late")].site == "attn"
-    assert table.set_index("statistic").loc[C2, "value"] < -0.6
-    table, _ = run_pattern("cancelling_units")
+    assert rows.loc[C2, "value"] == pytest.approx(0.3 - 0.9, abs=0.03)
+    assert rows.loc[C2, "value"] == rows.loc[C2_ORIGIN, "value"]
+    # Late MLPs carry most of what late attention computed: each held alone, attention still
+    # removes more (0.95 against 0.75).
+    table = run_pattern("late_attn_computed_on_by_mlps")
+    assert table.set_index("statistic").loc[C2, "value"] == pytest.approx(0.75 - 0.95, abs=0.03)
+    table = run_pattern("cancelling_units")
     # The top three alone carry 1.2 of the TE (the overshoot); counted up to the layer's 0.2.
     assert table.set_index("statistic").loc[C3[0], "value"] == pytest.approx(0.2, abs=0.05)
 
 
 def test_metric_without_behaviour_is_not_applicable() -> None:
-    table, _ = run_pattern("late_mlp")
+    table = run_pattern("late_mlp")
     got = verdicts(table)
     assert got["behaviour_present_TE[harm]"] != "supported"
     for stat in (ROUTE, ORIGIN, C2, C2_ORIGIN, *C3):
         assert got[stat.replace("refusal", "harm")] == claims.NOT_APPLICABLE
-    weak, _ = run_pattern("late_mlp", refusal_te=0.3)  # a clear TE below the 0.5 threshold
+    weak = run_pattern("late_mlp", refusal_te=0.3)  # a clear TE below the 0.5 threshold
     assert verdicts(weak)["behaviour_present_TE[refusal]"] == "not supported"
     assert verdicts(weak)[C1] == claims.NOT_APPLICABLE
 
@@ -328,7 +264,7 @@ def test_missing_rows_read_not_run_and_output_is_deterministic(tmp_path: Path) -
     assert list(empty.columns) == list(claims.CLAIM_COLUMNS)
     outputs = []
     for run in ("a", "b"):
-        table, _ = run_pattern("gate")
+        table = run_pattern("gate")
         claims.write_claims_csv(table, tmp_path / f"{run}.csv")
         outputs.append((tmp_path / f"{run}.csv").read_bytes())
     assert outputs[0] == outputs[1]

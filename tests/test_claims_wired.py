@@ -21,7 +21,7 @@ from tiny import CONFIGS, TINY_PAIRS, tiny_tokenizer
 from harmmed.analyses import claim_patches
 from harmmed.analyses.pairs import clean_runs
 from harmmed.analyses.probe import probe_accuracy_by_layer, probe_features
-from harmmed.analyses.selection import Window, origin_bands
+from harmmed.analyses.selection import origin_bands
 from harmmed.datasets.prompts import encode_pairs, split_pairs
 from harmmed.patching.engine import MediationEngine
 from harmmed.stats import claims
@@ -124,12 +124,10 @@ def encoded(tokenizer, rows: list[tuple[str, str, str, str, str]]):
 
 def claims_table(model, tokenizer, pairs, probe: claims.ProbeDepth | None = None) -> pd.DataFrame:
     """The claims table the workflow would compute: the profile on discovery pairs, every claim
-    patch on held-out ones; the late window of C2-route is the late band's two layers."""
+    patch on held-out ones."""
     engine = MediationEngine(model, tokenizer.convert_tokens_to_ids(list(REFUSAL_TOKENS)))
-    late = (4, 5)
     plan = claim_patches.ClaimPlan(
-        positions="all", c2={m: (Window("mlp", late), Window("attn", late)) for m in ("harm", "refusal")},
-        bands={name: tuple(layers) for name, layers in origin_bands(N_LAYERS).items()},
+        positions="all", bands={name: tuple(layers) for name, layers in origin_bands(N_LAYERS).items()},
         top={"harm": (), "refusal": ()}, random=[], final_layer=N_LAYERS - 1)
     rows = []
     for pair in pairs:
@@ -142,18 +140,18 @@ def claims_table(model, tokenizer, pairs, probe: claims.ProbeDepth | None = None
 
 ROUTE = "late_band_necessity_share[refusal]"
 ORIGIN = "late_minus_max_earlier_band_necessity_share[refusal]"
-C2_ROUTE = "late_window_mlp_minus_attn_NIE_share[refusal]"
+C2_ROUTE = "late_band_mlp_minus_attn_necessity_share[refusal]"
 C2_ORIGIN = "origin_band_mlp_minus_attn_necessity_share[refusal]"
 S, NS = "supported", "not supported"
 
 
 @pytest.mark.parametrize("mechanism, intended", [
-    # the decision passes through the late layers, but was made in layer 1
-    ("early_relayed_late", {ROUTE: S, ORIGIN: NS, C2_ORIGIN: S}),
+    # the decision passes through the late layers (layer 4's attention), but was made in layer 1
+    ("early_relayed_late", {ROUTE: S, ORIGIN: NS, C2_ROUTE: NS, C2_ORIGIN: S}),
     # made in layer 1 and never passes through the late layers
     ("early_bypass", {ROUTE: NS, ORIGIN: NS, C2_ORIGIN: S}),
     # made in the late band, by an MLP
-    ("late_mlp", {ROUTE: S, ORIGIN: S, C2_ORIGIN: S}),
+    ("late_mlp", {ROUTE: S, ORIGIN: S, C2_ROUTE: S, C2_ORIGIN: S}),
     # attention makes it mid-depth and a late MLP carries it: the route is MLP, the origin attention
     ("attn_mid_mlp_relays", {ROUTE: S, ORIGIN: NS, C2_ROUTE: S, C2_ORIGIN: NS}),
 ])

@@ -241,9 +241,7 @@ def test_claim_unit_sets_are_restated_from_the_recorded_settings():
     rng = np.random.default_rng(3)
     ranking = pd.DataFrame([dict(metric=metric, site="neuron", unit=unit, rank=rank)
                             for metric in ("harm", "refusal") for rank, unit in enumerate(rng.permutation(d_mlp))])
-    module = pd.DataFrame(columns=["pair_id", "metric", "kind", "site", "layer", "window", "positions", "y_benign",
-                                   "y_harmful", "y_patched", "effect"])
-    plan = build_plan(ClaimSettings.from_config(cfg), {"n_layers": n_layers, "d_mlp": d_mlp}, module, ranking)
+    plan = build_plan(ClaimSettings.from_config(cfg), {"n_layers": n_layers, "d_mlp": d_mlp}, ranking)
     settings = RecordedSettings.from_config(cfg)
     k = len(plan.random[0])
     for metric, top in plan.top.items():

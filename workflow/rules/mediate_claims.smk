@@ -1,12 +1,11 @@
 rule mediate_claims:
     """Held-out interventions of the claim statistics: the depth profile (each band's attention
-    and MLP outputs held at benign values; also on the discovery pairs, to choose the origin
-    band), the late window's MLP and attention outputs (C2-route) and the C3 final-layer units,
-    each patched into the benign run (NIE) and held at benign values in the harmful run."""
+    and MLP outputs held at benign values, C1 and C2; also on the discovery pairs, to choose the
+    origin band) and the C3 final-layer units, patched into the benign run (NIE) and held at
+    benign values in the harmful run."""
     input:
         manifest="results/{model}/manifest.json",
         inputs="results/{model}/inputs.jsonl",
-        module="results/{model}/module.csv",
         ranking="results/{model}/neuron_ranking.csv",
     output:
         patches="results/{model}/claim_patches.csv",
@@ -33,7 +32,6 @@ rule mediate_claims:
             "mediation.split",
             "mediation.module_max_pairs",
             "mediation.module_positions",
-            "effects.min_abs_te",
             "engine",
             model=True,
         ),

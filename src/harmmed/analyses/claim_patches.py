@@ -1,7 +1,7 @@
 """The held-out interventions behind the C1-C3 statistics (results/<model>/claim_patches.csv).
 
-Components are chosen on the discovery split (C2-route's window from module.csv, the C3 units
-from neuron_ranking.csv, the origin band from the ``select_`` rows below) and every judged
+Components are chosen on the discovery split (the C3 units from neuron_ranking.csv, the origin
+band from the ``select_`` rows below) and every judged
 intervention runs on the held-out split, so no statistic is judged on the pairs that selected
 its components. Necessity rows hold a mediator at its value in the benign run of the same pair
 (the engine patches the harmful run from the benign one).
@@ -30,7 +30,7 @@ from ..patching.patches import NoisedRuns, Patch, Run
 from .neuron import top_units
 from .pairs import position_sets
 from .rows import outcome_rows
-from .selection import Window, origin_bands, select_c1_windows, top_k
+from .selection import origin_bands, top_k
 
 BAND_TYPES: dict[str, tuple[str, ...]] = {"both": ("attn", "mlp"), "attn": ("attn",), "mlp": ("mlp",)}
 SELECT_PREFIX = "select_"  # roles of the depth profile on discovery pairs
@@ -41,7 +41,6 @@ class ClaimPlan:
     """Everything chosen before the held-out pairs are seen."""
 
     positions: str  # named position set of every patch (from mediation.module_positions)
-    c2: dict[str, tuple[Window, Window]]  # metric -> mlp and attn outputs on the layers of its late window
     bands: dict[str, tuple[int, ...]]  # the depth profile's bands: early, mid, late
     top: dict[str, tuple[int, ...]]  # metric -> its top-k final-layer units
     random: list[tuple[int, ...]]  # random k-unit sets, shared by every pair
@@ -52,31 +51,25 @@ class ClaimPlan:
 class ClaimSettings:
     """The settings the claim patches are chosen by, read once from the config."""
 
-    positions: str  # the first of mediation.module_positions: the module windows were ranked there
+    positions: str  # the first of mediation.module_positions: where the module sweep patches
     top_fraction: float  # claims.top_fraction: C3's k as a share of d_mlp
     random_draws: int
     seed: int
-    min_abs_te: float  # effects.min_abs_te: discovery pairs with a smaller |TE| choose nothing
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ClaimSettings:
         claims = cfg["claims"]
         return cls(cfg["mediation"]["module_positions"][0], float(claims["top_fraction"]), claims["random_draws"],
-                   claims["seed"], float(cfg["effects"]["min_abs_te"]))
+                   claims["seed"])
 
 
-def build_plan(settings: ClaimSettings, manifest: Mapping[str, Any], module_df: pd.DataFrame,
-               ranking: pd.DataFrame) -> ClaimPlan:
-    """Choose the C1 windows and C3 units from the discovery tables and draw the random sets."""
+def build_plan(settings: ClaimSettings, manifest: Mapping[str, Any], ranking: pd.DataFrame) -> ClaimPlan:
+    """Choose the C3 units from the discovery ranking and draw the random sets."""
     n_layers, d_mlp = int(manifest["n_layers"]), int(manifest["d_mlp"])
-    positions = settings.positions
     k = top_k(d_mlp, settings.top_fraction)
     rng = np.random.default_rng(settings.seed)
-    c1 = select_c1_windows(module_df, positions, n_layers, settings.min_abs_te)
     return ClaimPlan(
-        positions=positions,
-        c2={metric: (Window("mlp", window.layers), Window("attn", window.layers))
-            for (metric, band), window in sorted(c1.items()) if band == "late"},
+        positions=settings.positions,
         bands={name: tuple(layers) for name, layers in origin_bands(n_layers).items()},
         top={metric: tuple(top_units(ranking, metric, "neuron", k)) for metric in metrics_in(ranking)},
         random=[tuple(sorted(rng.choice(d_mlp, k, replace=False).tolist())) for _ in range(settings.random_draws)],
@@ -112,9 +105,6 @@ def _items(plan: ClaimPlan, sets: Mapping[str, tuple[int, ...]], kind: str) -> l
     """The interventions of one direction (NIE or NEC) at one base run's named position sets."""
     positions = sets[plan.positions]
 
-    def band(window: Window) -> tuple[Patch, ...]:
-        return tuple(Patch(window.site, layer, positions) for layer in window.layers)
-
     def units(chosen: tuple[int, ...] | None) -> tuple[Patch, ...]:
         return (Patch("neuron", plan.final_layer, positions, chosen),)
 
@@ -123,10 +113,6 @@ def _items(plan: ClaimPlan, sets: Mapping[str, tuple[int, ...]], kind: str) -> l
 
     final = f"{plan.final_layer}:{plan.final_layer + 1}"
     items: list[Item] = []
-    if kind == "NIE":
-        for metric, windows in sorted(plan.c2.items()):
-            for window in windows:
-                items.append((label(f"c2_{window.site}", window.site, window.label), (metric,), band(window)))
     for metric, chosen in plan.top.items():
         if chosen:
             items.append((label("c3_topk", "neuron", final, len(chosen)), (metric,), units(chosen)))

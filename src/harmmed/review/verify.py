@@ -220,7 +220,7 @@ class RowRecomputer:
             return "harmful", (Edit(site, layer, last, units),)
         base = "benign" if row["kind"] == "NIE" else "harmful"
         positions = position_set(pair, row["positions"], row["kind"])
-        if table == "claims":  # a band or window of one or both module types, or final-layer units
+        if table == "claims":  # a band of one or both module types, or final-layer units
             start, stop = (int(x) for x in row["layers"].split(":"))
             if row["site"] == "neuron":
                 units = claim_unit_set(self.settings, self.ranking, self.patcher.sites.d_mlp, row)

@@ -136,13 +136,13 @@ def gating(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking
                                      unit_sets["random_neuron"][0])
 
 
-def mediate_claims(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, module_csv: str | Path,
-                   ranking_csv: str | Path, patches_csv: str | Path, threads: int = 1) -> None:
+def mediate_claims(cfg: dict, manifest: ManifestSource, inputs_path: str | Path, ranking_csv: str | Path,
+                   patches_csv: str | Path, threads: int = 1) -> None:
     """Held-out interventions of the C1-C3 statistics, every component chosen on discovery; and
     the depth profile on the module sweep's discovery pairs, which chooses the origin band."""
     with model_stage(cfg, manifest, threads, inputs_path, "claims") as stage:
         plan = claim_patches.build_plan(claim_patches.ClaimSettings.from_config(cfg), stage.manifest,
-                                        read_table(module_csv), pd.read_csv(ranking_csv))
+                                        pd.read_csv(ranking_csv))
         log.info("claim plan: %s", plan)
         discovery = section_pairs(cfg, inputs_path, "mediation", "module_max_pairs")
         rows = sweep(stage.engine, discovery, lambda step: claim_patches.selection_rows(

@@ -1,8 +1,8 @@
 """The per-model claims table: statistics that can come out either way, with a bootstrap CI.
 
 Every C1-C3 statistic is in units of the TE, so a model's scale and sign never enter a verdict:
-the band statistics (C1, C2-origin) pool over held-out pairs (per-pair shares weighted by |TE|:
-sum of effects / sum of |TE|), C2-route and C3 average per-pair shares. The paper's formulas are not
+the band statistics (C1, C2) pool over held-out pairs (per-pair shares weighted by |TE|:
+sum of effects / sum of |TE|), C3 averages per-pair shares. The paper's formulas are not
 public; ours, and why, are in docs/claims-and-calibration.md. In short:
 
 - Bands: early = layers 1 .. ceil(n/3) - 1 (layer 0 is left out: its MLP acts as an extended
@@ -17,9 +17,12 @@ public; ours, and why, are in docs/claims-and-calibration.md. In short:
   necessary to some degree, and a relay can be as necessary as the computation it carries; the
   computation is in the first band whose holding removes nearly all (within the margin) of the
   largest share.
-- C2-route: on the layers of the late window chosen on discovery (module.csv's best late-band
-  window), (NIE of their MLP outputs - NIE of their attention outputs) / TE: which type relays
-  the late route.
+- C2-route (which type carries the late route?): the late band's MLP-only necessity - its
+  attention-only necessity, each type held at every position. Comparing the types on one window
+  of the late band, chosen on discovery by its NIE, read the wrong type on three of the
+  calibration grid's six late plants (docs/calibration-grid.md): a window's NIE counts what its
+  attention relays from the trained MLPs, and a window chosen on discovery pairs can hold none of
+  the trained layers.
 - C2-origin: in the origin band (the earliest band whose discovery necessity is within the
   C1-origin margin of the largest, chosen on the ``select_`` rows), MLP-only necessity -
   attention-only necessity: which type computed it. Each type is held at the request positions
@@ -87,15 +90,13 @@ CLAIM_TEXT: dict[str, str] = {
 DEFINITIONS: tuple[str, ...] = (
     "bands: early = layers 1..ceil(n/3)-1 (layer 0 left out: its MLP is an extended embedding), "
     "mid = ceil(n/3)..ceil(2n/3)-1, late = ceil(2n/3)..n-1",
-    "C1 and C2-origin values pool over held-out pairs (per-pair shares weighted by |TE|); C2-route and C3 "
-    "values are means over pairs of effect / TE; pairs with |TE| < effects.min_abs_te are left out "
-    "(n_excluded)",
+    "C1 and C2 values pool over held-out pairs (per-pair shares weighted by |TE|); C3 values are means "
+    "over pairs of effect / TE; pairs with |TE| < effects.min_abs_te are left out (n_excluded)",
     "necessity of a band = share of the TE removed when its attention and/or MLP outputs are held "
     "at their benign values at every position of the harmful run",
     "C1-route = necessity of the late band (attention and MLP)",
     "C1-origin = late-band necessity - max(early, mid) necessity, supported above C1_origin_margin",
-    "C2-route = (NIE of the mlp outputs - NIE of the attn outputs, each jointly over the layers of "
-    "the best late-band module window chosen on discovery) / TE",
+    "C2-route = MLP-only - attention-only necessity of the late band, each type held at every position",
     "C2-origin = MLP-only - attention-only necessity in the origin band (the earliest band whose "
     "necessity on the discovery pairs is within C1_origin_margin of the largest), each type held at "
     "the request positions if one type held there removes at least C2_origin_request_share of the TE "
@@ -160,14 +161,6 @@ def behaviour_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bo
     """Held-out mean TE (every pair) with its CI against the behaviour threshold."""
     te = pair_te(patches, metric).to_numpy(dtype=float)
     return row("B", f"behaviour_present_TE[{metric}]", threshold, te, 0, boot)
-
-
-def difference_row(claim: str, name: str, patches: pd.DataFrame, metric: str, roles: tuple[str, str],
-                   threshold: float, boot: Bootstrap, min_abs_te: float) -> dict[str, Any]:
-    """Mean over pairs of (NIE share of roles[0] - NIE share of roles[1])."""
-    wide, excluded = role_shares(patches, metric, "NIE", list(roles), min_abs_te)
-    values = None if wide is None else (wide[roles[0]] - wide[roles[1]]).to_numpy()
-    return row(claim, f"{name}[{metric}]", threshold, values, excluded, boot)
 
 
 def band_effects(patches: pd.DataFrame, metric: str, roles: list[str], min_abs_te: float
@@ -266,10 +259,23 @@ def type_origin_row(patches: pd.DataFrame, selection: pd.DataFrame, metric: str,
     if band is None:
         return row("C2-origin", statistic, threshold, None, 0, boot)
     where = origin_positions(selection, metric, band, min_abs_te, float(thresholds["C2_origin_request_share"]))
-    suffix = "_request" if where == "request" else ""
+    return type_difference_row("C2-origin", statistic, threshold, patches, metric, band,
+                               "_request" if where == "request" else "", boot, min_abs_te)
+
+
+def type_route_row(patches: pd.DataFrame, metric: str, threshold: float, boot: Bootstrap, min_abs_te: float
+                   ) -> dict[str, Any]:
+    """C2-route: the late band's MLP-only minus attention-only pooled necessity, every position."""
+    return type_difference_row("C2-route", f"late_band_mlp_minus_attn_necessity_share[{metric}]", threshold,
+                               patches, metric, "late", "", boot, min_abs_te)
+
+
+def type_difference_row(claim: str, statistic: str, threshold: float, patches: pd.DataFrame, metric: str,
+                        band: str, suffix: str, boot: Bootstrap, min_abs_te: float) -> dict[str, Any]:
+    """MLP-only minus attention-only pooled necessity of ``band`` (roles ``band_<band>_<type><suffix>``)."""
     matrix, excluded = band_effects(patches, metric, [f"band_{band}_mlp{suffix}", f"band_{band}_attn{suffix}"],
                                     min_abs_te)
-    return pooled_row("C2-origin", statistic, threshold, matrix, lambda s: s[..., 0] - s[..., 1], excluded, boot)
+    return pooled_row(claim, statistic, threshold, matrix, lambda s: s[..., 0] - s[..., 1], excluded, boot)
 
 
 def gate_row(patches: pd.DataFrame, metric: str, kind: str, threshold: float, boot: Bootstrap,
@@ -293,8 +299,7 @@ def metric_rows(patches: pd.DataFrame, selection: pd.DataFrame, metric: str, thr
     rows = [
         route_row(patches, metric, float(thresholds["C1_route_share"]), boot, min_abs_te),
         origin_row(patches, metric, margin, boot, min_abs_te),
-        difference_row("C2-route", "late_window_mlp_minus_attn_NIE_share", patches, metric, ("c2_mlp", "c2_attn"),
-                       float(thresholds["C2_route_mlp_minus_attn"]), boot, min_abs_te),
+        type_route_row(patches, metric, float(thresholds["C2_route_mlp_minus_attn"]), boot, min_abs_te),
         type_origin_row(patches, selection, metric, band, thresholds, boot, min_abs_te),
         gate_row(patches, metric, "NIE", float(thresholds["C3_gate_share"]), boot, min_abs_te),
         gate_row(patches, metric, "NEC", float(thresholds["C3_gate_share"]), boot, min_abs_te),
