@@ -11,11 +11,11 @@ from harmmed.review.docs_results import BEGIN, END, DEFAULT_SUMMARY, main, outda
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = ("model,claim,statistic,value,ci_low,ci_high,threshold,verdict,n_pairs,calibration\n"
-           "base,C2,late_window_mlp_minus_attn_NIE_share[refusal],0.41,0.36,0.47,0,supported,16,"
+           "base,C2,late_band_mlp_minus_attn_necessity_share[refusal],0.41,0.36,0.47,0,supported,16,"
            "\"calibrated on both sides (right on 2 plants)\"\n"
-           "base,C2,late_window_mlp_minus_attn_NIE_share[harm],0.2,0.1,0.3,0,supported,16,no ground truth\n"
+           "base,C2,late_band_mlp_minus_attn_necessity_share[harm],0.2,0.1,0.3,0,supported,16,no ground truth\n"
            "base,C4,probe_rel_depth_acc_ge_0.9,,,,0.5,not supported,,no ground truth\n"
-           "plant,C2,late_window_mlp_minus_attn_NIE_share[refusal],-0.67,-1.04,-0.44,0,not supported,16,"
+           "plant,C2,late_band_mlp_minus_attn_necessity_share[refusal],-0.67,-1.04,-0.44,0,not supported,16,"
            "\"calibrated on both sides (right on 2 plants)\"\n")
 
 
@@ -33,8 +33,8 @@ def checkout(tmp_path) -> Path:
     (tmp_path / DEFAULT_SUMMARY).write_text(SUMMARY)
     (tmp_path / "reference" / "calibration.csv").write_text(  # "plant" has a ground truth, "base" none
         "statistic,model,expected,verdict,value,ci_low,ci_high,correct,ground_truth\n"
-        "late_window_mlp_minus_attn_NIE_share[refusal],base,,supported,0.41,0.36,0.47,,\n"
-        "late_window_mlp_minus_attn_NIE_share[refusal],plant,not supported,not supported,-0.67,-1.04,-0.44,true,"
+        "late_band_mlp_minus_attn_necessity_share[refusal],base,,supported,0.41,0.36,0.47,,\n"
+        "late_band_mlp_minus_attn_necessity_share[refusal],plant,not supported,not supported,-0.67,-1.04,-0.44,true,"
         "established\n")
     (tmp_path / "README.md").write_text(f"# Title\n\nBefore.\n\n{BEGIN}\nold table\n{END}\n\nAfter.\n")
     (tmp_path / "docs" / "results.md").write_text(f"# Results\n\n{BEGIN}\n{END}\n")
@@ -48,12 +48,12 @@ def test_tables_are_written_between_the_markers_only(checkout):
                              "`reference/summary.csv`; every model and metric:\n")
     assert readme.endswith("<!-- results:end -->\n\nAfter.\n") and "old table" not in readme
     # the README shows the refusal rows of the models without a plant: not the plant, not the harm metric
-    assert ("| C2 | `late_window_mlp_minus_attn_NIE_share[refusal]` | supported 0.41 (0.36 to 0.47) "
+    assert ("| C2 | `late_band_mlp_minus_attn_necessity_share[refusal]` | supported 0.41 (0.36 to 0.47) "
             "| calibrated on both sides (right on 2 plants) |") in readme
     assert "| C4 | `probe_rel_depth_acc_ge_0.9` | not supported | no ground truth |" in readme
     assert "[harm]" not in readme and "-0.67" not in readme
     page = (checkout / "docs" / "results.md").read_text()
-    assert ("| C2 | `late_window_mlp_minus_attn_NIE_share[refusal]` | supported 0.41 (0.36 to 0.47) "
+    assert ("| C2 | `late_band_mlp_minus_attn_necessity_share[refusal]` | supported 0.41 (0.36 to 0.47) "
             "| not supported -0.67 (-1.04 to -0.44) | calibrated on both sides (right on 2 plants) |") in page
     assert "### plant" in page and "| C4 | `probe_rel_depth_acc_ge_0.9` | not supported | 0.5 |  |" in page
     assert update_docs(checkout / DEFAULT_SUMMARY, checkout) == [] and outdated(checkout / DEFAULT_SUMMARY,
