@@ -129,6 +129,126 @@ def test_unit_dropout_trains_only_the_units_reproducibly() -> None:
     assert not all(torch.equal(runs[0][n], runs[2][n]) for n in runs[0])  # the drops changed the training
 
 
+def test_split_counts_keep_the_needed_units_and_follow_the_shares() -> None:
+    from harmmed.training.finetune import split_counts
+
+    needed = [True, True, True, False, False, True, False, False]
+    assert split_counts(needed, [12.0, 6.0, 2.0, 9.0, -1.0, -0.5, 0.0, 0.0], 8) == [3, 2, 2, 0, 0, 1, 0, 0]
+    assert split_counts([True] * 3, [1.0, 1.0, 1.0], 3) == [1, 1, 1]
+    assert split_counts([False, False], [1.0, 2.0], 2) == [1, 1]  # nothing learned: nothing to split
+    assert sum(split_counts([True, False, True, False], [0.3, 0.3, 0.1, 0.0], 16)) == 16
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_split_units_keep_the_output_and_even_the_shares(family: str) -> None:
+    """Three units carry a gate and the other five nothing (their down columns are zero).
+    Splitting the 8 slots 4 : 3 : 1 leaves the model's logits unchanged (n copies with the column
+    divided by n compute what the unit did), and each copy carries exactly its unit's share / n."""
+    from harmmed.models.hooks import HookSet
+    from harmmed.training.finetune import split_units
+
+    model = tiny_model(family, initializer_range=0.2)
+    plan = resolve_trainable(model, parse_trainable({"site": "neuron", "layer": 2, "units": 8}), 5)
+    sites = resolve_sites(model)
+    down = sites.down_proj(2).weight
+    axis = plan.unit_axes[next(n for n, p in model.named_parameters() if p is down)]
+    gains = dict(zip(plan.units, [8.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    with torch.no_grad():
+        for unit, gain in gains.items():
+            down.select(axis, unit).mul_(gain)
+    ids = torch.tensor([[3, 9, 4, 11, 12, 13, 14]])
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        seen = []
+        with torch.no_grad(), HookSet() as hooks:
+            hooks.on_input(sites.down_proj(2), lambda x: seen.append(x.clone()))
+            logits = model(input_ids=ids).logits
+        # each slot's contribution to the layer's output, summed over positions
+        columns = down.detach().index_select(axis, torch.tensor(plan.units))
+        acts = seen[0][0][:, plan.units]  # positions x slots
+        per_slot = torch.stack([(acts[:, k:k + 1] * columns.select(axis, k).unsqueeze(0)).norm()
+                                for k in range(len(plan.units))])
+        return logits, per_slot
+
+    before, shares_before = run()
+    holds = split_units(model, plan, [4, 3, 1, 0, 0, 0, 0, 0])
+    after, shares = run()
+    assert torch.allclose(before, after, atol=1e-5)
+    u = plan.units
+    assert holds == [u[0], u[1], u[2], u[0], u[0], u[0], u[1], u[1]]
+    assert shares_before[3:].max() == 0 and shares.min() > 0
+    counts = {u[0]: 4, u[1]: 3, u[2]: 1}
+    for slot, unit in enumerate(holds):  # each copy carries exactly its unit's share / its copies
+        assert float(shares[slot]) == pytest.approx(float(shares_before[u.index(unit)]) / counts[unit], rel=1e-5)
+
+
+def test_spread_gate_measures_shares_on_the_decision_and_copies_by_them() -> None:
+    """A tiny gate trained on two of its six units, spread: a unit keeps a copy exactly when the
+    behaviour needs it, each slot holds the unit the copies say, the strongest unit is split,
+    and re-measured, no slot carries as much as 3/4 of the largest unit's share before."""
+    from harmmed.training.finetune import spread_gate, unit_decision_effects
+
+    model = tiny_model("llama", initializer_range=0.2)
+    plan = resolve_trainable(model, parse_trainable({"site": "neuron", "layer": 3, "units": 6}), 2)
+    for name, mask in plan.masks.items():  # only the first two units learn: an uneven gate
+        mask.index_fill_(plan.unit_axes[name], torch.tensor(plan.units[2:]), 0.0)
+    train(model, plan, _examples(12), TrainSettings(epochs=5, lr=3e-2, batch_size=4, seed=0), pad_id=0,
+          progress=False)
+    record = spread_gate(model, plan, _examples(12), 4, 0)
+    effects, copies, holds = record["unit_decision_effects"], record["copies"], record["slot_holds"]
+    assert sum(copies) == 6 and record["examples"] == 12
+    assert all((n > 0) == (loss > 0) for loss, n in zip(record["unit_loss_effects"], copies))
+    assert [holds.count(u) for u in plan.units] == copies
+    assert max(copies) > 1  # the tiny gate is uneven: its strongest unit is split
+    after = unit_decision_effects(model, plan, _examples(12), 4, 0)
+    assert max(after) < 0.75 * max(effects)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decision_effects_patch_one_unit_at_the_decision_position(family: str) -> None:
+    """A unit's decision effect is the benign examples' mean change of the refusal log-odds when
+    that unit alone, at the last prompt position, takes its mean harmful activation: recomputed
+    here from the logits of whole runs, with the unit written by hand."""
+    from harmmed.models.hooks import HookSet
+    from harmmed.training.finetune import unit_decision_effects
+
+    model = tiny_model(family, initializer_range=0.2)
+    plan = resolve_trainable(model, parse_trainable({"site": "neuron", "layer": 3, "units": 4}), 1)
+    examples = _examples(12)
+    effects = unit_decision_effects(model, plan, examples, 5, 0)
+    harmful = [e for e in examples if e.kind == "harmful"]
+    benign = [e for e in examples if e.kind != "harmful"]
+    refusal = sorted({e.response_ids[0] for e in harmful})
+    down = resolve_sites(model).down_proj(3)
+
+    def run(group, unit=None, value=0.0):
+        acts, odds = [], []
+        for e in group:
+            seen = []
+
+            def hook(x):
+                seen.append(x[0, -1].clone())
+                if unit is not None:
+                    x = x.clone()
+                    x[0, -1, unit] = value
+                return x
+
+            with torch.no_grad(), HookSet() as hooks:
+                hooks.on_input(down, hook)
+                logits = model(input_ids=torch.tensor([list(e.prompt_ids)])).logits[0, -1].double()
+            p_r = torch.softmax(logits, -1)[refusal].sum()
+            acts.append(seen[0])
+            odds.append(float(torch.log(p_r / (1 - p_r))))
+        return torch.stack(acts), sum(odds) / len(odds)
+
+    mean_harmful = run(harmful)[0].mean(0)
+    clean = run(benign)[1]
+    for unit, effect in zip(plan.units, effects):
+        expected = run(benign, unit, float(mean_harmful[unit]))[1] - clean
+        assert effect == pytest.approx(expected, abs=1e-4)
+    assert max(abs(e) for e in effects) > 1e-3  # the stage pads batches; here each prompt runs alone
+
+
 def test_frozen_prefix_cache_gives_the_gradient_of_the_full_pass() -> None:
     """Replaying cached outputs of the frozen blocks trains the same weights as recomputing them."""
     cached, _, plan = _trained("llama", {"site": "mlp", "layers": [2, 3]})
@@ -300,6 +420,8 @@ def _config_with(**plant) -> dict:
     ({"skip_stages": ["claims"]}, "models[1].skip_stages[0]"),
     ({"epochs": 0}, "models[1].epochs"),
     ({"unit_dropout": 0.5}, "models[1].unit_dropout: only a trainable {site: neuron} plant"),
+    ({"spread_units": True}, "models[1].spread_units: only a trainable {site: neuron} plant has units to spread"),
+    ({"spread_units": "yes", "trainable": {"site": "neuron", "layer": 1, "units": 2}}, "models[1].spread_units"),
     ({"unit_dropout": 1.0, "trainable": {"site": "neuron", "layer": 1, "units": 2}}, "models[1].unit_dropout"),
 ])
 def test_finetune_config_errors_name_the_key(plant: dict, message: str) -> None:

@@ -296,8 +296,9 @@ def _finetune_checks(models: list[Any]) -> list[str]:
         except ComponentSpecError as err:
             problems.append(str(err))
             continue
-        if model.get("unit_dropout") and spec.site != "neuron":
-            problems.append(f"models[{i}].unit_dropout: only a trainable {{site: neuron}} plant has units to drop")
+        for key, what in (("unit_dropout", "units to drop"), ("spread_units", "units to spread")):
+            if model.get(key) and spec.site != "neuron":
+                problems.append(f"models[{i}].{key}: only a trainable {{site: neuron}} plant has {what}")
     return problems
 
 

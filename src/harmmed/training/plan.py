@@ -20,6 +20,7 @@ class TrainablePlan:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> 0/1 mask of its gradient
     first_block: int = 0  # blocks below this are frozen and see only frozen inputs
     units: list[int] | None = None
+    unit_axes: dict[str, int] = field(default_factory=dict)  # neuron plans: name -> the axis that indexes units
 
     def count(self, model: torch.nn.Module) -> int:
         params = dict(model.named_parameters())
@@ -58,17 +59,18 @@ def resolve_trainable(model: torch.nn.Module, spec: ComponentSpec, seed: int, ke
                  for n in _prefixed(model, getattr(sites, spec.site)(layer))]
         return TrainablePlan(spec, names, first_block=first)
     units = seeded_units(sites.d_mlp, spec.units, seed)
-    return TrainablePlan(spec, *_unit_masks(model, sites, first, units), first_block=first, units=units)
+    names, masks, axes = _unit_masks(model, sites, first, units)
+    return TrainablePlan(spec, names, masks, first_block=first, units=units, unit_axes=axes)
 
 
 def _unit_masks(model: torch.nn.Module, sites: Sites, layer: int, units: list[int]
-                ) -> tuple[list[str], dict[str, torch.Tensor]]:
+                ) -> tuple[list[str], dict[str, torch.Tensor], dict[str, int]]:
     """Masks that let only the chosen units' weights train: their rows (output features) of every
     MLP input projection and their column (input features) of the down projection. Biases of the
     input projections train at the units; the down projection's bias is shared, so it stays."""
     mlp, down = sites.mlp(layer), sites.down_proj(layer)
     down_ids = {id(p) for p in down.parameters()}
-    names, masks = [], {}
+    names, masks, axes = [], {}, {}
     full = dict(model.named_parameters())
     for module in [m for m in mlp.modules() if not list(m.children())]:
         for local, param in module.named_parameters(recurse=False):
@@ -83,9 +85,10 @@ def _unit_masks(model: torch.nn.Module, sites: Sites, layer: int, units: list[in
             name = next(n for n, p in full.items() if p is param)
             names.append(name)
             masks[name] = mask
+            axes[name] = axis
     if not any(id(full[n]) in down_ids for n in names):
         raise ComponentSpecError(f"layer {layer}: no down-projection weight found through the architecture table")
-    return names, masks
+    return names, masks, axes
 
 
 def unit_axis(module: torch.nn.Module, param: torch.nn.Parameter, d_mlp: int, is_down: bool) -> int | None:
