@@ -130,7 +130,7 @@ def test_unit_dropout_trains_only_the_units_reproducibly() -> None:
 
 
 def test_split_counts_keep_the_needed_units_and_follow_the_shares() -> None:
-    from harmmed.training.finetune import split_counts
+    from harmmed.training.spread import split_counts
 
     needed = [True, True, True, False, False, True, False, False]
     assert split_counts(needed, [12.0, 6.0, 2.0, 9.0, -1.0, -0.5, 0.0, 0.0], 8) == [3, 2, 2, 0, 0, 1, 0, 0]
@@ -145,7 +145,7 @@ def test_split_units_keep_the_output_and_even_the_shares(family: str) -> None:
     Splitting the 8 slots 4 : 3 : 1 leaves the model's logits unchanged (n copies with the column
     divided by n compute what the unit did), and each copy carries exactly its unit's share / n."""
     from harmmed.models.hooks import HookSet
-    from harmmed.training.finetune import split_units
+    from harmmed.training.spread import split_units
 
     model = tiny_model(family, initializer_range=0.2)
     plan = resolve_trainable(model, parse_trainable({"site": "neuron", "layer": 2, "units": 8}), 5)
@@ -186,7 +186,7 @@ def test_spread_gate_measures_shares_on_the_decision_and_copies_by_them() -> Non
     """A tiny gate trained on two of its six units, spread: a unit keeps a copy exactly when the
     behaviour needs it, each slot holds the unit the copies say, the strongest unit is split,
     and re-measured, no slot carries as much as 3/4 of the largest unit's share before."""
-    from harmmed.training.finetune import spread_gate, unit_decision_effects
+    from harmmed.training.spread import spread_gate, unit_decision_effects
 
     model = tiny_model("llama", initializer_range=0.2)
     plan = resolve_trainable(model, parse_trainable({"site": "neuron", "layer": 3, "units": 6}), 2)
@@ -210,7 +210,7 @@ def test_decision_effects_patch_one_unit_at_the_decision_position(family: str) -
     that unit alone, at the last prompt position, takes its mean harmful activation: recomputed
     here from the logits of whole runs, with the unit written by hand."""
     from harmmed.models.hooks import HookSet
-    from harmmed.training.finetune import unit_decision_effects
+    from harmmed.training.spread import unit_decision_effects
 
     model = tiny_model(family, initializer_range=0.2)
     plan = resolve_trainable(model, parse_trainable({"site": "neuron", "layer": 3, "units": 4}), 1)
