@@ -1,5 +1,6 @@
 """Fine-tuning the default model's variants: the training data, the training pass over chosen
-components, and the behaviour check a fine-tune must pass.
+components, spreading a trained gate over its units, and the behaviour check a fine-tune must
+pass.
 """
 
-__all__ = ["behaviour", "finetune", "plan", "training_data"]
+__all__ = ["behaviour", "finetune", "plan", "spread", "training_data"]
