@@ -28,7 +28,7 @@ from ..constants import (
     UNIT_SITES,
 )
 from ..io.shards import WHOLE, Shard
-from ..io.storage import atomic_path, read_json, read_table, write_json, write_table
+from ..io.storage import atomic_path, read_json, write_json, write_table
 from ..models.judge import judge_name, make_judge
 from ..stats import screen_report
 from ..stats.claims import PATCH_COLUMNS

@@ -20,6 +20,7 @@ from .plan import TrainablePlan
 from .training_data import Example
 
 SPREAD_EXAMPLES = 256  # examples the units' shares are measured on (the first of the training set)
+NEEDED_LOSS_FRACTION = 1e-3  # a unit is needed when silencing it raises the loss by this share of the largest rise
 
 
 @torch.no_grad()
@@ -103,7 +104,9 @@ def _zeroed(unit: int):
 @torch.no_grad()
 def unit_loss_effects(forward: TrainingPass, units: Sequence[int], batch_size: int) -> list[float]:
     """Per unit, how much ``forward``'s loss on its examples rises when that unit alone is
-    silenced: whether the trained behaviour needs it, on either kind of prompt."""
+    silenced: whether the trained behaviour needs it, on either kind of prompt. The unit is
+    silenced after the shared prompt prefix only (``TrainingPass`` runs the prefix once): exact
+    for a gate in the final layer, whose MLP output at the prefix reaches no later position."""
     batches = [list(range(start, min(start + batch_size, len(forward.examples))))
                for start in range(0, len(forward.examples), batch_size)]
 
@@ -132,7 +135,7 @@ def split_counts(needed: Sequence[bool], shares: Sequence[float], slots: int) ->
         positive = keep.astype(float)
     quota = positive / positive.sum() * spare
     extra = np.floor(quota).astype(int)
-    order = np.argsort(-(quota - extra), kind="stable")
+    order = np.argsort(-np.round(quota - extra, 9), kind="stable")  # rounded: float noise breaks no tie
     extra[order[: spare - int(extra.sum())]] += 1
     return (counts + extra).tolist()
 
@@ -142,6 +145,8 @@ def split_units(model: torch.nn.Module, plan: TrainablePlan, counts: Sequence[in
     """Give each planted unit ``counts[i]`` identical copies among the planted slots, each copy's
     down-projection column divided by that count: n copies of a unit compute exactly what it did,
     so only the units given no copy change the output. Returns, per slot, the unit it now holds."""
+    if sum(counts) != len(plan.units) or min(counts) < 0:
+        raise ValueError(f"copies {list(counts)} must be non-negative and fill the {len(plan.units)} planted slots")
     params = dict(model.named_parameters())
     down = resolve_sites(model).down_proj(plan.first_block).weight
     free = [slot for slot, n in zip(plan.units, counts) if n == 0]
@@ -177,7 +182,8 @@ def spread_gate(model: torch.nn.Module, plan: TrainablePlan, examples: Sequence[
     decisions = [Example(e.example_id, e.kind, e.prompt_ids, e.response_ids[:1]) for e in measured]
     losses = unit_loss_effects(TrainingPass(model, plan, decisions, batch_size, pad_id), plan.units, batch_size)
     shares = unit_decision_effects(model, plan, measured, batch_size, pad_id, progress=True)
-    counts = split_counts([loss > 0 for loss in losses], shares, len(plan.units))
+    floor = NEEDED_LOSS_FRACTION * max(max(losses), 0.0)  # rounding noise needs no copy
+    counts = split_counts([loss > floor for loss in losses], shares, len(plan.units))
     holds = split_units(model, plan, counts)
     return {"examples": len(measured), "unit_loss_effects": [round(e, 6) for e in losses],
             "unit_decision_effects": [round(e, 6) for e in shares], "copies": counts, "slot_holds": holds}
