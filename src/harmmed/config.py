@@ -259,7 +259,8 @@ RESERVED_SUFFIXES = (".csv", ".json", ".jsonl", ".png", ".pdf", ".md", ".html", 
 
 # Stages whose outputs other per-model stages read: skipping one means skipping its readers.
 SKIP_READERS = {"gating": ("figures", "generate"),  # the neuron figures; generation's gated run
-                "mediate_layer": ("figures",)}  # the layer curves
+                "mediate_layer": ("figures",),  # the layer curves
+                "mediate_module": ("figures",)}  # the module curves
 
 
 def _scored_checks(cfg: Mapping[str, Any], scored: list[str], key: str) -> list[str]:

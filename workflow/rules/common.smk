@@ -251,6 +251,7 @@ STAGE_FILES = {
     "screen": ["screen.csv", "screen_report.csv", "screen_heldout.csv"],
     "gating": ["gating.csv", "gating_units.json"],  # read by the neuron figures and generation only
     "mediate_layer": ["layer.csv", "severed.csv"],  # read by the per-model figures and the cross-model figure only
+    "mediate_module": ["module.csv"],  # read by the per-model figures only
 }
 COMMIT = short_commit(git_state(workflow.basedir))
 
