@@ -427,6 +427,8 @@ def _config_with(**plant) -> dict:
     ({"spread_units": True}, "models[1].spread_units: only a trainable {site: neuron} plant has units to spread"),
     ({"spread_units": "yes", "trainable": {"site": "neuron", "layer": 1, "units": 2}}, "models[1].spread_units"),
     ({"unit_dropout": 1.0, "trainable": {"site": "neuron", "layer": 1, "units": 2}}, "models[1].unit_dropout"),
+    ({"skip_stages": ["recovery"], "trainable": {"site": "mlp", "layers": [1, 2]}},
+     "models[1].skip_stages: a plant's recovery is its ground truth"),
 ])
 def test_finetune_config_errors_name_the_key(plant: dict, message: str) -> None:
     from harmmed.config import ConfigError, validate_config

@@ -300,6 +300,9 @@ def _finetune_checks(models: list[Any]) -> list[str]:
         for key, what in (("unit_dropout", "units to drop"), ("spread_units", "units to spread")):
             if model.get(key) and spec.site != "neuron":
                 problems.append(f"models[{i}].{key}: only a trainable {{site: neuron}} plant has {what}")
+        if spec.site != "all" and "recovery" in (model.get("skip_stages") or []):
+            problems.append(f"models[{i}].skip_stages: a plant's recovery is its ground truth, which the "
+                            "calibration reads; remove 'recovery'")
     return problems
 
 

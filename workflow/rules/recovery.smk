@@ -29,7 +29,7 @@ rule recovery:
 rule recovery_figure:
     """Every plant's recovery statistics side by side, with the models without that plant."""
     input:
-        recovery=results("recovery.csv"),
+        recovery=per_model("results/{model}/recovery.csv", "recovery"),
     output:
         png=report("figures/recovery.png", caption="../report/recovery.rst", category="cross-model"),
         pdf="figures/recovery.pdf",
