@@ -28,6 +28,7 @@ REQUIRED_MODEL_FILES = (DIGESTS, "inputs.jsonl", "claims.csv")
 # each plant's ground truth are read from, a few KB a model rather than the per-pair tables.
 GRID_MODEL_FILES = (DIGESTS, "claims.csv", "recovery.csv")
 UNRECORDED = (DIGESTS, "recovery.csv")  # files a provenance record never lists (written after it, or derived)
+SKIPPABLE_UNRECORDED = {"recovery.csv": "recovery"}  # such a file -> the skip_stages entry that leaves it out
 RUN_FILES = ("calibration.csv", "summary.csv")
 DIGEST_KEYS = ("source", "sha256", "wheel_sha256", "gguf_sha256", "base_sha256", "data_sha256", "files")
 
@@ -68,10 +69,13 @@ def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES,
         if not (results / name).is_file():
             raise ReferenceError(f"{results / name}: missing; run the whole workflow first (make replicate)")
     models = list(dict.fromkeys(pd.read_csv(results / "summary.csv", dtype=str, keep_default_na=False)["model"]))
+    skipped: dict[str, set[str]] = {}
     if config is not None:
         import yaml
 
-        listed = [m["name"] for m in (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("models", [])]
+        entries = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("models", [])
+        listed = [m["name"] for m in entries]
+        skipped = {m["name"]: set(m.get("skip_stages") or []) for m in entries}
         if sorted(listed) != sorted(models):
             raise ReferenceError(f"{results / 'summary.csv'}: a run of {len(models)} models, not the {len(listed)} "
                                  f"of {config}; run that config first (make replicate CONFIG={config})")
@@ -81,6 +85,8 @@ def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES,
         for name in model_files:
             if recorded is not None and name not in UNRECORDED and name not in recorded:
                 continue  # not part of this run (a stage the model skips): a leftover is no reference
+            if name in SKIPPABLE_UNRECORDED and SKIPPABLE_UNRECORDED[name] in skipped.get(model, ()):
+                continue  # the same, for a file no provenance record lists
             data = source_bytes(results, f"{model}/{name}")
             if data is None and name in REQUIRED_MODEL_FILES:
                 source = "manifest.json" if name == DIGESTS else name
