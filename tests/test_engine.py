@@ -302,3 +302,33 @@ def test_each_row_of_a_batch_starts_at_its_own_layer(setup):
     assert engine.stats["token_layers"] - before["token_layers"] == expected
     assert engine.stats["forward_passes"] - before["forward_passes"] == 1
     np.testing.assert_allclose(fast, engine.patch(benign, harmful, interventions, fast=False), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("gemma2", "gemma3_text")])
+def test_copied_units_enter_the_low_rank_head_once(family):
+    """A spread gate's copies of one unit share a direction: the fit sees it once (duplicated
+    columns made least squares rank-deficient, and its results varied run to run), every row
+    still takes the low-rank head, and the logits are the plain path's."""
+    from harmmed.models.components import parse_trainable
+    from harmmed.training.plan import resolve_trainable
+    from harmmed.training.spread import split_units
+
+    model = tiny_model(family)
+    engine = MediationEngine(model, refusal_ids=[3, 5, 7])
+    final = engine.sites.n_layers - 1
+    plan = resolve_trainable(model, parse_trainable({"site": "neuron", "layer": final, "units": 4}, "t"), 0, "t")
+    split_units(model, plan, [3, 0, 0, 1])  # slots 0-2 hold copies of the first unit
+    copies, kept = plan.units[:3], plan.units[3]
+    others = tuple(u for u in range(engine.sites.d_mlp) if u not in plan.units)[:3]
+    harmful_ids, benign_ids = make_pair()
+    harmful, benign = engine.run(harmful_ids, TARGET), engine.run(benign_ids, TARGET)
+    sets = [tuple(sorted(copies)), tuple(sorted((*copies, kept))), tuple(sorted((*copies[1:], *others)))]
+    interventions = [(Patch("neuron", final, (PROMPT_LEN - 1,), units),) for units in sets]
+    before = engine.stats["low_rank_head_rows"]
+    fast = engine.patch(benign, harmful, interventions)
+    assert engine.stats["low_rank_head_rows"] - before == len(sets)
+    assert sorted(engine._neuron_head.distinct(sets[1])) == sorted((min(copies), kept))
+    assert engine._neuron_head.distinct(others + (copies[2], copies[1])) == others + (min(copies),)
+    assert engine._neuron_head.distinct(others[::-1]) == others[::-1]  # distinct directions: as given
+    np.testing.assert_allclose(fast, engine.patch(benign, harmful, interventions, fast=False), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(fast, engine.patch(benign, harmful, interventions))

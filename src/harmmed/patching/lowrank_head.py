@@ -26,6 +26,11 @@ class NeuronHead:
     and a row whose fit is not exact to float32 precision (e.g. gemma2, whose post-MLP norm
     breaks the linearity) falls back to the full head, so results match the plain path
     either way. On SmolLM2 a row then costs |U| x vocab instead of d_model x vocab.
+
+    Units whose directions are identical (a spread gate's copies of one unit) enter the fit once:
+    duplicated columns leave least squares rank-deficient, and its split of a coefficient
+    between them, which the library may choose differently from run to run, moved the logits
+    by 1e-5 between runs of the same inputs.
     """
 
     MAX_UNITS = 64  # beyond this the fit costs more than it saves
@@ -38,6 +43,10 @@ class NeuronHead:
         self.unit_logits = unit_logits  # (d_mlp, vocab): head(N(w_u) - b) - head(0)
         self.offset = offset  # (d_model,): b = N(0)
         self.origin_logits = origin_logits  # (vocab,): head(b)
+        _, group = torch.unique(directions, dim=0, return_inverse=True)
+        first = torch.full((int(group.max()) + 1,), len(group), dtype=torch.long).scatter_reduce(
+            0, group.cpu(), torch.arange(len(group)), reduce="amin")
+        self.canonical = first[group.cpu()].tolist()  # unit -> the lowest unit with its direction
         self._bases: WeakKeyDictionary[Any, tuple[torch.Tensor, torch.Tensor]] = WeakKeyDictionary()  # per run
 
     @classmethod
@@ -76,12 +85,13 @@ class NeuronHead:
             inputs = x[:, -1]
             out = torch.empty(x.shape[0], 1, self.unit_logits.shape[1], dtype=x.dtype, device=x.device)
             exact = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            distinct = [None if chosen is None else self.distinct(chosen) for chosen in units]
             by_size: dict[int, list[int]] = defaultdict(list)
-            for row, chosen in enumerate(units):
+            for row, chosen in enumerate(distinct):
                 if chosen is not None and len(chosen) <= self.MAX_UNITS:
                     by_size[len(chosen)].append(row)
             for size, rows in by_size.items():
-                index = torch.tensor([units[r] for r in rows], dtype=torch.long, device=x.device)  # (n, size)
+                index = torch.tensor([distinct[r] for r in rows], dtype=torch.long, device=x.device)  # (n, size)
                 basis = torch.cat([base_input.expand(len(rows), 1, -1), self.directions[index]], dim=1).double()
                 target = (inputs[rows] - self.offset).double()
                 coef = torch.linalg.lstsq(basis.transpose(1, 2), target.unsqueeze(-1)).solution[..., 0]
@@ -103,6 +113,11 @@ class NeuronHead:
             return out
 
         return forward
+
+    def distinct(self, units: tuple[int, ...]) -> tuple[int, ...]:
+        """``units`` with each direction once (by its lowest unit), in order of first appearance:
+        units with directions of their own stay as they are."""
+        return tuple(dict.fromkeys(self.canonical[u] for u in units))
 
     @torch.inference_mode()
     def _base(self, base: Any) -> tuple[torch.Tensor, torch.Tensor]:
