@@ -119,6 +119,12 @@ def _loss(hidden: torch.Tensor, head, examples: Sequence[Example], ids: torch.Te
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # one (keys, values) per layer, batch size 1
 
 
+def replay_blocks(hooks: HookSet, sites, blocks: int, hidden: torch.Tensor) -> None:
+    """Blocks 0..``blocks`` - 1 return ``hidden`` (the last one's output, recorded once) unrun."""
+    for layer in range(blocks):
+        hooks.replace_forward(sites.block(layer), lambda *a, _h=hidden, **k: _h)
+
+
 def _repeated(prefix_kv: KeysValues, rows: int):
     """A fresh ``DynamicCache`` holding the prefix's keys and values for ``rows`` batch rows."""
     from transformers import DynamicCache
@@ -192,8 +198,7 @@ class TrainingPass:
         return torch.tensor([self.examples[0].prompt_ids[: self.prefix]], dtype=torch.long, device=self.device)
 
     def _replay_frozen(self, hooks: HookSet, hidden: torch.Tensor) -> None:
-        for layer in range(self.plan.first_block):
-            hooks.replace_forward(self.sites.block(layer), lambda *a, _h=hidden, **k: _h)
+        replay_blocks(hooks, self.sites, self.plan.first_block, hidden)
 
     def _prefix_cache(self, rows: int):
         """The shared prefix's keys and values at every layer, run once and repeated ``rows`` times."""
@@ -258,8 +263,7 @@ class TrainingPass:
             if keep_trunk is not None:
                 hooks.on_output(self.sites.block(bypass_first - 1), keep_trunk.append)
             if replay_from is not None:  # every bypassed output is the base model's, whatever the trained layers wrote
-                for layer in range(bypass_first):
-                    hooks.replace_forward(self.sites.block(layer), lambda *a, _h=replay_from, **k: _h)
+                replay_blocks(hooks, self.sites, bypass_first, replay_from)
                 for layer, site in self._bypass_sites():
                     value = _stacked([self.base_outputs[i][(layer, site)] for i in index], ids.shape[1])
                     # nothing to compute: every family's MLP returns its output, its attention

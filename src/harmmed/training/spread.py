@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..models.arch import resolve_sites
 from ..models.hooks import HookSet
-from .finetune import TrainingPass, _logits, _padded, _stacked, frozen_outputs
+from .finetune import TrainingPass, _logits, _padded, _stacked, frozen_outputs, replay_blocks
 from .plan import TrainablePlan
 from .training_data import Example
 
@@ -50,9 +50,7 @@ def _decision_pass(model: torch.nn.Module, layer: int, prompts: Sequence[Example
     normed: list[torch.Tensor] = []
     with HookSet() as hooks:
         if layer > 0:
-            hidden = _stacked(list(frozen), ids.shape[1])
-            for block in range(layer):
-                hooks.replace_forward(sites.block(block), lambda *a, _h=hidden, **k: _h)
+            replay_blocks(hooks, sites, layer, _stacked(list(frozen), ids.shape[1]))
         hooks.on_input(sites.down_proj(layer), hook)
         hooks.on_output(sites.final_norm, normed.append)
         hooks.replace_forward(head, lambda x: x[..., :1])
