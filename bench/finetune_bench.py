@@ -1,7 +1,7 @@
-"""Seconds per training batch of the default plants' fine-tunes on SmolLM2 (CPU, one thread).
+"""Seconds per training batch of the plants' fine-tunes on SmolLM2 (CPU, one thread).
 
 A batch is the loss and its backward pass, as `training.finetune.train` runs them. The rows
-are the component specs of the default run's plants. A bypass plant's loss has two passes, but
+are the component specs of the late plants of the calibration grid and of the default run. A bypass plant's loss has two passes, but
 below the bypassed band they are one computation, so its batch should cost about what the
 plain pass of the same trainable band costs: the last column is that ratio.
 
@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "data" / "models" / "smollm2-135m-instruct" / "hf"
 TRAIN_DATA = ROOT / "data" / "prompts" / "safety_train.csv"
-SPECS: dict[str, dict] = {  # the default plants' `trainable`, and the bypass plant's band trained plainly
+SPECS: dict[str, dict] = {  # the plants' `trainable`, and the bypass plant's band trained plainly
     "plant-late-mlp": {"site": "mlp", "layers": [22, 25]},
     "plant-late-attn": {"site": "attn", "layers": [22, 25]},
     "plant-final-gate": {"site": "neuron", "layer": 29, "units": 16},

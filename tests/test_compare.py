@@ -133,6 +133,15 @@ def test_a_recovery_the_config_skips_is_no_reference(tmp_path):
     assert main(["--write-reference", "--config", str(config), str(results), str(tmp_path / "ref")]) == 0
     assert (tmp_path / "ref" / "plant" / "recovery.csv").is_file()
     assert not (tmp_path / "ref" / "base" / "recovery.csv").exists()
+    # a provenance record's config says what the run skipped, whatever config is named
+    (results / "base" / "provenance.json").write_text(json.dumps(
+        {"results": {"claims.csv": hashlib.sha256((results / "base" / "claims.csv").read_bytes()).hexdigest(),
+                     "inputs.jsonl": hashlib.sha256((results / "base" / "inputs.jsonl").read_bytes()).hexdigest()},
+         "config": {"models": [{"name": "base", "skip_stages": ["recovery"]}]}}))
+    config.write_text("models:\n  - {name: base}\n  - {name: plant}\n")
+    assert main(["--write-reference", "--config", str(config), str(results), str(tmp_path / "ref2")]) == 0
+    assert not (tmp_path / "ref2" / "base" / "recovery.csv").exists()
+    assert (tmp_path / "ref2" / "base" / "claims.csv").is_file()
 
 
 def test_identical_trees_pass(run, capsys):

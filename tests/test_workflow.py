@@ -264,6 +264,10 @@ def test_default_config_dry_run():
                  "claims", "calibration", "summary", "screen_units", "screen_figures", "finetune_model", "recovery",
                  "recovery_figure"):
         assert rule in done.stdout
+    # skip_stages: the plants' module sweep and the base's recovery are not scheduled
+    assert "results/smollm2-aligned/module.csv" in done.stdout and "results/plant-late-attn/module.csv" not in done.stdout
+    assert "results/smollm2-aligned/recovery.csv" in done.stdout
+    assert "results/smollm2-135m-instruct/recovery.csv" not in done.stdout
 
 
 def test_bad_config_is_refused_before_any_job(tmp_path):

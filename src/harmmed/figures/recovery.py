@@ -32,7 +32,7 @@ def recovery_panels(frame: pd.DataFrame) -> list[str]:
 def plot_recovery(tables: Sequence[pd.DataFrame], out: str | Path) -> list[Path]:
     """One panel per plant: each ratio statistic of the plant itself (bar, CI, green = meets its
     target, red = misses, dashes = the target) beside the same statistic on the models without
-    that plant, the base and aligned ones (dots; triangles at the dotted clip lines where a
+    that plant, e.g. the aligned one (dots; triangles at the dotted clip lines where a
     value lies off the ratio axis; a clipped bar is labelled with its value). The window centre
     and the behaviour check are not ratios, so they are written in the panel, not drawn."""
     frame = pd.concat(tables, ignore_index=True)

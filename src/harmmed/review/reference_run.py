@@ -59,6 +59,15 @@ def _recorded_results(results: Path, model: str) -> dict[str, str] | None:
     return dict(read_json(provenance).get("results", {})) if provenance.is_file() else None
 
 
+def _recorded_skips(results: Path, model: str) -> set[str] | None:
+    """The model's skip_stages in the config its provenance.json records (None without one)."""
+    provenance = results / model / "provenance.json"
+    if not provenance.is_file():
+        return None
+    entries = read_json(provenance).get("config", {}).get("models", [])
+    return next((set(m.get("skip_stages") or []) for m in entries if m.get("name") == model), set())
+
+
 def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES,
                     config: Path | None = None) -> dict[str, bytes]:
     """relative path -> bytes of every file the reference holds (of ``model_files`` for each
@@ -82,10 +91,12 @@ def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES,
     files = {name: (results / name).read_bytes() for name in RUN_FILES}
     for model in models:
         recorded = _recorded_results(results, model)
+        skips = _recorded_skips(results, model)  # what the run did, whatever --config names
+        skips = skipped.get(model, set()) if skips is None else skips
         for name in model_files:
             if recorded is not None and name not in UNRECORDED and name not in recorded:
                 continue  # not part of this run (a stage the model skips): a leftover is no reference
-            if name in SKIPPABLE_UNRECORDED and SKIPPABLE_UNRECORDED[name] in skipped.get(model, ()):
+            if name in SKIPPABLE_UNRECORDED and SKIPPABLE_UNRECORDED[name] in skips:
                 continue  # the same, for a file no provenance record lists
             data = source_bytes(results, f"{model}/{name}")
             if data is None and name in REQUIRED_MODEL_FILES:
