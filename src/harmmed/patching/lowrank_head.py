@@ -44,9 +44,8 @@ class NeuronHead:
         self.offset = offset  # (d_model,): b = N(0)
         self.origin_logits = origin_logits  # (vocab,): head(b)
         _, group = torch.unique(directions, dim=0, return_inverse=True)
-        first = torch.full((int(group.max()) + 1,), len(group), dtype=torch.long).scatter_reduce(
-            0, group.cpu(), torch.arange(len(group)), reduce="amin")
-        self.canonical = first[group.cpu()].tolist()  # unit -> the lowest unit with its direction
+        lowest: dict[int, int] = {}  # direction -> the lowest unit with it
+        self.canonical = [lowest.setdefault(g, unit) for unit, g in enumerate(group.tolist())]
         self._bases: WeakKeyDictionary[Any, tuple[torch.Tensor, torch.Tensor]] = WeakKeyDictionary()  # per run
 
     @classmethod

@@ -53,19 +53,16 @@ def source_bytes(results: Path, relative: str) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
-def _recorded_results(results: Path, model: str) -> dict[str, str] | None:
-    """file name -> sha256 of the result files the model's provenance.json records (None without one)."""
-    provenance = results / model / "provenance.json"
-    return dict(read_json(provenance).get("results", {})) if provenance.is_file() else None
-
-
-def _recorded_skips(results: Path, model: str) -> set[str] | None:
-    """The model's skip_stages in the config its provenance.json records (None without one)."""
+def _recorded_run(results: Path, model: str) -> tuple[dict[str, str], set[str]] | None:
+    """From the model's provenance.json (None without one): file name -> sha256 of the result
+    files it records, and the model's skip_stages in the config it records."""
     provenance = results / model / "provenance.json"
     if not provenance.is_file():
         return None
-    entries = read_json(provenance).get("config", {}).get("models", [])
-    return next((set(m.get("skip_stages") or []) for m in entries if m.get("name") == model), set())
+    record = read_json(provenance)
+    entries = record.get("config", {}).get("models", [])
+    skips = next((set(m.get("skip_stages") or []) for m in entries if m.get("name") == model), set())
+    return dict(record.get("results", {})), skips
 
 
 def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES,
@@ -90,9 +87,8 @@ def reference_files(results: Path, model_files: Sequence[str] = MODEL_FILES,
                                  f"of {config}; run that config first (make replicate CONFIG={config})")
     files = {name: (results / name).read_bytes() for name in RUN_FILES}
     for model in models:
-        recorded = _recorded_results(results, model)
-        skips = _recorded_skips(results, model)  # what the run did, whatever --config names
-        skips = skipped.get(model, set()) if skips is None else skips
+        run = _recorded_run(results, model)  # what the run did, whatever --config names
+        recorded, skips = run if run is not None else (None, skipped.get(model, set()))
         for name in model_files:
             if recorded is not None and name not in UNRECORDED and name not in recorded:
                 continue  # not part of this run (a stage the model skips): a leftover is no reference
