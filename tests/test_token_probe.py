@@ -132,6 +132,23 @@ def test_c4_borderline_onset_is_inconclusive() -> None:
     assert row["verdict"] == "inconclusive"
 
 
+def test_c4_threshold_sits_between_layers() -> None:
+    from harmmed.stats.claims import depth_threshold
+
+    # "the first half" of 10 layers is layers 0-4 (depths 0.1-0.5): the threshold is 0.55, between
+    # layer 4's depth and layer 5's; of 25 layers, layers 0-11 (12 of them) and 0.5 again
+    assert depth_threshold(0.5, 10) == pytest.approx(0.55) and depth_threshold(0.5, 30) == pytest.approx(15.5 / 30)
+    assert depth_threshold(0.5, 25) == pytest.approx(0.5) and depth_threshold(1 / 3, 30) == pytest.approx(10.5 / 30)
+    # perhaps decodable at layer 3, surely at layer 4, the last of the first half: supported
+    edge = c4_row(probe_table([0.5, 0.5, 0.5, 0.5, 0.9] + [0.99] * 6), n_layers=10, relative_level=0.9,
+                  threshold=0.5).row
+    assert (edge["ci_low"], edge["ci_high"]) == (pytest.approx(0.4), pytest.approx(0.5))
+    assert edge["threshold"] == pytest.approx(0.55) and edge["verdict"] == "supported"
+    # first decodable at layer 5, the first of the second half: not supported
+    after = c4_row(probe_table([0.5] * 6 + [0.99] * 5), n_layers=10, relative_level=0.9, threshold=0.5).row
+    assert after["ci_low"] == pytest.approx(0.6) and after["verdict"] == "not supported"
+
+
 def test_c4_causal_counts_the_layers_between_understanding_and_decision() -> None:
     from harmmed.stats.claims import c4_causal_row
 

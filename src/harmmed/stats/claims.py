@@ -35,8 +35,10 @@ public; ours, and why, are in docs/claims-and-calibration.md. In short:
   sufficiency (NIE) and necessity (NEC).
 - C4 (early understanding): the relative depth of the first layer where a probe on the last
   instruction token decodes harmfulness (accuracy above chance and near the model's best, see
-  :func:`c4_row`). C4-causal counts the layers between that layer and the origin band's first
-  (decodable before the decision is made supports it).
+  :func:`c4_row`), judged against the layers within claims.thresholds.C4_probe_depth of the
+  model (the threshold sits halfway between the last such layer and the next, as a depth counted
+  in whole layers never lands on it). C4-causal counts the layers between that layer and the
+  origin band's first (decodable before the decision is made supports it).
 - Behaviour present: the held-out mean TE (all pairs) with its CI above
   claims.thresholds.behaviour_min_te[metric]. When it is not, that metric's C1-C3 rows and its
   C4-causal row read `not applicable (no behaviour)`.
@@ -107,7 +109,8 @@ DEFINITIONS: tuple[str, ...] = (
     "harmful run",
     "C4 probe = relative depth of the first layer where a probe on the last instruction token "
     "decodes harmfulness (accuracy >= probe.relative_level x the best layer's, Wilson low bound "
-    "above chance); C4 causal = first layer of the origin band - that layer",
+    "above chance), against a threshold halfway between the last layer within C4_probe_depth of the "
+    "model and the next; C4 causal = first layer of the origin band - that layer",
     "behaviour present = held-out mean TE (every pair) with its CI above the threshold; "
     "otherwise the metric's C1-C3 and C4-causal rows are not applicable",
 )
@@ -335,6 +338,17 @@ def relative_depth(layer: int, n_layers: int) -> float:
     return (layer + 1) / n_layers
 
 
+def depth_threshold(share: float, n_layers: int) -> float:
+    """The depth threshold that means "within the first ``share`` of the layers": halfway between
+    the depth of the last layer inside that share and the next layer's. Depths are
+    (layer + 1) / n_layers, so a threshold of exactly ``share`` would coincide with a layer's
+    depth whenever share x n_layers is whole (0.5 of 30 layers: layer 14 sits at 0.5), and that
+    layer would count neither as inside the share nor outside it. Like C4-causal's 0.5 between
+    whole layer counts, the threshold sits where no value can."""
+    inside = math.floor(share * n_layers + 1e-9)
+    return (inside + 0.5) / n_layers
+
+
 def first_layer(layers: np.ndarray, mask: np.ndarray) -> int | None:
     """Earliest layer where ``mask`` holds, or None."""
     hits = layers[mask]
@@ -366,6 +380,10 @@ def c4_row(probe_df: pd.DataFrame, n_layers: int, relative_level: float, thresho
     high end that of the first layer whose interval lies above both the level and chance (the
     earliest that surely has); NaN when no layer qualifies. Supported when the whole CI lies
     below the threshold; no decodable layer gives a NaN value and `not supported`.
+
+    ``threshold`` is a share of the model's layers ("the first half"); the row's threshold is
+    :func:`depth_threshold`, between two layers' depths, since a depth counted in whole layers
+    landing exactly on the share would be neither above nor below it.
     """
     real = probe_df[(probe_df["condition"] == "real") & (probe_df["position"] == position)]
     real = real[real["layer"].astype(int).between(0, n_layers - 1)].sort_values("layer", kind="mergesort")
@@ -383,9 +401,10 @@ def c4_row(probe_df: pd.DataFrame, n_layers: int, relative_level: float, thresho
         return float("nan") if layer is None else relative_depth(layer, n_layers)
 
     value, ci_low, ci_high = depth(point), depth(earliest), depth(surest)
-    judged = "not supported" if math.isnan(value) else verdict(ci_low, ci_high, threshold, above=False)
+    boundary = depth_threshold(threshold, n_layers)
+    judged = "not supported" if math.isnan(value) else verdict(ci_low, ci_high, boundary, above=False)
     row = dict(claim="C4", statistic=f"probe_rel_depth_decodable_at_{position}_token", value=value, ci_low=ci_low,
-               ci_high=ci_high, threshold=threshold, verdict=judged, n_pairs=int(real["n_prompts"].max()) // 2
+               ci_high=ci_high, threshold=boundary, verdict=judged, n_pairs=int(real["n_prompts"].max()) // 2
                if len(real) else 0, n_excluded=0)
     return ProbeDepth(point, earliest, surest, row)
 
