@@ -136,9 +136,10 @@ def test_c4_threshold_sits_between_layers() -> None:
     from harmmed.stats.claims import depth_threshold
 
     # "the first half" of 10 layers is layers 0-4 (depths 0.1-0.5): the threshold is 0.55, between
-    # layer 4's depth and layer 5's; of 25 layers, layers 0-11 (12 of them) and 0.5 again
+    # layer 4's depth and layer 5's; of 25 layers, layers 0-11 are inside: 12.5 / 25 = 0.5
     assert depth_threshold(0.5, 10) == pytest.approx(0.55) and depth_threshold(0.5, 30) == pytest.approx(15.5 / 30)
     assert depth_threshold(0.5, 25) == pytest.approx(0.5) and depth_threshold(1 / 3, 30) == pytest.approx(10.5 / 30)
+    assert depth_threshold(0.29, 100) == pytest.approx(0.295)  # 0.29 x 100 is 28.999999999999996 in floats
     # perhaps decodable at layer 3, surely at layer 4, the last of the first half: supported
     edge = c4_row(probe_table([0.5, 0.5, 0.5, 0.5, 0.9] + [0.99] * 6), n_layers=10, relative_level=0.9,
                   threshold=0.5).row

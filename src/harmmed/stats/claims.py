@@ -109,8 +109,8 @@ DEFINITIONS: tuple[str, ...] = (
     "harmful run",
     "C4 probe = relative depth of the first layer where a probe on the last instruction token "
     "decodes harmfulness (accuracy >= probe.relative_level x the best layer's, Wilson low bound "
-    "above chance), against a threshold halfway between the last layer within C4_probe_depth of the "
-    "model and the next; C4 causal = first layer of the origin band - that layer",
+    "above chance), against a threshold halfway between the last layer inside the first "
+    "C4_probe_depth share of the layers and the next; C4 causal = first layer of the origin band - that layer",
     "behaviour present = held-out mean TE (every pair) with its CI above the threshold; "
     "otherwise the metric's C1-C3 and C4-causal rows are not applicable",
 )
