@@ -5,7 +5,7 @@
 #   make replicate CORES=8 CONFIG=config/other.yaml
 #   make replicate SNAKEMAKE_ARGS="--sdm conda"   # per-stage conda envs (envs/*.yaml)
 #   make replicate SNAKEMAKE_ARGS="--forceall"    # any other snakemake flags
-#   make calibrate                      # the calibration grid (config/calibration_grid.yaml): about 2.5 h on 2 cores
+#   make calibrate                      # the calibration grid (config/calibration_grid.yaml): about 2.75 h on 2 cores
 #   make verify                         # recompute sampled rows independently, check every sha256
 #   make bundle                         # results-<model>-<commit>.tar.gz (+ .sha256) per model
 #   make figures BUNDLE=results-m-c.tar.gz   # redraw figures, claims.md, report from a bundle (no torch)
