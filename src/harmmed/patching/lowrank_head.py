@@ -84,10 +84,12 @@ class NeuronHead:
             inputs = x[:, -1]
             out = torch.empty(x.shape[0], 1, self.unit_logits.shape[1], dtype=x.dtype, device=x.device)
             exact = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            distinct = [None if chosen is None else self.distinct(chosen) for chosen in units]
+            # a row qualifies by the units the engine chose (copies counted); its fit sees each direction once
+            distinct = [None if chosen is None or len(chosen) > self.MAX_UNITS else self.distinct(chosen)
+                        for chosen in units]
             by_size: dict[int, list[int]] = defaultdict(list)
-            for row, chosen in enumerate(distinct):  # rows chosen as the engine chose them (all units counted)
-                if chosen is not None and len(units[row]) <= self.MAX_UNITS:
+            for row, chosen in enumerate(distinct):
+                if chosen is not None:
                     by_size[len(chosen)].append(row)
             for size, rows in by_size.items():
                 index = torch.tensor([distinct[r] for r in rows], dtype=torch.long, device=x.device)  # (n, size)

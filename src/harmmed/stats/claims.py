@@ -35,9 +35,8 @@ public; ours, and why, are in docs/claims-and-calibration.md. In short:
   sufficiency (NIE) and necessity (NEC).
 - C4 (early understanding): the relative depth of the first layer where a probe on the last
   instruction token decodes harmfulness (accuracy above chance and near the model's best, see
-  :func:`c4_row`), judged against the layers within claims.thresholds.C4_probe_depth of the
-  model (the threshold sits halfway between the last such layer and the next, as a depth counted
-  in whole layers never lands on it). C4-causal counts the layers between that layer and the
+  :func:`c4_row`), judged against the first claims.thresholds.C4_probe_depth share of the
+  layers (:func:`depth_threshold`). C4-causal counts the layers between that layer and the
   origin band's first (decodable before the decision is made supports it).
 - Behaviour present: the held-out mean TE (all pairs) with its CI above
   claims.thresholds.behaviour_min_te[metric]. When it is not, that metric's C1-C3 rows and its
@@ -381,9 +380,7 @@ def c4_row(probe_df: pd.DataFrame, n_layers: int, relative_level: float, thresho
     earliest that surely has); NaN when no layer qualifies. Supported when the whole CI lies
     below the threshold; no decodable layer gives a NaN value and `not supported`.
 
-    ``threshold`` is a share of the model's layers ("the first half"); the row's threshold is
-    :func:`depth_threshold`, between two layers' depths, since a depth counted in whole layers
-    landing exactly on the share would be neither above nor below it.
+    ``threshold`` is a share of the model's layers; the row is judged at :func:`depth_threshold`.
     """
     real = probe_df[(probe_df["condition"] == "real") & (probe_df["position"] == position)]
     real = real[real["layer"].astype(int).between(0, n_layers - 1)].sort_values("layer", kind="mergesort")
